@@ -1,0 +1,88 @@
+"""The METRICS registry, `register_metric`, and `evaluate()` which turns every failure into a visible row."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from data import EHRData
+
+GOALS = ("max", "min", "info")
+FAMILIES = ("fidelity", "utility", "privacy", "efficiency")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    fn: Callable[..., float | dict]
+    goal: str
+    family: str
+    version: int = 1
+
+
+METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(name: str, goal: str, family: str, version: int = 1) -> Callable:
+    """Decorator: register `fn(data, synth, *, seed, **kwargs) -> float | dict` as metric `name`.
+
+    `goal` is "max" or "min" (a target-valued score such as attack AUC is registered as a min/max quantity,
+    e.g. advantage 2|AUC - 0.5|). A dict result must hold "value" (the registered metric); its other keys
+    become extra rows `name.key` with goal "info" (shown, never ranked). Bump `version` when the definition
+    changes, so reports never mix two definitions in one column.
+    """
+    if goal not in ("max", "min"):
+        raise ValueError(f"metric '{name}': goal must be one of max, min; got {goal!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"metric '{name}': family must be one of {', '.join(FAMILIES)}; got {family!r}")
+
+    def wrap(fn: Callable) -> Callable:
+        if name in METRICS:
+            raise ValueError(f"metric '{name}' is already registered")
+        METRICS[name] = MetricSpec(name, fn, goal, family, version)
+        return fn
+
+    return wrap
+
+
+def get_metric(name: str) -> MetricSpec:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric '{name}'; valid choices: {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
+def _row(spec: MetricSpec, metric: str, goal: str, value: float, seconds: float, status: str) -> dict:
+    return {"metric": metric, "family": spec.family, "goal": goal, "value": value, "seconds": seconds,
+            "status": status, "metric_version": spec.version}
+
+
+def evaluate(data: EHRData, synth: np.ndarray, spec: Mapping[str, Mapping[str, Any] | None] | list[str],
+             seed: int = 0) -> list[dict]:
+    """Run each metric of `spec` (name -> kwargs) on the synthetic matrix and return one row per value.
+
+    An exception in a metric becomes a row with value NaN and status "error: <reason>"; nothing is skipped.
+    Unknown names raise before anything runs, listing the valid names.
+    """
+    items = [(n, {}) for n in spec] if isinstance(spec, (list, tuple)) else [(n, dict(kw or {})) for n, kw in spec.items()]
+    specs = [(get_metric(n), kw) for n, kw in items]
+    rows: list[dict] = []
+    for m, kwargs in specs:
+        t0 = time.perf_counter()
+        try:
+            out = m.fn(data, synth, seed=seed, **kwargs)
+            seconds = time.perf_counter() - t0
+            if isinstance(out, Mapping):
+                if "value" not in out:
+                    raise KeyError(f"metric '{m.name}' returned a dict without 'value'")
+                rows.append(_row(m, m.name, m.goal, float(out["value"]), seconds, "ok"))
+                rows += [_row(m, f"{m.name}.{k}", "info", float(v), seconds, "ok")
+                         for k, v in out.items() if k != "value"]
+            else:
+                rows.append(_row(m, m.name, m.goal, float(out), seconds, "ok"))
+        except Exception as e:  # a failing metric is a visible row, never skipped
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0,
+                             f"error: {type(e).__name__}: {reason}"))
+    return rows

@@ -1,0 +1,251 @@
+"""The Synthesizer protocol (sklearn contract), the SYNTHESIZERS registry and the TorchSynthesizer base."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from data import EHRData, check_matrix
+
+SYNTHESIZERS: dict[str, type["Synthesizer"]] = {}
+ENTRY_POINT_GROUP = "ehrbench.synthesizers"
+
+
+def register_synthesizer(name: str):
+    """Class decorator: register a Synthesizer subclass under `name` (the YAML's `name:` and the leaderboard key)."""
+
+    def wrap(cls: type[Synthesizer]) -> type[Synthesizer]:
+        if name in SYNTHESIZERS and SYNTHESIZERS[name] is not cls:
+            raise ValueError(f"synthesizer '{name}' is already registered by {SYNTHESIZERS[name].__module__}")
+        cls.name = name
+        SYNTHESIZERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def load_entry_points() -> None:
+    """Load third-party generators declared in the `ehrbench.synthesizers` entry-point group."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in SYNTHESIZERS:
+            cls = ep.load()
+            register_synthesizer(ep.name)(cls)
+
+
+def get_synthesizer(name: str) -> type["Synthesizer"]:
+    if name not in SYNTHESIZERS:
+        load_entry_points()
+    if name not in SYNTHESIZERS:
+        raise KeyError(f"unknown model '{name}'; valid choices: {', '.join(sorted(SYNTHESIZERS))}")
+    return SYNTHESIZERS[name]
+
+
+def build_synthesizer(name: str, **params: Any) -> "Synthesizer":
+    """Instantiate a registered synthesizer; unknown hyperparameters are a clear error listing the valid ones."""
+    cls = get_synthesizer(name)
+    valid = list(inspect.signature(cls.__init__).parameters)[1:]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise TypeError(f"model '{name}' has no hyperparameter '{unknown[0]}'; valid choices: {', '.join(valid)}")
+    return cls(**params)
+
+
+class Synthesizer:
+    """Base class of every generator.
+
+    Contract (DESIGN.md §3): `__init__` only stores JSON-serialisable hyperparameters; `fit(data, trainer)`
+    learns state in attributes ending in `_` and returns self; `sample(n, seed)` returns an (n, d) float32
+    array whose binary columns are exactly 0/1; `save(dir)` writes config.json + state.pt (tensors only);
+    `Synthesizer.load(dir)` rebuilds it.
+    """
+
+    name: ClassVar[str] = "base"
+
+    # ---- hyperparameters -------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        keys = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {k: _jsonable(getattr(self, k)) for k in keys}
+
+    # ---- fitting ---------------------------------------------------------------------------------
+    def _prepare_fit(self, data: EHRData | np.ndarray, kinds: tuple[str, ...] | None = None) -> np.ndarray:
+        """Validate the training matrix and record columns_/kinds_/n_features_; returns float32 X."""
+        if isinstance(data, EHRData):
+            X, kinds, columns = data.train, data.kinds, data.columns
+        else:
+            X = np.asarray(data)
+            kinds = tuple(kinds) if kinds is not None else ("binary",) * (X.shape[1] if X.ndim == 2 else 0)
+            columns = tuple(f"x{j}" for j in range(len(kinds)))
+        if X.ndim != 2 or len(X) == 0:
+            raise ValueError(f"{self.name}.fit: expected a non-empty 2-D patients x features matrix, got shape {X.shape}")
+        check_matrix(np.asarray(X, dtype=np.float32), kinds, f"{self.name}.fit", columns)
+        self.n_features_ = X.shape[1]
+        self.kinds_ = tuple(kinds)
+        self.columns_ = tuple(columns)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def fit(self, data: EHRData | np.ndarray, trainer: Any = None) -> "Synthesizer":
+        raise NotImplementedError
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_features_"):
+            raise RuntimeError(f"{self.name} is not fitted; call fit() or Synthesizer.load() first")
+
+    @property
+    def binary_mask(self) -> np.ndarray:
+        return np.asarray([k == "binary" for k in self.kinds_])
+
+    @property
+    def n_params(self) -> int:
+        return 0
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned state as a flat dict of tensors (what state.pt holds)."""
+        raise NotImplementedError
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        config = {"name": self.name, "params": self.get_params(), "n_features": self.n_features_,
+                  "kinds": list(self.kinds_), "columns": list(self.columns_)}
+        tmp = d / "state.pt.tmp"
+        torch.save(self.state_tensors(), tmp)
+        os.replace(tmp, d / "state.pt")
+        (d / "config.json.tmp").write_text(json.dumps(config, indent=2))
+        os.replace(d / "config.json.tmp", d / "config.json")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Synthesizer":
+        d = Path(directory)
+        if not (d / "config.json").exists() or not (d / "state.pt").exists():
+            raise FileNotFoundError(f"{d}: not a saved synthesizer (expected config.json and state.pt)")
+        config = json.loads((d / "config.json").read_text())
+        target = get_synthesizer(config["name"])
+        if cls is not Synthesizer and cls is not TorchSynthesizer and not issubclass(target, cls):
+            raise TypeError(f"{d} holds a '{config['name']}' synthesizer, not '{cls.name}'")
+        self = target(**config["params"])
+        self.n_features_ = int(config["n_features"])
+        self.kinds_ = tuple(config["kinds"])
+        self.columns_ = tuple(config["columns"])
+        self.load_state_tensors(torch.load(d / "state.pt", map_location="cpu", weights_only=True))
+        return self
+
+    def _finish(self, X: np.ndarray) -> np.ndarray:
+        """Final output contract: float32, binary columns exactly 0/1 (callers binarise by their own rule)."""
+        X = np.asarray(X, dtype=np.float32)
+        assert X.shape[1] == self.n_features_
+        return X
+
+
+class TorchSynthesizer(Synthesizer):
+    """A synthesizer trained by the shared Trainer.
+
+    Subclasses give `build(n_features) -> nn.ModuleDict`, `optimizers() -> dict[key, Optimizer]`,
+    `loss(x, key) -> Tensor` and optionally `lr_scale(step, total)`; `fit` calls `trainer.run(...)` once per
+    training phase. `ema_decay` (a hyperparameter, or None) makes the trainer keep an EMA copy `ema_`,
+    which `sampling_modules()` returns for sampling.
+    """
+
+    ema_decay: float | None = None
+
+    def build(self, n_features: int) -> nn.ModuleDict:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lr_scale(self, step: int, total: int) -> float:
+        return 1.0
+
+    def init_modules(self, n_features: int) -> None:
+        """Build fresh modules (on CPU; the trainer moves them) and the EMA copy if the method has one."""
+        self.modules_ = self.build(n_features)
+        self.ema_ = _copy_frozen(self.modules_) if self.ema_decay else None
+        self.device_ = torch.device("cpu")
+
+    def init_training(self, n_features: int, seed: int = 0) -> None:
+        """Fresh modules (initialised from `seed`), EMA copy and optimizers (`optimizers_`), ready for Trainer.run."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.init_modules(n_features)
+        self.optimizers_ = self.optimizers()
+        self.n_ema_ = 0
+
+    def sampling_modules(self) -> nn.ModuleDict:
+        return self.ema_ if self.ema_ is not None else self.modules_
+
+    @property
+    def n_params(self) -> int:
+        if not hasattr(self, "modules_"):
+            return 0
+        return sum(p.numel() for p in self.modules_.parameters() if p.requires_grad)
+
+    def to(self, device: torch.device) -> "TorchSynthesizer":
+        self.modules_.to(device)
+        if self.ema_ is not None:
+            self.ema_.to(device)
+        self.device_ = torch.device(device)
+        return self
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"modules.{k}": v.detach().cpu() for k, v in self.modules_.state_dict().items()}
+        if self.ema_ is not None:
+            state.update({f"ema.{k}": v.detach().cpu() for k, v in self.ema_.state_dict().items()})
+        return state
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Load tensors in place (keeping Parameter identity, so optimizers stay valid); builds modules if absent."""
+        if not hasattr(self, "modules_"):
+            self.init_modules(self.n_features_)
+        mods = {k[len("modules."):]: v for k, v in state.items() if k.startswith("modules.")}
+        ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+        try:
+            self.modules_.load_state_dict(mods)
+            if self.ema_ is not None:
+                self.ema_.load_state_dict(ema or mods)
+        except RuntimeError as e:
+            raise ValueError(f"{self.name}: saved state does not fit this model's shapes "
+                             f"(n_features={self.n_features_}): {str(e).splitlines()[0]}") from None
+        for m in (self.modules_, self.ema_):
+            if m is not None:
+                m.eval()
+
+
+def _copy_frozen(modules: nn.ModuleDict) -> nn.ModuleDict:
+    import copy
+
+    ema = copy.deepcopy(modules)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if hasattr(v, "items"):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v

@@ -1,0 +1,182 @@
+"""Leaderboard tables: mean ± std over seeds, ranks per metric and family, use-case profiles, efficiency columns."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .load import RunSet
+
+FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
+RANK_FAMILIES = ("fidelity", "utility", "privacy")
+# Use-case weight profiles (after Yan et al., Nat. Commun. 2022, who weight per-metric ranks by use case). Deviation:
+# our weights act on the three family mean ranks, so a family with many metrics does not dominate a profile.
+PROFILES: dict[str, dict[str, float]] = {
+    "balanced": {"fidelity": 1 / 3, "utility": 1 / 3, "privacy": 1 / 3},
+    "privacy_first": {"fidelity": 0.2, "utility": 0.2, "privacy": 0.6},
+    "utility_first": {"fidelity": 0.2, "utility": 0.6, "privacy": 0.2},
+}
+EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params")
+
+
+@dataclass
+class Table:
+    """One leaderboard: one tag, one dataset config and one version of each metric."""
+
+    tag: str
+    data: str
+    label: str                      # "tag / data" (plus a suffix when split by data config or metric version)
+    cells: pd.DataFrame             # model, metric, family, goal, metric_version, mean, std, n, n_error, rank, best
+    summary: pd.DataFrame           # index model: mean_rank, rank_<family>, profile_<p>, rank_<p>, runs, efficiency
+    values: pd.DataFrame            # per-run values behind the cells (path, model, seed, metric, value, status)
+    runs: pd.DataFrame              # the run rows of this table
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.summary.index)
+
+    def metrics(self, goal: str | None = None) -> list[str]:
+        """Metric names in display order (family, then name); goal="ranked" keeps max/min metrics only."""
+        c = self.cells.drop_duplicates("metric")
+        if goal == "ranked":
+            c = c[c["goal"].isin(["max", "min"])]
+        elif goal is not None:
+            c = c[c["goal"] == goal]
+        order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+        c = c.assign(_f=c["family"].map(order).fillna(len(order)))
+        return list(c.sort_values(["_f", "family", "metric"])["metric"])
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "_", self.label).strip("_").lower()
+
+
+def _sig12(s: pd.Series) -> pd.Series:
+    """Round to 12 significant digits so values equal up to float summation order tie exactly."""
+    x = s.to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where((x == 0) | ~np.isfinite(x), 0, np.floor(np.log10(np.abs(x))))
+    return pd.Series(np.round(x / 10.0 ** mag, 11) * 10.0 ** mag, index=s.index)
+
+
+def rank_metric(means: pd.Series, goal: str) -> pd.Series:
+    """Rank models on one metric (1 = best; ties share the average rank); a missing/failed mean takes the
+    shared last places, so a failure never improves a model's rank. All-missing -> all NaN (metric unranked)."""
+    valid = _sig12(means.dropna())
+    if valid.empty or goal not in ("max", "min"):
+        return pd.Series(np.nan, index=means.index)
+    ranks = valid.rank(method="average", ascending=(goal == "min"))
+    worst = (len(valid) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
+    return ranks.reindex(means.index).fillna(worst)
+
+
+def best_mask(means: pd.Series, goal: str) -> pd.Series:
+    """True where a mean equals the best mean of the column (ties all marked; info metrics never)."""
+    ranks = rank_metric(means, goal)
+    if ranks.isna().all():
+        return pd.Series(False, index=means.index)
+    return (ranks == ranks[means.notna()].min()) & means.notna()
+
+
+def aggregate_cells(values: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks."""
+    ok = values[values["status"] == "ok"]
+    g = ok.groupby(["model", "metric"])["value"]
+    stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
+    meta = values.groupby("metric").agg(family=("family", "first"), goal=("goal", "first"),
+                                        metric_version=("metric_version", "first"))
+    errors = values[values["status"] != "ok"].groupby(["model", "metric"]).size().rename("n_error")
+    full = pd.MultiIndex.from_product([models, sorted(meta.index)], names=["model", "metric"])
+    cells = stats.reindex(full).join(errors).join(meta, on="metric").reset_index()
+    cells["n"] = cells["n"].fillna(0).astype(int)
+    cells["n_error"] = cells["n_error"].fillna(0).astype(int)
+    cells["rank"], cells["best"] = np.nan, False
+    for metric, idx in cells.groupby("metric").groups.items():
+        sub = cells.loc[idx].set_index("model")
+        goal = sub["goal"].iloc[0]
+        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal).to_numpy()
+        cells.loc[idx, "best"] = best_mask(sub["mean"], goal).to_numpy()
+    return cells
+
+
+def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
+              profiles: dict[str, dict[str, float]] = PROFILES) -> pd.DataFrame:
+    """Per model: mean rank overall and per family, profile scores and ranks, run counts and efficiency means."""
+    ranked = cells.dropna(subset=["rank"])
+    out = pd.DataFrame(index=pd.Index(models, name="model"))
+    out["mean_rank"] = ranked.groupby("model")["rank"].mean()
+    fam = ranked.groupby(["model", "family"])["rank"].mean().unstack("family")
+    for f in RANK_FAMILIES:
+        out[f"rank_{f}"] = fam[f] if f in fam else np.nan
+    for name, weights in profiles.items():
+        w = pd.Series({f: weights.get(f, 0.0) for f in RANK_FAMILIES})
+        R = out[[f"rank_{f}" for f in RANK_FAMILIES]].set_axis(list(RANK_FAMILIES), axis=1)
+        present = R.notna().mul(w, axis=1)
+        score = R.fillna(0).mul(w, axis=1).sum(axis=1) / present.sum(axis=1).replace(0, np.nan)
+        out[f"profile_{name}"] = score
+        out[f"rank_{name}"] = _sig12(score).rank(method="average")
+    ok = runs[runs["ok"]]
+    out["runs_ok"] = ok.groupby("model").size().reindex(models).fillna(0).astype(int)
+    out["runs_total"] = runs.groupby("model").size().reindex(models).fillna(0).astype(int)
+    out["seeds"] = ok.groupby("model")["seed"].apply(lambda s: ",".join(str(int(x)) for x in sorted(s)))
+    for col in EFFICIENCY:
+        out[col] = pd.to_numeric(ok[col], errors="coerce").groupby(ok["model"]).mean()
+    out["device"] = ok.groupby("model")["device"].apply(lambda s: ",".join(sorted({str(x) for x in s.dropna()})))
+    order = out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf)).sort_values(["_r"], kind="stable")
+    return out.loc[order.index]
+
+
+def _version_partitions(res: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, list[str], str | None]]:
+    """Split a group's run paths so no metric appears with two versions in one table: [(suffix, paths, note)]."""
+    versions = res.groupby("metric")["metric_version"].nunique()
+    clash = sorted(versions[versions > 1].index)
+    if not clash:
+        return [("", list(runs["path"]), None)]
+    sig = (res[res["metric"].isin(clash)].drop_duplicates(["path", "metric"])
+           .assign(tag=lambda d: d["metric"] + " v" + d["metric_version"].astype(str))
+           .groupby("path")["tag"].apply(lambda s: ", ".join(sorted(s))))
+    unversioned = [p for p in runs["path"] if p not in sig.index]  # failed runs: shown as holes in every part
+    note = (f"metric versions differ between runs ({', '.join(clash)}); the runs are split into one table per "
+            f"version so no column mixes two definitions")
+    return [(f" [{s}]", sorted(sig.index[sig == s]) + unversioned, note) for s in sorted(sig.unique())]
+
+
+def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -> list[Table]:
+    """One Table per (tag, dataset config, metric-version set), in sorted order."""
+    tables: list[Table] = []
+    runs = rs.runs.assign(tag=rs.runs["tag"].fillna("?"), data=rs.runs["data"].fillna("?"),
+                          model=rs.runs["model"].fillna("?"))
+    for (tag, data), grp in runs.groupby(["tag", "data"], sort=True):
+        keys = sorted(grp["data_key"].unique())
+        for key in keys:
+            g = grp[grp["data_key"] == key]
+            res = rs.results[rs.results["path"].isin(g["path"])]
+            base = f"{tag} / {data}" + (f" [data config {key}]" if len(keys) > 1 else "")
+            for suffix, paths, note in _version_partitions(res, g):
+                t_runs = g[g["path"].isin(paths)]
+                values = res[res["path"].isin(paths)]
+                models = sorted(t_runs["model"].unique())
+                cells = aggregate_cells(values, models)
+                notes = [note] if note else []
+                if len(keys) > 1:
+                    notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
+                tables.append(Table(str(tag), str(data), base + suffix, cells,
+                                    summarise(cells, t_runs, models, profiles),
+                                    values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes))
+    return tables
+
+
+def parse_profile(text: str) -> tuple[str, dict[str, float]]:
+    """Parse a CLI profile `name=fidelity:0.2,utility:0.6,privacy:0.2` (weights need not sum to 1)."""
+    name, sep, body = text.partition("=")
+    try:
+        weights = {f.strip(): float(w) for f, w in (item.split(":") for item in body.split(","))}
+    except ValueError:
+        weights = {}
+    if not sep or not name or not weights or set(weights) - set(RANK_FAMILIES) or min(weights.values()) < 0:
+        raise ValueError(f"profile {text!r} must look like name=fidelity:0.2,utility:0.6,privacy:0.2 with families "
+                         f"among {', '.join(RANK_FAMILIES)} and non-negative weights")
+    return name, weights

@@ -1,0 +1,259 @@
+"""Leaderboard figures (seaborn on the Agg backend): prevalence and co-occurrence scatters, metric point plots,
+rank heatmap, training-loss curves and the privacy–utility scatter; a figure that cannot be drawn becomes a note."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .aggregate import RANK_FAMILIES, Table  # noqa: E402
+from .load import RESERVED_DATA_KEYS, RunSet  # noqa: E402
+
+COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
+MAX_POINTS = 300     # training curves: at most this many logged steps per line
+
+
+@dataclass(frozen=True)
+class FigureInfo:
+    table: str
+    kind: str
+    title: str
+    caption: str
+    path: Path
+
+
+def _grid(n: int, ncols: int, size: float = 3.6) -> tuple[plt.Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 0.9), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})  # no version stamp: regenerated PNGs diff cleanly
+    plt.close(fig)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def load_real(rs: RunSet, path: str, cache: dict[str, Any]) -> Any:
+    """The run's dataset rebuilt from its recorded config (cached per config); raises with the reason on failure."""
+    cfg = (rs.configs.get(path) or {}).get("data")
+    if not cfg or "name" not in cfg:
+        raise ValueError(f"{path}: no data config in run.json or .hydra/config.yaml")
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    if key not in cache:
+        try:
+            import data as data_pkg
+
+            cache[key] = data_pkg.load_dataset(cfg["name"], **{k: v for k, v in cfg.items() if k not in RESERVED_DATA_KEYS})
+        except Exception as e:  # the figure is skipped with this reason; the tables do not need the data
+            cache[key] = e
+    if isinstance(cache[key], Exception):
+        e = cache[key]
+        raise ValueError(f"dataset {cfg['name']!r} could not be loaded ({type(e).__name__}: {str(e).strip()[:200]})")
+    return cache[key]
+
+
+def _synthetic(rs: RunSet, path: str, columns: tuple[str, ...]) -> np.ndarray:
+    """synthetic.npz of a run with columns reordered to the real data's; raises on a missing file or column."""
+    f = rs.root / path / "synthetic.npz"
+    if not f.exists():
+        raise FileNotFoundError(f"{path}/synthetic.npz is missing")
+    with np.load(f, allow_pickle=False) as z:
+        X, cols = z["X"], [str(c) for c in z["columns"]]
+    idx = pd.Index(cols).get_indexer(list(columns))
+    if (idx < 0).any():
+        raise ValueError(f"{path}/synthetic.npz lacks column {columns[int(np.flatnonzero(idx < 0)[0])]!r}")
+    return np.asarray(X[:, idx], dtype=np.float32)
+
+
+def _first_runs(t: Table) -> dict[str, str]:
+    """Per model, the complete run with the lowest seed (the one drawn in per-run figures)."""
+    ok = t.runs[t.runs["ok"]].sort_values(["model", "seed", "path"])
+    return dict(zip(ok.drop_duplicates("model")["model"], ok.drop_duplicates("model")["path"]))
+
+
+def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tuple[list[FigureInfo], list[str]]:
+    """Real vs synthetic per model: code prevalences ("prevalence") or pairwise co-occurrence rates ("cooccurrence")."""
+    runs = _first_runs(t)
+    if not runs:
+        return [], []
+    try:
+        real = load_real(rs, next(iter(runs.values())), cache)
+    except ValueError as e:
+        return [], [f"{t.label}: {kind} figure skipped: {e}"]
+    cols = [c for c, b in zip(real.columns, real.binary_mask) if b and (kind == "prevalence" or c not in real.label_columns)]
+    R = real.train[:, pd.Index(real.columns).get_indexer(cols)]
+    if kind == "cooccurrence":
+        top = np.sort(np.argsort(-R.mean(0), kind="stable")[:COOC_CODES])
+        cols, R = [cols[i] for i in top], R[:, top]
+        iu = np.triu_indices(len(cols), 1)
+        stat = lambda X: ((X.T.astype(np.float64) @ X) / len(X))[iu]  # noqa: E731
+    else:
+        stat = lambda X: X.mean(0, dtype=np.float64)  # noqa: E731
+    x, notes, panels = stat(R), [], []
+    for model, path in runs.items():
+        try:
+            panels.append((model, path, stat(_synthetic(rs, path, tuple(cols)))))
+        except (OSError, ValueError, KeyError) as e:
+            notes.append(f"{t.label}: {kind} panel of {model} skipped: {e}")
+    if not panels or len(x) == 0:
+        return [], notes
+    fig, axes = _grid(len(panels), 3)
+    lim = max(float(x.max()), max(float(y.max()) for _, _, y in panels)) * 1.05 or 1.0
+    for ax, (model, path, y) in zip(axes, panels):
+        sns.scatterplot(x=x, y=y, s=10, alpha=0.5, linewidth=0, ax=ax)
+        ax.plot([0, lim], [0, lim], color="grey", lw=1, ls="--")
+        ax.set(xlim=(0, lim), ylim=(0, lim), xlabel=f"real (train) {kind}", ylabel=f"synthetic {kind}")
+        r = _pearson(x, y)
+        ax.set_title(f"{model} (seed {path.rsplit('seed_', 1)[-1]}): r = {'n/a' if math.isnan(r) else f'{r:.3f}'}")
+    p = out / f"{t.slug}__{kind}.png"
+    _save(fig, p)
+    what = ("per-column prevalence of every binary column" if kind == "prevalence" else
+            f"pairwise co-occurrence rate P(a=1, b=1) of the {len(cols)} most prevalent binary feature columns")
+    cap = (f"{what}, real training data (x) vs the lowest-seed synthetic sample (y), dashed identity line, "
+           f"Pearson r in each title.")
+    return [FigureInfo(t.label, kind, f"{t.label}: {kind} real vs synthetic", cap, p)], notes
+
+
+def fig_points(t: Table, out: Path) -> list[FigureInfo]:
+    metrics = [m for m in t.metrics("ranked") if (t.values.loc[t.values["metric"] == m, "status"] == "ok").any()]
+    if not metrics:
+        return []
+    goal = t.cells.drop_duplicates("metric").set_index("metric")["goal"]
+    fig, axes = _grid(len(metrics), 4, 3.4)
+    v = t.values[t.values["status"] == "ok"]
+    for ax, m in zip(axes, metrics):
+        sns.pointplot(data=v[v["metric"] == m], x="value", y="model", order=t.models, errorbar="sd",
+                      linestyle="none", capsize=0.3, ax=ax)
+        ax.set(title=f"{m} {'↑' if goal[m] == 'max' else '↓'}", xlabel="", ylabel="")
+    p = out / f"{t.slug}__metrics.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "metrics", f"{t.label}: metrics by model", "Mean over seeds with ± 1 standard "
+                       "deviation error bars (one point when a model has a single seed); models in leaderboard order.", p)]
+
+
+def fig_ranks(t: Table, out: Path) -> list[FigureInfo]:
+    ranked = t.metrics("ranked")
+    R = t.cells.pivot(index="model", columns="metric", values="rank").reindex(index=t.models, columns=ranked)
+    R = R.dropna(axis=1, how="all")
+    if R.empty:
+        return []
+    S = t.summary[["mean_rank"] + [f"rank_{f}" for f in RANK_FAMILIES]].dropna(axis=1, how="all")
+    M = pd.concat([R, S.set_axis([c.replace("rank_", "") + " (mean)" if c != "mean_rank" else "mean rank"
+                                  for c in S.columns], axis=1)], axis=1).astype(float)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * M.shape[1], 2.6 + 0.5 * M.shape[0]))
+    sns.heatmap(M, annot=True, fmt=".1f", cmap="viridis_r", cbar=False, linewidths=0.5, ax=ax)
+    ax.set(xlabel="", ylabel="")
+    ax.tick_params(axis="y", rotation=0)
+    plt.setp(ax.get_xticklabels(), rotation=50, ha="right")
+    p = out / f"{t.slug}__ranks.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "ranks", f"{t.label}: rank heatmap", "Rank of each model per metric (1 = best), "
+                       "then the mean rank overall and per family.", p)]
+
+
+def _train_stats(rs: RunSet, t: Table) -> tuple[pd.DataFrame, list[str]]:
+    frames, notes = [], []
+    for _, r in t.runs.sort_values(["model", "seed", "path"]).iterrows():
+        f = rs.root / r["path"] / "train_stats.jsonl"
+        if not f.exists():
+            continue
+        rows, bad = [], 0
+        for line in f.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                rows.append({"phase": str(row.get("phase", "train")), "step": int(row["step"]), **row["loss"]})
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                bad += 1
+        if bad:
+            notes.append(f"{t.label}: {r['path']}/train_stats.jsonl has {bad} unreadable line(s), skipped")
+        if rows:
+            d = pd.DataFrame(rows).melt(id_vars=["phase", "step"], var_name="key", value_name="loss").dropna()
+            frames.append(d.assign(model=r["model"], seed=int(r["seed"]) if pd.notna(r["seed"]) else -1))
+    if not frames:
+        return pd.DataFrame(), notes
+    d = pd.concat(frames, ignore_index=True)
+    d["series"] = d["phase"] + ": " + d["key"].astype(str)
+    d = d.sort_values(["model", "seed", "series", "step"], kind="stable")
+    pos = d.groupby(["model", "seed", "series"]).cumcount()
+    size = d.groupby(["model", "seed", "series"])["step"].transform("size")
+    keep = pos % np.maximum(1, np.ceil(size / MAX_POINTS)).astype(int) == 0
+    return d[keep | (pos == size - 1)], notes
+
+
+def fig_losses(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    d, notes = _train_stats(rs, t)
+    if d.empty:
+        return [], notes
+    models = [m for m in t.models if m in set(d["model"])]
+    fig, axes = _grid(len(models), 3, 3.8)
+    for ax, m in zip(axes, models):
+        dm = d[d["model"] == m]
+        sns.lineplot(data=dm, x="step", y="loss", hue="series", hue_order=sorted(dm["series"].unique()),
+                     units="seed", estimator=None, lw=0.8, ax=ax)
+        if (dm["loss"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(f"{m} ({dm['seed'].nunique()} seed(s))")
+        ax.legend(fontsize=7)
+    p = out / f"{t.slug}__losses.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "losses", f"{t.label}: training losses", "Losses logged in train_stats.jsonl, one "
+                       "line per seed and loss key (log scale when all positive); models without a training log are "
+                       "not drawn.", p)], notes
+
+
+def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    s = t.summary[["rank_utility", "rank_privacy"]].dropna()
+    if s.empty:
+        return [], [f"{t.label}: privacy–utility figure skipped: no model has both utility and privacy ranks"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sns.scatterplot(x=s["rank_utility"], y=s["rank_privacy"], hue=s.index, hue_order=list(s.index), s=60, ax=ax,
+                    legend=False)
+    for m, (u, pr) in s.iterrows():
+        ax.annotate(m, (u, pr), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="utility mean rank (lower is better)", ylabel="privacy mean rank (lower is better)")
+    p = out / f"{t.slug}__privacy_utility.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "privacy_utility", f"{t.label}: privacy vs utility", "Family mean ranks; models near "
+                       "the origin are good on both.", p)], []
+
+
+def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list[FigureInfo], list[str]]:
+    """Draw every figure of every table into out/; returns the figures and one note per skipped figure."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    figs, notes, cache = [], [], {}
+    for t in tables:
+        steps: list[Callable[[], Any]] = [
+            lambda: fig_scatter(rs, t, out, cache, "prevalence"), lambda: fig_scatter(rs, t, out, cache, "cooccurrence"),
+            lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
+            lambda: fig_privacy_utility(t, out)]
+        for kind, step in zip(("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility"), steps):
+            try:
+                f, n = step()
+            except Exception as e:  # one broken figure must not cost the whole report; the note says why
+                plt.close("all")
+                f, n = [], [f"{t.label}: {kind} figure failed ({type(e).__name__}: {str(e).strip()[:200]})"]
+            figs += f
+            notes += n
+    return figs, notes

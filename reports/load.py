@@ -1,0 +1,205 @@
+"""Load run directories (run.json + results.jsonl) into tidy DataFrames; every unreadable run becomes a failure row."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
+               "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
+               "n_samples", "n_features", "config_hash", "git_commit", "finished"]
+RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
+                  "seconds", "status", "data_key"]
+FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
+RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
+
+
+@dataclass
+class RunSet:
+    """Everything found under one runs folder: runs (one row per run dir), results (one row per metric value of
+    complete runs), failures (every run, file or metric that did not give a usable value) and configs."""
+
+    root: Path
+    runs: pd.DataFrame
+    results: pd.DataFrame
+    failures: pd.DataFrame
+    configs: dict[str, dict] = field(default_factory=dict)  # run path (relative to root) -> resolved config
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every folder under root holding run.json, results.jsonl or .hydra/config.yaml (sorted, deduplicated)."""
+    root = Path(root)
+    found = {p.parent for name in ("run.json", "results.jsonl") for p in root.rglob(name)}
+    found |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def data_key(data_cfg: dict | None) -> str:
+    """Short hash of a dataset config (minus reserved keys): runs with different keys never share a table."""
+    if not data_cfg:
+        return "unknown"
+    kw = {k: v for k, v in data_cfg.items() if k not in RESERVED_DATA_KEYS}
+    return hashlib.sha1(json.dumps({"name": data_cfg.get("name"), **kw}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _hydra_config(run_dir: Path) -> dict | None:
+    p = run_dir / ".hydra" / "config.yaml"
+    if not p.exists():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
+        return cfg if isinstance(cfg, dict) else None
+    except Exception:  # a corrupt Hydra file only loses the fallback identity, the failure is reported elsewhere
+        return None
+
+
+def _identity(rel: str, config: dict | None) -> dict:
+    """tag/data/model/seed from a config, falling back to the runs/<tag>/<data>/<model>/seed_<n> path."""
+    parts = rel.split("/")
+    ident: dict[str, Any] = {"tag": None, "data": None, "model": None, "seed": None}
+    if len(parts) >= 3 and re.fullmatch(r"seed_-?\d+", parts[-1]):
+        ident.update(data=parts[-3], model=parts[-2], seed=int(parts[-1][5:]))
+        if len(parts) >= 4:
+            ident["tag"] = parts[-4]
+    if config:
+        ident["tag"] = config.get("tag", ident["tag"])
+        ident["data"] = (config.get("data") or {}).get("name", ident["data"])
+        ident["model"] = (config.get("model") or {}).get("name", ident["model"])
+        ident["seed"] = config.get("seed", ident["seed"])
+    return ident
+
+
+def _read_run_json(path: Path) -> tuple[dict | None, str | None]:
+    if not path.exists():
+        return None, "missing run.json (the run never started or was deleted)"
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"corrupt run.json: {str(e).splitlines()[0]}"
+    if not isinstance(info, dict):
+        return None, f"corrupt run.json: expected a JSON object, got {type(info).__name__}"
+    return info, None
+
+
+def _read_results(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of results.jsonl and one reason per unreadable line."""
+    rows, bad = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"results.jsonl line {i} is not valid JSON ({str(e).splitlines()[0]})")
+            continue
+        missing = [k for k in ("metric", "value", "status") if not isinstance(row, dict) or k not in row]
+        if missing:
+            bad.append(f"results.jsonl line {i} lacks the key(s) {', '.join(missing)}")
+            continue
+        rows.append(row)
+    return rows, bad
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_runs(root: str | Path) -> RunSet:
+    """Read every run directory under root into a RunSet; corrupt or incomplete runs become failure rows."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs folder {root} does not exist or is not a folder")
+    runs, results, failures, configs = [], [], [], {}
+
+    def fail(kind: str, rel: str, ident: dict, reason: str, metric: str | None = None) -> None:
+        failures.append({"kind": kind, "path": rel, **{k: ident.get(k) for k in ("tag", "data", "model", "seed")},
+                         "metric": metric, "reason": reason})
+
+    for run_dir in find_run_dirs(root):
+        rel = run_dir.relative_to(root).as_posix() or "."
+        info, problem = _read_run_json(run_dir / "run.json")
+        config = (info or {}).get("config") if isinstance((info or {}).get("config"), dict) else _hydra_config(run_dir)
+        ident = _identity(rel, config)
+        if info:
+            ident.update({k: info[k] for k in ("tag", "data", "model", "seed") if info.get(k) is not None})
+        if config:
+            configs[rel] = config
+        dkey = data_key((config or {}).get("data"))
+        status = str(info.get("status")) if info else "unreadable"
+        ok = problem is None and status == "ok"
+        runs.append({**{c: (info or {}).get(c) for c in RUN_COLUMNS}, **ident, "path": rel, "status": status,
+                     "ok": ok, "data_key": dkey})
+        if problem:
+            fail("run", rel, ident, problem)
+            continue
+        if status != "ok":
+            reason = ("incomplete: status 'running' (interrupted, or still running)" if status == "running"
+                      else status)
+            fail("run", rel, ident, reason)
+            continue
+        if not (run_dir / "results.jsonl").exists():
+            fail("run", rel, ident, "missing results.jsonl although run.json says status ok")
+            runs[-1]["ok"] = False
+            continue
+        rows, bad = _read_results(run_dir / "results.jsonl")
+        for reason in bad:
+            fail("file", rel, ident, reason)
+        seen: dict[str, int] = {}
+        for row in rows:
+            metric = str(row["metric"])
+            seen[metric] = seen.get(metric, 0) + 1
+            value, st = _float(row.get("value")), str(row.get("status"))
+            if st == "ok" and not math.isfinite(value):
+                st = f"error: value is {row.get('value')} although the metric reported status ok"
+            results.append({**ident, "path": rel, "metric": metric, "family": row.get("family") or "other",
+                            "goal": row.get("goal") or "info", "metric_version": int(row.get("metric_version") or 1),
+                            "value": value if st == "ok" else math.nan, "seconds": _float(row.get("seconds")),
+                            "status": st, "data_key": dkey})
+            if st != "ok":
+                fail("metric", rel, ident, st, metric)
+        for metric, count in sorted(seen.items()):
+            if count > 1:
+                fail("file", rel, ident, f"results.jsonl holds {count} rows for metric {metric}; the last one is used",
+                     metric)
+        if seen:
+            # keep only the last row per metric (a metric listed twice would otherwise count as two seeds)
+            last = pd.DataFrame(results[-len(rows):]).drop_duplicates("metric", keep="last")
+            del results[-len(rows):]
+            results.extend(last.to_dict("records"))
+        elif not bad:
+            fail("run", rel, ident, "results.jsonl is empty")
+
+    runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
+    results_df = pd.DataFrame(results, columns=RESULT_COLUMNS)
+    _flag_duplicate_cells(runs_df, results_df, failures)
+    runs_df = runs_df.sort_values("path", kind="stable").reset_index(drop=True)
+    results_df = results_df.sort_values(["path", "metric"], kind="stable").reset_index(drop=True)
+    fail_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    fail_df = fail_df.sort_values(["path", "kind", "metric", "reason"], kind="stable", na_position="first")
+    return RunSet(root, runs_df, results_df, fail_df.reset_index(drop=True), configs)
+
+
+def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame, failures: list[dict]) -> None:
+    """Two complete runs of the same (tag, data config, model, seed) would count as two seeds: keep the first path."""
+    ok = runs[runs["ok"]]
+    dup = ok.duplicated(["tag", "data_key", "model", "seed"], keep="first")
+    for _, r in ok[dup].iterrows():
+        first = ok[(ok["tag"] == r["tag"]) & (ok["data_key"] == r["data_key"]) & (ok["model"] == r["model"])
+                   & (ok["seed"] == r["seed"])]["path"].iloc[0]
+        failures.append({"kind": "run", "path": r["path"], "tag": r["tag"], "data": r["data"], "model": r["model"],
+                         "seed": r["seed"], "metric": None, "reason": f"duplicate of {first} (same tag, data, model and "
+                                                                      f"seed); not counted"})
+    drop = set(ok[dup]["path"])
+    runs.loc[runs["path"].isin(drop), "ok"] = False
+    results.drop(results.index[results["path"].isin(drop)], inplace=True)

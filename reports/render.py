@@ -1,0 +1,231 @@
+"""Render leaderboard tables to Markdown, CSV and one self-contained HTML page (rounding happens only here);
+`write_report` ties load -> aggregate -> figures -> render together."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
+from .figures import FigureInfo, make_figures
+from .load import RunSet, load_runs
+
+ARROW = {"max": "↑", "min": "↓", "info": ""}
+
+
+def fmt_num(x: float, sig: int = 4) -> str:
+    """A number with `sig` significant digits (integers >= 1000 without decimals); NaN -> '—'."""
+    if x is None:
+        return "—"
+    x = float(x)
+    if not math.isfinite(x):
+        return "—" if math.isnan(x) else ("∞" if x > 0 else "-∞")
+    if abs(x) >= 1000 or (x == int(x) and abs(x) >= 1):
+        return f"{x:,.0f}"
+    return f"{x:.{sig}g}"
+
+
+def fmt_cell(mean: float, std: float, n: int, n_error: int = 0) -> str:
+    """'mean ± std (n)' with the mean rounded to the std's second significant digit; single seed: 'mean (n=1)'."""
+    if n == 0:
+        return f"error ×{n_error}" if n_error else "—"
+    err = f", {n_error} err" if n_error else ""
+    if n == 1 or std is None or not np.isfinite(std):
+        return f"{fmt_num(mean)} (n={n}{err})"
+    if std == 0:
+        return f"{fmt_num(mean)} ± 0 (n={n}{err})"
+    decimals = int(min(6, max(0, 1 - math.floor(math.log10(abs(std))))))
+    return f"{mean:,.{decimals}f} ± {std:,.{decimals}f} (n={n}{err})"
+
+
+def metric_frame(t: Table, metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Formatted models x metrics strings and the matching best-cell mask."""
+    c = t.cells[t.cells["metric"].isin(metrics)]
+    text = c.assign(s=[fmt_cell(m, s, n, e) for m, s, n, e in zip(c["mean"], c["std"], c["n"], c["n_error"])])
+    goal = c.drop_duplicates("metric").set_index("metric")["goal"]
+    cols = [f"{m} {ARROW.get(goal[m], '')}".strip() for m in metrics]
+    strings = text.pivot(index="model", columns="metric", values="s").reindex(index=t.models, columns=metrics)
+    best = c.pivot(index="model", columns="metric", values="best").reindex(index=t.models, columns=metrics)
+    return strings.set_axis(cols, axis=1), best.fillna(False).astype(bool).set_axis(cols, axis=1)
+
+
+def summary_frame(t: Table) -> pd.DataFrame:
+    """Formatted ranks, profiles, run counts and efficiency columns."""
+    s = t.summary
+    out = pd.DataFrame(index=s.index)
+    out["mean rank ↓"] = s["mean_rank"].map(lambda v: fmt_num(v, 3))
+    for f in RANK_FAMILIES:
+        out[f"{f} rank ↓"] = s[f"rank_{f}"].map(lambda v: fmt_num(v, 3))
+    for p in [c[len("profile_"):] for c in s.columns if c.startswith("profile_")]:
+        out[f"{p} ↓"] = [f"{fmt_num(v, 3)} (#{fmt_num(r, 2)})" if np.isfinite(v) else "—"
+                         for v, r in zip(s[f"profile_{p}"], s[f"rank_{p}"])]
+    out["runs ok"] = [f"{a}/{b}" for a, b in zip(s["runs_ok"], s["runs_total"])]
+    out["seeds"] = s["seeds"].fillna("")
+    names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params"}
+    for col in EFFICIENCY:
+        out[names[col]] = s[col].map(lambda v: fmt_num(v, 3))
+    out["device"] = s["device"].fillna("")
+    return out
+
+
+def failures_frame(failures: pd.DataFrame) -> pd.DataFrame:
+    f = failures.copy()
+    f["seed"] = f["seed"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v)))
+    return f[["kind", "path", "data", "model", "seed", "metric", "reason"]].fillna("")
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(df: pd.DataFrame, best: pd.DataFrame | None = None, index: str = "model") -> str:
+    cols = ([index] if index else []) + list(df.columns)
+    lines = ["| " + " | ".join(map(_md_escape, cols)) + " |", "|" + "---|" * len(cols)]
+    for i, (key, row) in enumerate(df.iterrows()):
+        cells = [f"**{_md_escape(v)}**" if best is not None and best.iloc[i][c] else _md_escape(v)
+                 for c, v in row.items()]
+        lines.append("| " + " | ".join(([_md_escape(key)] if index else []) + cells) + " |")
+    return "\n".join(lines)
+
+
+def html_table(df: pd.DataFrame, best: pd.DataFrame | None = None, index: str = "model", cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ([index] if index else []) + list(df.columns))
+    body = []
+    for i, (key, row) in enumerate(df.iterrows()):
+        tds = [f'<td class="best">{html.escape(str(v))}</td>' if best is not None and best.iloc[i][c]
+               else f"<td>{html.escape(str(v))}</td>" for c, v in row.items()]
+        first = f"<th>{html.escape(str(key))}</th>" if index else ""
+        body.append(f"<tr>{first}{''.join(tds)}</tr>")
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
+    """(title, formatted frame, best mask) for one leaderboard: summary, then one table per family, then info."""
+    out: list[tuple[str, pd.DataFrame, pd.DataFrame | None]] = [("Summary: ranks, profiles, efficiency", summary_frame(t), None)]
+    ranked = t.metrics("ranked")
+    fams = t.cells.drop_duplicates("metric").set_index("metric")["family"]
+    for fam in dict.fromkeys(fams[m] for m in ranked):
+        strings, best = metric_frame(t, [m for m in ranked if fams[m] == fam])
+        out.append((f"{fam.capitalize()} metrics", strings, best))
+    info = [m for m in t.metrics() if m not in ranked]
+    if info:
+        out.append(("Additional values (goal info: shown, never ranked)", *metric_frame(t, info)))
+    return out
+
+
+LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the number of seeds that gave a value; "
+          "**bold** marks the best mean per metric (ties all marked); ↑ higher is better, ↓ lower is better. Ranks "
+          "are per metric (1 = best, ties share the average rank, a failed or missing cell takes the last places); "
+          "the mean rank averages all ranked metrics, the family ranks average within fidelity, utility and privacy, "
+          "and each profile is a weighted mean of the family ranks (#n = its rank).")
+
+
+def split_notes(tables: list[Table], notes: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Notes that start with a table's label go under that table (without the label); the rest are global."""
+    own = {t.label: list(t.notes) for t in tables}
+    rest = []
+    for n in notes:
+        label = next((t.label for t in tables if n.startswith(t.label + ": ")), None)
+        if label is None:
+            rest.append(n)
+        else:
+            own[label].append(n[len(label) + 2:])
+    return rest, own
+
+
+def to_markdown(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInfo], notes: list[str],
+                header: str, fig_prefix: str = "figures/") -> str:
+    parts = [f"# ehrbench leaderboard\n\n{header}\n\n{LEGEND}"]
+    notes, own = split_notes(tables, notes)
+    parts += [f"> {n}" for n in notes]
+    for t in tables:
+        parts.append(f"## {t.label}")
+        parts += [f"> {n}" for n in own[t.label]]
+        for title, frame, best in sections(t):
+            parts.append(f"### {title}\n\n{md_table(frame, best)}")
+        for fig in [f for f in figures if f.table == t.label]:
+            parts.append(f"![{fig.title}]({fig_prefix}{fig.path.name})\n\n*{fig.title}.* {fig.caption}".rstrip())
+    parts.append("## Failures\n\n" + (md_table(failures_frame(failures), index="") if len(failures)
+                                      else "No run, file or metric failed."))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(tables: list[Table]) -> pd.DataFrame:
+    """Long table: one row per (leaderboard, model, metric) with full precision, plus summary rows."""
+    frames = []
+    for t in tables:
+        c = t.cells.assign(table=t.label, tag=t.tag, data=t.data)
+        frames.append(c)
+        s = t.summary.drop(columns=["seeds", "device"]).reset_index().melt(id_vars="model", var_name="metric",
+                                                                           value_name="mean")
+        frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info"))
+    cols = ["table", "tag", "data", "model", "metric", "family", "goal", "metric_version", "mean", "std", "n",
+            "n_error", "rank", "best"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+       "margin:.5em 0 1.5em;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+       "th{background:#f3f3f3}td.best{font-weight:bold;background:#e6f4e6}blockquote{color:#555;margin:.3em 0}"
+       "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.85em;color:#444}")
+
+
+def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInfo], notes: list[str],
+            header: str) -> str:
+    """One page with every table and every figure embedded as base64 PNG: no external file or network access."""
+    parts = [f"<h1>ehrbench leaderboard</h1><p>{html.escape(header)}</p>",
+             f"<p>{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')}</p>"]
+    notes, own = split_notes(tables, notes)
+    parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in notes]
+    for t in tables:
+        parts.append(f'<h2 id="{t.slug}">{html.escape(t.label)}</h2>')
+        parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in own[t.label]]
+        for title, frame, best in sections(t):
+            parts.append(f"<h3>{html.escape(title)}</h3>{html_table(frame, best)}")
+        for fig in [f for f in figures if f.table == t.label]:
+            data = base64.b64encode(Path(fig.path).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption><b>{html.escape(fig.title)}.</b> {html.escape(fig.caption)}</figcaption></figure>")
+    parts.append("<h2 id=\"failures\">Failures</h2>" + (html_table(failures_frame(failures), index="", cls="failures")
+                                                       if len(failures) else "<p>No run, file or metric failed.</p>"))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ehrbench leaderboard</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def describe(rs: RunSet, runs_dir: str) -> str:
+    """One deterministic sentence on what was read (no wall-clock time, so regenerated files diff cleanly)."""
+    r = rs.runs
+    finished = sorted(str(x)[:10] for x in r["finished"].dropna())
+    span = f"; runs finished {finished[0]} to {finished[-1]}" if finished else ""
+    commits = sorted({str(c)[:10] for c in r["git_commit"].dropna()})
+    tags = ", ".join(sorted({str(t) for t in r["tag"].dropna()})) or "none"
+    return (f"{len(r)} run directories under `{runs_dir}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
+            f"git commit(s): {', '.join(commits) or 'unknown'}). {len(rs.failures)} failure row(s).")
+
+
+def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict[str, float]] = PROFILES,
+                 figures: bool = True) -> dict[str, Path]:
+    """Build every table and figure for runs_dir and write them to out; returns the written paths by kind."""
+    rs = load_runs(runs_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: list[Table] = build_tables(rs, profiles)
+    notes = []
+    if not tables:
+        notes.append(f"no run directories found under {runs_dir} (expected <tag>/<data>/<model>/seed_<n>/run.json)")
+    figs, fig_notes = make_figures(rs, tables, out / "figures") if figures else ([], [])
+    notes += fig_notes
+    header = describe(rs, str(runs_dir))
+    paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
+    paths["markdown"].write_text(to_markdown(tables, rs.failures, figs, notes, header))
+    to_csv(tables).to_csv(paths["csv"], index=False, float_format="%.10g")
+    paths["html"].write_text(to_html(tables, rs.failures, figs, notes, header))
+    if figs:
+        paths["figures"] = out / "figures"
+    return paths

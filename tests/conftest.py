@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny simulator dataset and Hydra composition of the real config tree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "benchmarks")
+
+torch.set_num_threads(1)
+
+# Hyperparameters that keep every registered generator to seconds on CPU (architecture shrunk, same code path).
+TINY_PARAMS = {
+    "ehrdiff": {"unit_dims": [32, 16, 32], "time_dim": 16, "batch_size": 64, "epochs": 2, "warmup_steps": 4,
+                "num_steps": 4, "sample_batch_size": 256},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """600 patients x (40 codes + 5 demographic/label columns), deterministic."""
+    return load_dataset("synthetic", n_patients=600, n_codes=40, seed=3)
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose benchmarks/config.yaml exactly as run_benchmark.py does (no Hydra runtime needed)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])

@@ -1,0 +1,137 @@
+"""Aggregation and ranking on hand-made result rows: max/min goals, ties, NaN, single seed, profiles, versions."""
+import math
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.aggregate import (PROFILES, aggregate_cells, best_mask, build_tables, parse_profile, rank_metric,
+                               summarise)
+from reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
+
+
+def rows(model, metric, values, goal="max", family="fidelity", version=1, errors=0):
+    out = [{"model": model, "seed": s, "metric": metric, "value": v, "status": "ok", "goal": goal, "family": family,
+            "metric_version": version} for s, v in enumerate(values)]
+    out += [{"model": model, "seed": len(values) + i, "metric": metric, "value": math.nan, "status": "error: boom",
+             "goal": goal, "family": family, "metric_version": version} for i in range(errors)]
+    return out
+
+
+def cell(cells, model, metric):
+    return cells[(cells["model"] == model) & (cells["metric"] == metric)].iloc[0]
+
+
+def test_rank_max_min_ties_and_nan():
+    m = pd.Series({"a": 0.9, "b": 0.5, "c": 0.9, "d": np.nan})
+    assert rank_metric(m, "max").to_dict() == {"a": 1.5, "b": 3.0, "c": 1.5, "d": 4.0}
+    assert rank_metric(m, "min").to_dict() == {"a": 2.5, "b": 1.0, "c": 2.5, "d": 4.0}
+    two_missing = pd.Series({"a": 1.0, "b": np.nan, "c": np.nan})
+    assert rank_metric(two_missing, "min").to_dict() == {"a": 1.0, "b": 2.5, "c": 2.5}  # share places 2 and 3
+    assert rank_metric(pd.Series({"a": np.nan}), "max").isna().all()
+    assert rank_metric(pd.Series({"a": 1.0}), "info").isna().all()
+    assert best_mask(m, "max").to_dict() == {"a": True, "b": False, "c": True, "d": False}
+    assert best_mask(m, "min").to_dict() == {"a": False, "b": True, "c": False, "d": False}
+    assert not best_mask(m, "info").any()
+
+
+def test_cells_mean_std_n_match_statistics_module():
+    v = pd.DataFrame(rows("x", "auc", [0.7, 0.8, 0.75]) + rows("y", "auc", [0.6], errors=2)
+                     + rows("x", "mae", [0.1, 0.3], goal="min") + rows("y", "mae", [0.2, 0.2], goal="min"))
+    c = aggregate_cells(v, ["x", "y"])
+    x = cell(c, "x", "auc")
+    assert x["mean"] == pytest.approx(statistics.mean([0.7, 0.8, 0.75]))
+    assert x["std"] == pytest.approx(statistics.stdev([0.7, 0.8, 0.75]))
+    assert (x["n"], x["n_error"], x["rank"], bool(x["best"])) == (3, 0, 1.0, True)
+    y = cell(c, "y", "auc")
+    assert (y["mean"], y["n"], y["n_error"]) == (0.6, 1, 2) and math.isnan(y["std"])  # single seed: no std
+    assert cell(c, "x", "mae")["mean"] == pytest.approx(0.2) and cell(c, "y", "mae")["mean"] == pytest.approx(0.2)
+    assert cell(c, "x", "mae")["rank"] == cell(c, "y", "mae")["rank"] == 1.5  # exact tie on a min metric
+    assert cell(c, "x", "mae")["best"] and cell(c, "y", "mae")["best"]
+
+
+def test_failed_cell_ranks_last_and_info_is_never_ranked():
+    v = pd.DataFrame(rows("good", "r", [0.2]) + rows("bad", "r", [], errors=1) + rows("mid", "r", [0.1])
+                     + rows("good", "r.real", [5.0], goal="info") + rows("bad", "r.real", [7.0], goal="info"))
+    c = aggregate_cells(v, ["bad", "good", "mid", "absent"])
+    assert cell(c, "good", "r")["rank"] == 1 and cell(c, "mid", "r")["rank"] == 2
+    assert cell(c, "bad", "r")["rank"] == cell(c, "absent", "r")["rank"] == 3.5  # a failure never helps
+    assert cell(c, "bad", "r")["n"] == 0 and cell(c, "bad", "r")["n_error"] == 1
+    info = c[c["metric"] == "r.real"]
+    assert info["rank"].isna().all() and not info["best"].any()
+
+
+def _runs(models, seeds=(0,)):
+    recs = [{**{k: None for k in RUN_COLUMNS}, "path": f"t/d/{m}/seed_{s}", "tag": "t", "data": "d", "model": m,
+             "seed": s, "status": "ok", "ok": True, "data_key": "k", "fit_seconds": 10.0 * (i + 1),
+             "n_params": 100 * i, "device": "cpu"} for i, m in enumerate(models) for s in seeds]
+    return pd.DataFrame(recs, columns=RUN_COLUMNS)
+
+
+def test_family_ranks_profiles_and_order():
+    # a: best fidelity (2 metrics), worst privacy; b: the reverse; utility tied.
+    v = pd.DataFrame(rows("a", "f1", [0.9]) + rows("b", "f1", [0.1]) + rows("a", "f2", [0.1], goal="min")
+                     + rows("b", "f2", [0.5], goal="min") + rows("a", "p", [0.9], goal="min", family="privacy")
+                     + rows("b", "p", [0.1], goal="min", family="privacy") + rows("a", "u", [0.5], family="utility")
+                     + rows("b", "u", [0.5], family="utility"))
+    c = aggregate_cells(v, ["a", "b"])
+    s = summarise(c, _runs(["a", "b"]), ["a", "b"])
+    assert s.loc["a", "rank_fidelity"] == 1 and s.loc["b", "rank_fidelity"] == 2
+    assert s.loc["a", "rank_privacy"] == 2 and s.loc["a", "rank_utility"] == 1.5
+    assert s.loc["a", "mean_rank"] == pytest.approx((1 + 1 + 2 + 1.5) / 4)
+    assert s.loc["b", "mean_rank"] == pytest.approx((2 + 2 + 1 + 1.5) / 4)
+    assert list(s.index) == ["a", "b"]  # sorted by mean rank
+    w = PROFILES["privacy_first"]
+    expect_a = (w["fidelity"] * 1 + w["utility"] * 1.5 + w["privacy"] * 2) / sum(w.values())
+    assert s.loc["a", "profile_privacy_first"] == pytest.approx(expect_a)
+    assert s.loc["a", "rank_privacy_first"] == 2 and s.loc["b", "rank_privacy_first"] == 1
+    assert s.loc["a", "rank_utility_first"] == s.loc["b", "rank_utility_first"] == 1.5  # symmetric: a tie
+    assert s.loc["b", "fit_seconds"] == 20.0 and s.loc["a", "device"] == "cpu" and s.loc["a", "runs_ok"] == 1
+
+
+def test_profile_ignores_missing_family():
+    v = pd.DataFrame(rows("a", "f", [0.9]) + rows("b", "f", [0.1]))
+    s = summarise(aggregate_cells(v, ["a", "b"]), _runs(["a", "b"]), ["a", "b"])
+    assert math.isnan(s.loc["a", "rank_privacy"])
+    assert s.loc["a", "profile_balanced"] == 1.0 and s.loc["b", "profile_privacy_first"] == 2.0
+
+
+def _runset(results, runs):
+    res = pd.DataFrame([{**{k: None for k in RESULT_COLUMNS}, **r} for r in results], columns=RESULT_COLUMNS)
+    return RunSet(None, runs, res, pd.DataFrame())
+
+
+def test_metric_versions_and_datasets_never_share_a_table():
+    runs = _runs(["a", "b"], seeds=(0, 1))
+    runs.loc[runs["model"] == "b", "data_key"] = "k"
+    other = _runs(["a"]).assign(data="e", path="t/e/a/seed_0")
+    runs = pd.concat([runs, other], ignore_index=True)
+    res = []
+    for _, r in runs.iterrows():
+        version = 2 if (r["model"] == "a" and r["seed"] == 1) else 1  # one run computed metric m with version 2
+        res.append({"path": r["path"], "tag": "t", "data": r["data"], "model": r["model"], "seed": r["seed"],
+                    "metric": "m", "family": "fidelity", "goal": "max", "metric_version": version, "value": 1.0,
+                    "status": "ok", "data_key": "k"})
+    tables = build_tables(_runset(res, runs))
+    labels = [t.label for t in tables]
+    assert labels == ["t / d [m v1]", "t / d [m v2]", "t / e"]
+    v1, v2, e = tables
+    assert set(v1.values["path"]) == {"t/d/a/seed_0", "t/d/b/seed_0", "t/d/b/seed_1"}
+    assert set(v2.values["path"]) == {"t/d/a/seed_1"} and v1.notes and "versions differ" in v1.notes[0]
+    assert e.models == ["a"] and not e.notes
+
+
+def test_two_data_configs_are_split():
+    runs = _runs(["a"], seeds=(0, 1))
+    runs.loc[1, "data_key"] = "other"
+    tables = build_tables(_runset([], runs))
+    assert [t.label for t in tables] == ["t / d [data config k]", "t / d [data config other]"]
+    assert all("different data configs" in t.notes[0] for t in tables)
+
+
+def test_parse_profile():
+    assert parse_profile("edu=fidelity:0.5,utility:0.5") == ("edu", {"fidelity": 0.5, "utility": 0.5})
+    for bad in ("edu", "edu=speed:1", "edu=fidelity:-1", "edu=fidelity"):
+        with pytest.raises(ValueError, match="name=fidelity"):
+            parse_profile(bad)

@@ -1,0 +1,91 @@
+"""End to end: run_benchmark.py writes a complete run directory for every model; failures and kills are safe."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_benchmark
+from models import SYNTHESIZERS
+from tests.conftest import REPO, TINY_PARAMS, compose
+
+TINY_DATA = ["data.n_patients=300", "data.n_codes=30"]
+
+
+def tiny_overrides(name: str) -> list[str]:
+    return [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_PARAMS.get(name, {}).items()]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SYNTHESIZERS if n != "external"))
+def test_complete_run_directory(name, tmp_path):
+    cfg = compose([f"model={name}", "trainer=debug", "metrics=fast", *TINY_DATA, *tiny_overrides(name)])
+    info = run_benchmark.run(cfg, tmp_path)
+    assert info["status"] == "ok"
+    saved = json.loads((tmp_path / "run.json").read_text())
+    for key in ("n_params", "fit_seconds", "sample_seconds", "steps_per_second", "peak_memory_mb", "device",
+                "versions", "git_commit", "status", "config"):
+        assert key in saved, key
+    rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert rows and all({"data", "model", "seed", "metric", "family", "goal", "value", "seconds", "status"} <= set(r)
+                        for r in rows)
+    npz = np.load(tmp_path / "synthetic.npz")
+    assert npz["X"].shape == (240, 35) and len(npz["columns"]) == 35
+    assert (tmp_path / "synthesizer" / "config.json").exists() and (tmp_path / "synthesizer" / "state.pt").exists()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_failing_run_still_writes_run_json(tmp_path):
+    cfg = compose(["trainer=debug", "metrics=fast", *TINY_DATA, "model.batch_size=-3"])
+    with pytest.raises(Exception):
+        run_benchmark.run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["status"].startswith("error: ")
+
+
+def test_cli_unknown_model_lists_valid_names(tmp_path):
+    out = subprocess.run([sys.executable, "run_benchmark.py", "model=nope", f"paths.runs={tmp_path}"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ehrdiff" in out.stderr and "independent" in out.stderr
+
+
+def _cli(tmp_path, *extra):
+    args = [sys.executable, "run_benchmark.py", "model=ehrdiff", "trainer=debug", "metrics=fast",
+            "trainer.max_steps=200", "trainer.checkpoint_every=10", "model.epochs=100", *TINY_DATA,
+            *tiny_overrides("ehrdiff"), f"paths.runs={tmp_path}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return args, env
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL a real run after its first checkpoint, rerun the same command, compare with an uninterrupted run."""
+    args, env = _cli(tmp_path / "killed")
+    run_dir = tmp_path / "killed" / "default" / "synthetic" / "ehrdiff" / "seed_0"
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = json.loads((run_dir / "run.json").read_text())["status"]
+    if status == "ok":
+        pytest.skip("the run finished before it could be killed")
+    step = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < step < 200
+    subprocess.run(args, cwd=REPO, env=env, check=True, capture_output=True)
+    ref_args, _ = _cli(tmp_path / "ref")
+    subprocess.run(ref_args, cwd=REPO, env=env, check=True, capture_output=True)
+    ref_dir = tmp_path / "ref" / "default" / "synthetic" / "ehrdiff" / "seed_0"
+    a = torch.load(run_dir / "synthesizer" / "state.pt", weights_only=True)
+    b = torch.load(ref_dir / "synthesizer" / "state.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert np.array_equal(np.load(run_dir / "synthetic.npz")["X"], np.load(ref_dir / "synthetic.npz")["X"])
+    # a complete run directory is skipped on the next identical command
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "skipping" in out.stdout
