@@ -9,7 +9,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	# torch first, pinned: a small CPU wheel here, the normal PyPI wheel elsewhere
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"

@@ -103,9 +103,13 @@ def extract_member(archive: str | Path, member_suffix: str, dest: str | Path, sh
     return ensure_cached(dest, extract, sha256)
 
 
-def _lower_usecols(wanted: Sequence[str]) -> Callable[[str], bool]:
-    low = {w.lower() for w in wanted}
-    return lambda c: c.strip().lower() in low
+def csv_header(path: str | Path, expected: Sequence[str] = ()) -> pd.Index:
+    """The raw first row of a CSV(.gz) (pandas' own header parsing would rename a repeated name to "name.1")."""
+    try:
+        return pd.Index(pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{path}: cannot read a CSV header ({str(e).strip()})"
+                         + (f"; expected columns {', '.join(expected)}" if expected else "")) from None
 
 
 def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequence[str] = (), *,
@@ -118,11 +122,7 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
     naming its line.
     """
     path = Path(path)
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-        raise ValueError(f"{path}: cannot read a CSV header ({str(e).strip()}); expected columns "
-                         f"{', '.join(required)}") from None
+    header = csv_header(path, required)
     norm = [c.strip().lower() if case_insensitive else c for c in header]
     want = [r.lower() if case_insensitive else r for r in required]
     missing = [r for r, w in zip(required, want) if w not in norm]
@@ -134,8 +134,9 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
         raise ValueError(f"{path}: column {dup[0]!r} appears twice in the header; column names must be unique")
     opt = [o for o in optional if (o.lower() if case_insensitive else o) in norm]
     try:
-        df = pd.read_csv(path, usecols=_lower_usecols([*required, *opt]), dtype=dtype, keep_default_na=False,
-                         na_values=list(na_values), **kwargs)
+        # all columns are parsed (not usecols): with usecols pandas silently truncates rows that have extra fields
+        df = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=list(na_values), **kwargs)
+        df.columns = header
     except pd.errors.ParserError as e:
         line = re.search(r"line (\d+)", str(e))
         where = f"line {line.group(1)}" if line else "a row"
@@ -143,8 +144,9 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
                          f"comma-separated fields per row") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from None
-    df.columns = [c.strip().lower() if case_insensitive else c for c in df.columns]
-    return df
+    df.columns = norm
+    keep = {c.lower() if case_insensitive else c for c in [*required, *opt]}
+    return df[[c for c in norm if c in keep]]
 
 
 def first_bad(mask: pd.Series | Sequence[bool]) -> int | None:

@@ -52,8 +52,8 @@ def _demographics(first: pd.DataFrame, counts: dict) -> tuple[np.ndarray, list[s
     """One-hot SEX_F, AGE_<band>, RACE_<race> from each patient's first encounter (unknown values -> all zeros)."""
     sex = (first["gender"] == "Female").to_numpy()
     counts["gender_unknown_patients"] = int((~first["gender"].isin(["Female", "Male"])).sum())
-    age = pd.Categorical(first["age"], categories=AGE_BANDS).codes
-    race = pd.Categorical(first["race"], categories=RACES).codes
+    age = pd.Categorical(first["age"].where(first["age"].isin(AGE_BANDS)), categories=AGE_BANDS).codes
+    race = pd.Categorical(first["race"].where(first["race"].isin(RACES)), categories=RACES).codes
     counts["age_unknown_patients"] = int((age < 0).sum())
     counts["race_unknown_patients"] = int((race < 0).sum())
     n = len(first)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .base import KINDS, EHRData, from_matrix, register_dataset, split_indices
-from .cache import read_csv_strict, sha256_file
+from .cache import csv_header, read_csv_strict, sha256_file
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".npz")
 
@@ -102,19 +102,24 @@ def _read(path: Path) -> tuple[pd.DataFrame, dict]:
     extra: dict = {}
     name = path.name.lower()
     if name.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z:
-                raise ValueError(f"{path}: an NPZ matrix needs an array 'X' (and optionally 'columns', 'kinds', "
-                                 f"'label_columns'); found {', '.join(z.files)}")
-            X = z["X"]
-            if X.ndim != 2:
-                raise ValueError(f"{path}: array 'X' must be 2-D (patients x features), got shape {X.shape}")
-            cols = [str(c) for c in z["columns"]] if "columns" in z else [f"F{j:04d}" for j in range(X.shape[1])]
-            if len(cols) != X.shape[1]:
-                raise ValueError(f"{path}: 'columns' has {len(cols)} names but X has {X.shape[1]} columns")
-            for key in ("kinds", "label_columns"):
-                if key in z:
-                    extra[key] = [str(v) for v in z[key]]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except ValueError as e:
+            raise ValueError(f"{path}: unreadable NPZ ({e}); store X as a number array and names as a string array "
+                             "(np.array(names, dtype=str))") from None
+        if "X" not in arrays:
+            raise ValueError(f"{path}: an NPZ matrix needs an array 'X' (and optionally 'columns', 'kinds', "
+                             f"'label_columns'); found {', '.join(arrays)}")
+        X = arrays["X"]
+        if X.ndim != 2:
+            raise ValueError(f"{path}: array 'X' must be 2-D (patients x features), got shape {X.shape}")
+        cols = [str(c) for c in arrays["columns"]] if "columns" in arrays else [f"F{j:04d}" for j in range(X.shape[1])]
+        if len(cols) != X.shape[1]:
+            raise ValueError(f"{path}: 'columns' has {len(cols)} names but X has {X.shape[1]} columns")
+        for key in ("kinds", "label_columns"):
+            if key in arrays:
+                extra[key] = [str(v) for v in arrays[key]]
         if len(set(cols)) != len(cols):
             dup = next(c for i, c in enumerate(cols) if c in cols[:i])
             raise ValueError(f"{path}: column {dup!r} appears twice; column names must be unique")
@@ -125,7 +130,7 @@ def _read(path: Path) -> tuple[pd.DataFrame, dict]:
         if len(set(df.columns)) != len(df.columns):
             raise ValueError(f"{path}: column names must be unique")
         return df, extra
-    header = pd.read_csv(path, nrows=0).columns
+    header = csv_header(path)
     return read_csv_strict(path, list(header), dtype=str, case_insensitive=False,
                            na_values=("", "NA", "NaN", "nan", "null")), extra
 
@@ -150,9 +155,9 @@ def _to_numeric(df: pd.DataFrame, path: Path) -> np.ndarray:
 
 
 @register_dataset("matrix")
-def load_matrix(path: str, label_columns: Sequence[str] = (), kinds: str | Mapping[str, str] | None = None,
+def load_matrix(path: str | None = None, label_columns: Sequence[str] = (), kinds: str | Mapping[str, str] | None = None,
                 id_column: str | None = None, drop_columns: Sequence[str] = (), drop_constant: bool = False,
-                scale: bool = False, name: str = "matrix", split: Sequence[float] = (0.8, 0.1, 0.1),
+                scale: bool = False, split: Sequence[float] = (0.8, 0.1, 0.1),
                 split_seed: int = 0) -> EHRData:
     """A user patient x feature matrix (CSV[.gz] / Parquet / NPZ with X, columns[, kinds, label_columns]).
 
@@ -161,6 +166,8 @@ def load_matrix(path: str, label_columns: Sequence[str] = (), kinds: str | Mappi
     drop_constant: drop constant columns (counted in meta) instead of refusing them. scale: min-max the continuous
     columns to [0, 1] on the train split (the EHRDiff continuous setting), kept in meta['scaling'].
     """
+    if path is None:
+        raise ValueError(f"matrix: no file given; set data.path=<patients x features {'/'.join(SUFFIXES)} file>")
     path_ = Path(path)
     if not path_.is_file():
         raise FileNotFoundError(f"matrix: file {path_} does not exist; give data.path=<patients x features "
@@ -235,7 +242,7 @@ def load_matrix(path: str, label_columns: Sequence[str] = (), kinds: str | Mappi
             "counts": {"patients": int(len(X)), "columns": len(columns), "constant_columns_dropped": len(dropped_constant)},
             "dropped_columns": dropped_constant}
     if scale:
-        return split_and_scale(X, columns, kind_list, name=name, label_columns=labels, meta=meta, split=split,
+        return split_and_scale(X, columns, kind_list, name="matrix", label_columns=labels, meta=meta, split=split,
                                split_seed=split_seed)
-    return from_matrix(X.astype(np.float32), columns, kind_list, name=name, label_columns=labels, meta=meta,
+    return from_matrix(X.astype(np.float32), columns, kind_list, name="matrix", label_columns=labels, meta=meta,
                        split=tuple(float(f) for f in split), split_seed=split_seed)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .base import EHRData, from_matrix, register_dataset
-from .cache import find_file, read_csv_strict, sha256_file
+from .cache import csv_header, find_file, read_csv_strict, sha256_file
 from .icd9 import bad_code_message, truncate_icd9, truncate_icd10
 from .matrix import pairs_to_binary
 
@@ -27,7 +27,7 @@ def table_names(stem: str) -> list[str]:
 
 def read_codes(path: Path, kind: str, icd10: str, on_bad_code: str, counts: dict) -> pd.DataFrame:
     """(subject_id: int64, column: str) pairs from one DIAGNOSES_ICD / PROCEDURES_ICD table (III or IV layout)."""
-    header = {c.strip().lower() for c in pd.read_csv(path, nrows=0).columns}
+    header = {str(c).strip().lower() for c in csv_header(path, ["subject_id", "icd9_code or icd_code"])}
     if "icd9_code" in header:  # MIMIC-III: every code is ICD-9
         df = read_csv_strict(path, ["subject_id", "icd9_code"])
         df["icd_version"] = "9"

@@ -204,7 +204,7 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
     Default width: 36 x 3 + 8 = 116 features + the label = 117 columns (EHRDiff's CinC vector had 115; its recipe is
     unpublished). Cleaning rules (all counted in meta['counts']): empty or unknown parameter names, empty or
     non-numeric values, values outside BOUNDS and rows after `hours` are dropped; values sharing a (record,
-    parameter, time) are averaged. Missing rule: a variable never validly measured in a record leaves its statistics
+    parameter, time) are averaged; a column no record has (small subsets only) is dropped and listed. Missing rule: a variable never validly measured in a record leaves its statistics
     missing; missing cells take the train-split median (SEX_M: train mode); MechVent absent = 0 (it is only charted
     while ventilated). Continuous columns are min-max scaled to [0, 1] on train (meta['scaling'];
     `to_clinical_units` maps samples back).
@@ -243,6 +243,7 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
         raise ValueError(f"physionet2012: duplicated patient RecordID {uniq[cnt > 1][0]} across the record files of "
                          f"sets {', '.join(map(str, sets))}; expected each record once")
     long = pd.concat(longs, ignore_index=True)
+    long["parameter"] = long["parameter"].astype("category")  # concat of differing categories gives strings
     n = len(ids_all)
     rid_rows = long[long["parameter"] == "RecordID"]
     mismatch = rid_rows["value"].to_numpy() != ids_all[rid_rows["record"].to_numpy()]
@@ -261,6 +262,9 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
         kinds += ["binary"] * len(VARIABLES)
     counts["records_never_measured"] = {c: int(np.isnan(X[:, j]).sum()) for j, c in enumerate(columns)
                                         if np.isnan(X[:, j]).any()}
+    empty = np.isnan(X).all(axis=0)  # a statistic no record has (only in small subsets): dropped and listed
+    dropped = [c for c, e in zip(columns, empty) if e]
+    X, columns, kinds = X[:, ~empty], [c for c, e in zip(columns, empty) if not e], [k for k, e in zip(kinds, empty) if not e]
     X = np.concatenate([X, np.concatenate(labels)[:, None]], axis=1)
     columns, kinds = [*columns, LABEL], [*kinds, "binary"]
     meta = {"source": "PhysioNet/CinC Challenge 2012 v1.0.0, https://physionet.org/content/challenge-2012/1.0.0/",
@@ -270,7 +274,7 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
                               "bounds": {k: list(v) for k, v in BOUNDS.items()},
                               "duplicates": "values with the same (record, parameter, time) averaged",
                               "impossible": "values outside bounds treated as not measured"},
-            "counts": counts}
+            "counts": counts, "dropped_columns": {"never measured in any record": dropped}}
     return split_and_scale(X, columns, kinds, name="physionet2012", label_columns=[LABEL], meta=meta,
                            split=split, split_seed=split_seed)
 

@@ -1,4 +1,4 @@
-"""Fidelity metrics: how closely the synthetic matrix reproduces the real training data's statistics."""
+"""Fidelity metrics on column statistics: prevalence, co-occurrence, correlation, codes per record, continuous columns."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,8 @@ from scipy import stats
 
 from data import EHRData
 
-from .checks import checked_synth
+from .checks import checked_synth, code_mask, continuous_mask
+from .neighbors import encode, gram
 from .registry import register_metric
 
 
@@ -19,6 +20,14 @@ def _prevalences(data: EHRData, synth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return data.train[:, m].mean(0, dtype=np.float64), S[:, m].mean(0, dtype=np.float64)
 
 
+def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
+    if a.std() == 0 or b.std() == 0:
+        side = "real" if a.std() == 0 else "synthetic"
+        raise ValueError(f"{what} is undefined because the {side} vector is constant")
+    return float(stats.pearsonr(a, b)[0])
+
+
+# ---- first order: prevalence (medGAN's dimension-wise probability; EHRDiff Figure 1) ------------------------
 @register_metric("prevalence_pearson", goal="max", family="fidelity")
 def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Pearson r between per-code prevalence in real train and synthetic data (dimension-wise probability).
@@ -27,9 +36,7 @@ def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> fl
     Against the *training* data, as in the EHRDiff code (utils/util.py::plot_dim_dist) and medGAN's DWP.
     """
     p, q = _prevalences(data, synth)
-    if p.std() == 0 or q.std() == 0:
-        raise ValueError("prevalence Pearson r is undefined because one prevalence vector is constant")
-    return float(stats.pearsonr(p, q)[0])
+    return _pearson(p, q, "prevalence Pearson r")
 
 
 @register_metric("prevalence_spearman", goal="max", family="fidelity")
@@ -59,3 +66,146 @@ def nzc(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     """
     p, q = _prevalences(data, synth)
     return {"value": float((q > 0).sum()), "real": float((p > 0).sum())}
+
+
+# ---- second order: co-occurrence and correlation ----------------------------------------------------------
+@register_metric("cooccurrence_pearson", goal="max", family="fidelity")
+def cooccurrence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
+    """Pearson r between real-train and synthetic pairwise co-occurrence probabilities over binary column pairs.
+
+    P_ab = (1/n) sum_i x_ia x_ib for a < b (one Gram matrix X^T X per side); r = pearson(P_real, P_syn) over
+    the d(d-1)/2 pairs. Range [-1, 1], higher is better. Co-occurrence (bigram) fidelity as in Yan et al. 2022
+    (synthetic EHR benchmarking) and HALO (Theodorou et al. 2023).
+    """
+    S = checked_synth(data, synth, min_rows=1)
+    m = data.binary_mask
+    if m.sum() < 2:
+        raise ValueError(f"the dataset {data.name} has fewer than two binary columns, so co-occurrence is undefined")
+    iu = np.triu_indices(int(m.sum()), k=1)
+    p = gram(data.train[:, m], device)[iu] / len(data.train)
+    q = gram(S[:, m], device)[iu] / len(S)
+    return _pearson(p, q, "co-occurrence Pearson r")
+
+
+def correlation_matrix(X: np.ndarray, device: str = "auto") -> np.ndarray:
+    """Pearson correlation matrix of the columns of X (float64) with the constant-column rule.
+
+    Rule: a column with zero variance (e.g. a code the generator never emits: mode collapse) has correlation 0
+    with every other column and 1 with itself. This keeps R a valid (PSD, unit-diagonal) correlation matrix and
+    scores a collapsed column as having lost all its associations, instead of crashing or adding noise
+    (synthEHRella adds 1e-6 noise instead).
+    """
+    n = len(X)
+    mu = X.mean(0, dtype=np.float64)
+    cov = gram(X, device) / n - np.outer(mu, mu)
+    var = np.clip(np.diag(cov), 0.0, None)
+    const = var <= 1e-12 * np.maximum(1.0, np.abs(mu) ** 2)
+    sd = np.where(const, 1.0, np.sqrt(var))
+    R = cov / np.outer(sd, sd)
+    R[const, :] = 0.0
+    R[:, const] = 0.0
+    np.fill_diagonal(R, 1.0)
+    return np.clip(R, -1.0, 1.0)
+
+
+def _correlations(data: EHRData, synth: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
+    S = checked_synth(data, synth, min_rows=2)
+    real, syn = encode(data, data.train, S)  # z-scored continuous columns: better float32 products, same R
+    return correlation_matrix(real, device), correlation_matrix(syn, device)
+
+
+@register_metric("cmd", goal="min", family="fidelity")
+def cmd(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
+    """Correlation matrix distance (Herdin et al. 2005): 1 - tr(R_r R_s) / (||R_r||_F ||R_s||_F).
+
+    R = Pearson correlation matrix over all columns (constant-column rule in `correlation_matrix`); real =
+    train split. Range [0, 1] (tr(AB) >= 0 for PSD matrices), lower is better; 0 when R_s is a multiple of R_r.
+    """
+    Rr, Rs = _correlations(data, synth, device)
+    return float(1.0 - (Rr * Rs).sum() / (np.linalg.norm(Rr) * np.linalg.norm(Rs)))
+
+
+@register_metric("correlation_mae", goal="min", family="fidelity")
+def correlation_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
+    """Mean absolute correlation error: mean_{a<b} |R_r[a,b] - R_s[a,b]| over all column pairs.
+
+    Same R as `cmd` (constant-column rule in `correlation_matrix`). Range [0, 2], lower is better. The
+    pairwise-correlation difference of Yan et al. 2022 and synthEHRella, as a mean instead of a Frobenius norm.
+    """
+    Rr, Rs = _correlations(data, synth, device)
+    if len(Rr) < 2:
+        raise ValueError(f"the dataset {data.name} has one column, so there are no correlation pairs")
+    iu = np.triu_indices(len(Rr), k=1)
+    return float(np.abs(Rr[iu] - Rs[iu]).mean())
+
+
+# ---- distributions of one number per record or per column -------------------------------------------------
+def wasserstein_columns(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """1-Wasserstein distance between the empirical distributions of A[:, j] and B[:, j], all columns at once.
+
+    W1 = int_0^1 |F_A^-1(u) - F_B^-1(u)| du, evaluated exactly on the merged quantile breakpoints {i/n} U {j/m}
+    (equals scipy.stats.wasserstein_distance per column).
+    """
+    A = np.sort(np.asarray(A, np.float64).reshape(len(A), -1), axis=0)
+    B = np.sort(np.asarray(B, np.float64).reshape(len(B), -1), axis=0)
+    n, m = len(A), len(B)
+    u = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+    du = np.diff(u, prepend=0.0)
+    mid = u - du / 2
+    ia = np.minimum(np.ceil(mid * n).astype(np.int64) - 1, n - 1)
+    ib = np.minimum(np.ceil(mid * m).astype(np.int64) - 1, m - 1)
+    return (du[:, None] * np.abs(A[ia] - B[ib])).sum(0)
+
+
+@register_metric("codes_per_record_wd", goal="min", family="fidelity")
+def codes_per_record_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
+    """Wasserstein-1 distance between the real-train and synthetic distributions of codes per record.
+
+    c_i = number of 1s among the binary non-label columns of record i; W1(c_real, c_syn) in codes. Range
+    [0, n_codes], lower is better. The "concept abundance" check of Yan et al. 2022 (synthetic EHR benchmarking).
+    Info: the mean number of codes per record on each side.
+    """
+    S = checked_synth(data, synth)
+    m = code_mask(data, "codes per record")
+    cr, cs = data.train[:, m].sum(1), S[:, m].sum(1)
+    return {"value": float(wasserstein_columns(cr, cs)[0]), "mean_real": float(cr.mean()), "mean_synth": float(cs.mean())}
+
+
+def _continuous(data: EHRData, synth: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    S = checked_synth(data, synth, min_rows=2)
+    m = continuous_mask(data, what)
+    real = data.train[:, m].astype(np.float64)
+    sd = real.std(0)
+    return real, S[:, m].astype(np.float64), np.where(sd > 0, sd, 1.0)
+
+
+@register_metric("continuous_mean_error", goal="min", family="fidelity")
+def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
+    """Mean standardised mean error over continuous columns: mean_j |mean_s_j - mean_r_j| / std_r_j.
+
+    std_r = real-train std (1 where it is 0). Range [0, inf), lower is better. Per-column moment check as in
+    SDMetrics/synthcity statistical fidelity reports, scaled so columns in different units are comparable.
+    """
+    real, syn, sd = _continuous(data, synth, "continuous_mean_error")
+    return float((np.abs(syn.mean(0) - real.mean(0)) / sd).mean())
+
+
+@register_metric("continuous_std_error", goal="min", family="fidelity")
+def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
+    """Mean relative std error over continuous columns: mean_j |std_s_j - std_r_j| / std_r_j (std_r 1 where 0).
+
+    Range [0, inf), lower is better; 1 means the synthetic column is constant (mode collapse).
+    """
+    real, syn, sd = _continuous(data, synth, "continuous_std_error")
+    return float((np.abs(syn.std(0) - real.std(0)) / sd).mean())
+
+
+@register_metric("continuous_wd", goal="min", family="fidelity")
+def continuous_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
+    """Mean standardised Wasserstein-1 distance over continuous columns: mean_j W1(real_j, syn_j) / std_r_j.
+
+    Range [0, inf), lower is better. The per-column Wasserstein distance of synthcity's statistical-fidelity
+    checks (Qian et al. 2023), divided by the real std (1 where it is 0) so columns in different units compare.
+    """
+    real, syn, sd = _continuous(data, synth, "continuous_wd")
+    return float((wasserstein_columns(real, syn) / sd).mean())

@@ -122,7 +122,8 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, synth: TorchSynthesizer, X: np.ndarray | torch.Tensor, *, total_steps: int, batch_size: int,
             keys: Sequence[str] | None = None, phase: str = "train") -> TorchSynthesizer:
-        """Train `synth` for one phase: per step, one seeded batch and one `loss(x, key)` + update per key."""
+        """Train `synth` for one phase of `total_steps` (capped by max_steps): per step and per key (keys may repeat,
+        e.g. ["d", "d", "g"]), the next seeded batch, `loss(x, key)`, backward and that key's optimizer step."""
         if not hasattr(synth, "optimizers_"):
             raise RuntimeError(f"{synth.name}: call init_training(n_features) before Trainer.run")
         opts = synth.optimizers_
@@ -173,15 +174,17 @@ class Trainer:
         log_f = open(self.stats_path, "a") if self.stats_path is not None else None
         try:
             for step in range(start, steps):
-                epoch, j = divmod(step, per_epoch)
-                if epoch != perm_epoch:
-                    g = torch.Generator().manual_seed(_step_seed(self.seed, phase + "/perm", epoch))
-                    perm, perm_epoch = torch.randperm(n, generator=g).to(self.device), epoch
-                x = Xd[perm[j * batch_size:(j + 1) * batch_size]]
                 torch.manual_seed(_step_seed(self.seed, phase, step))
                 scale = synth.lr_scale(int(step * total_steps / steps), total_steps)
                 losses = {}
-                for key in keys:
+                for i, key in enumerate(keys):
+                    # each loss call gets the next batch of a seeded per-epoch permutation (medGAN's two
+                    # discriminator updates per step each see their own batch, as in the original code)
+                    epoch, j = divmod(step * len(keys) + i, per_epoch)
+                    if epoch != perm_epoch:
+                        g = torch.Generator().manual_seed(_step_seed(self.seed, phase + "/perm", epoch))
+                        perm, perm_epoch = torch.randperm(n, generator=g).to(self.device), epoch
+                    x = Xd[perm[j * batch_size:(j + 1) * batch_size]]
                     opt = opts[key]
                     for gr in opt.param_groups:
                         gr["lr"] = gr["initial_lr"] * scale

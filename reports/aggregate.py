@@ -90,7 +90,12 @@ def aggregate_cells(values: pd.DataFrame, models: list[str]) -> pd.DataFrame:
                                         metric_version=("metric_version", "first"))
     errors = values[values["status"] != "ok"].groupby(["model", "metric"]).size().rename("n_error")
     full = pd.MultiIndex.from_product([models, sorted(meta.index)], names=["model", "metric"])
-    cells = stats.reindex(full).join(errors).join(meta, on="metric").reset_index()
+    cells = full.to_frame(index=False)  # reindex instead of join: pandas 3 joins of empty string columns fail
+    for col in ("mean", "std", "n"):
+        cells[col] = stats[col].reindex(full).to_numpy()
+    cells["n_error"] = errors.reindex(full).to_numpy()
+    for col in ("family", "goal", "metric_version"):
+        cells[col] = meta[col].reindex(cells["metric"]).to_numpy()
     cells["n"] = cells["n"].fillna(0).astype(int)
     cells["n_error"] = cells["n_error"].fillna(0).astype(int)
     cells["rank"], cells["best"] = np.nan, False
@@ -150,9 +155,9 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
     runs = rs.runs.assign(tag=rs.runs["tag"].fillna("?"), data=rs.runs["data"].fillna("?"),
                           model=rs.runs["model"].fillna("?"))
     for (tag, data), grp in runs.groupby(["tag", "data"], sort=True):
-        keys = sorted(grp["data_key"].unique())
-        for key in keys:
-            g = grp[grp["data_key"] == key]
+        keys = sorted(set(grp["data_key"]) - {"unknown"}) or ["unknown"]
+        for key in keys:  # a run whose config could not be read (a failure) is shown as a hole in each table
+            g = grp[grp["data_key"].isin([key, "unknown"])]
             res = rs.results[rs.results["path"].isin(g["path"])]
             base = f"{tag} / {data}" + (f" [data config {key}]" if len(keys) > 1 else "")
             for suffix, paths, note in _version_partitions(res, g):

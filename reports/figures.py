@@ -1,5 +1,4 @@
-"""Leaderboard figures (seaborn on the Agg backend): prevalence and co-occurrence scatters, metric point plots,
-rank heatmap, training-loss curves and the privacy–utility scatter; a figure that cannot be drawn becomes a note."""
+"""Leaderboard figures (seaborn, Agg): real-vs-synthetic scatters, metric points, ranks, losses, privacy–utility."""
 from __future__ import annotations
 
 import json
@@ -100,7 +99,11 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
         real = load_real(rs, next(iter(runs.values())), cache)
     except ValueError as e:
         return [], [f"{t.label}: {kind} figure skipped: {e}"]
-    cols = [c for c, b in zip(real.columns, real.binary_mask) if b and (kind == "prevalence" or c not in real.label_columns)]
+    # prevalence: every column's mean (the prevalence of a binary column); co-occurrence: binary features only
+    cols = [c for c, b in zip(real.columns, real.binary_mask)
+            if kind == "prevalence" or (b and c not in real.label_columns)]
+    if len(cols) < 2:
+        return [], [f"{t.label}: {kind} figure skipped: the dataset has fewer than 2 suitable columns"]
     R = real.train[:, pd.Index(real.columns).get_indexer(cols)]
     if kind == "cooccurrence":
         top = np.sort(np.argsort(-R.mean(0), kind="stable")[:COOC_CODES])
@@ -110,7 +113,7 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
     else:
         stat = lambda X: X.mean(0, dtype=np.float64)  # noqa: E731
     x, notes, panels = stat(R), [], []
-    for model, path in runs.items():
+    for model, path in [(m, runs[m]) for m in t.models if m in runs]:  # leaderboard order
         try:
             panels.append((model, path, stat(_synthetic(rs, path, tuple(cols)))))
         except (OSError, ValueError, KeyError) as e:
@@ -118,16 +121,17 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
     if not panels or len(x) == 0:
         return [], notes
     fig, axes = _grid(len(panels), 3)
+    lo = min(0.0, float(x.min()), min(float(y.min()) for _, _, y in panels))
     lim = max(float(x.max()), max(float(y.max()) for _, _, y in panels)) * 1.05 or 1.0
     for ax, (model, path, y) in zip(axes, panels):
         sns.scatterplot(x=x, y=y, s=10, alpha=0.5, linewidth=0, ax=ax)
-        ax.plot([0, lim], [0, lim], color="grey", lw=1, ls="--")
-        ax.set(xlim=(0, lim), ylim=(0, lim), xlabel=f"real (train) {kind}", ylabel=f"synthetic {kind}")
+        ax.plot([lo, lim], [lo, lim], color="grey", lw=1, ls="--")
+        ax.set(xlim=(lo, lim), ylim=(lo, lim), xlabel=f"real (train) {kind}", ylabel=f"synthetic {kind}")
         r = _pearson(x, y)
         ax.set_title(f"{model} (seed {path.rsplit('seed_', 1)[-1]}): r = {'n/a' if math.isnan(r) else f'{r:.3f}'}")
     p = out / f"{t.slug}__{kind}.png"
     _save(fig, p)
-    what = ("per-column prevalence of every binary column" if kind == "prevalence" else
+    what = ("per-column mean of every column (the prevalence of a binary column)" if kind == "prevalence" else
             f"pairwise co-occurrence rate P(a=1, b=1) of the {len(cols)} most prevalent binary feature columns")
     cap = (f"{what}, real training data (x) vs the lowest-seed synthetic sample (y), dashed identity line, "
            f"Pearson r in each title.")
@@ -222,7 +226,7 @@ def fig_losses(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
 
 
 def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
-    s = t.summary[["rank_utility", "rank_privacy"]].dropna()
+    s = t.summary.loc[t.summary["runs_ok"] > 0, ["rank_utility", "rank_privacy"]].dropna()
     if s.empty:
         return [], [f"{t.label}: privacy–utility figure skipped: no model has both utility and privacy ranks"]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))

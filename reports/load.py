@@ -161,7 +161,7 @@ def load_runs(root: str | Path) -> RunSet:
             seen[metric] = seen.get(metric, 0) + 1
             value, st = _float(row.get("value")), str(row.get("status"))
             if st == "ok" and not math.isfinite(value):
-                st = f"error: value is {row.get('value')} although the metric reported status ok"
+                st = f"error: value {row.get('value')} is not a finite number although the row says status ok"
             results.append({**ident, "path": rel, "metric": metric, "family": row.get("family") or "other",
                             "goal": row.get("goal") or "info", "metric_version": int(row.get("metric_version") or 1),
                             "value": value if st == "ok" else math.nan, "seconds": _float(row.get("seconds")),
@@ -182,7 +182,7 @@ def load_runs(root: str | Path) -> RunSet:
 
     runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
     results_df = pd.DataFrame(results, columns=RESULT_COLUMNS)
-    _flag_duplicate_cells(runs_df, results_df, failures)
+    runs_df, results_df = _flag_duplicate_cells(runs_df, results_df, failures)
     runs_df = runs_df.sort_values("path", kind="stable").reset_index(drop=True)
     results_df = results_df.sort_values(["path", "metric"], kind="stable").reset_index(drop=True)
     fail_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
@@ -190,16 +190,17 @@ def load_runs(root: str | Path) -> RunSet:
     return RunSet(root, runs_df, results_df, fail_df.reset_index(drop=True), configs)
 
 
-def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame, failures: list[dict]) -> None:
+def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame,
+                          failures: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two complete runs of the same (tag, data config, model, seed) would count as two seeds: keep the first path."""
-    ok = runs[runs["ok"]]
-    dup = ok.duplicated(["tag", "data_key", "model", "seed"], keep="first")
-    for _, r in ok[dup].iterrows():
-        first = ok[(ok["tag"] == r["tag"]) & (ok["data_key"] == r["data_key"]) & (ok["model"] == r["model"])
-                   & (ok["seed"] == r["seed"])]["path"].iloc[0]
-        failures.append({"kind": "run", "path": r["path"], "tag": r["tag"], "data": r["data"], "model": r["model"],
-                         "seed": r["seed"], "metric": None, "reason": f"duplicate of {first} (same tag, data, model and "
-                                                                      f"seed); not counted"})
-    drop = set(ok[dup]["path"])
-    runs.loc[runs["path"].isin(drop), "ok"] = False
-    results.drop(results.index[results["path"].isin(drop)], inplace=True)
+    ok = runs[runs["ok"].astype(bool)]
+    key = ["tag", "data_key", "model", "seed"]
+    first = ok.drop_duplicates(key, keep="first").set_index(key)["path"]
+    dups = ok[ok.duplicated(key, keep="first")]
+    for r in dups.to_dict("records"):
+        failures.append({"kind": "run", **{k: r[k] for k in ("path", "tag", "data", "model", "seed")}, "metric": None,
+                         "reason": f"duplicate of {first.loc[tuple(r[k] for k in key)]} (same tag, data config, "
+                                   f"model and seed); not counted"})
+    drop = runs["path"].isin(set(dups["path"]))
+    runs = runs.assign(ok=runs["ok"].astype(bool) & ~drop)
+    return runs, results[~results["path"].isin(set(dups["path"]))]

@@ -1,5 +1,4 @@
-"""Render leaderboard tables to Markdown, CSV and one self-contained HTML page (rounding happens only here);
-`write_report` ties load -> aggregate -> figures -> render together."""
+"""Render leaderboards to Markdown, CSV and one self-contained HTML page (rounding only here); write_report."""
 from __future__ import annotations
 
 import base64

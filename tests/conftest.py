@@ -17,6 +17,12 @@ torch.set_num_threads(1)
 TINY_PARAMS = {
     "ehrdiff": {"unit_dims": [32, 16, 32], "time_dim": 16, "batch_size": 64, "epochs": 2, "warmup_steps": 4,
                 "num_steps": 4, "sample_batch_size": 256},
+    "medgan": {"embedding_dim": 16, "noise_dim": 16, "generator_dims": [16, 16], "discriminator_dims": [32, 16],
+               "pretrain_epochs": 2, "pretrain_batch_size": 64, "epochs": 2, "batch_size": 64, "burn_in_batches": 3,
+               "sample_batch_size": 64},
+    "vae": {"hidden_dim": 32, "latent_dim": 8, "batch_size": 64, "epochs": 2, "sample_batch_size": 64},
+    "emrwgan": {"z_dim": 16, "generator_dims": [32, 32], "critic_dims": [32, 32], "batch_size": 64, "epochs": 2,
+                "sample_batch_size": 64},
 }
 
 

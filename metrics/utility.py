@@ -1,0 +1,122 @@
+"""Downstream utility: train on synthetic, test on real (TSTR) vs real-trained (TRTR), and medGAN's dimension-wise prediction."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from scipy import stats
+
+from data import EHRData
+
+from .checks import checked_synth, code_mask, label_index, subsample
+from .learners import auroc, auroc_columns, fit_logistic_multi, lgbm, model_input
+from .neighbors import encode
+from .registry import register_metric
+
+# TRTR does not depend on the synthetic matrix: computed once per (dataset object, label, settings) and reused
+# by tstr_auroc's gap and trtr_auroc. Keys hold a weak reference so a freed dataset never answers for a new one.
+_TRTR: dict[tuple, tuple[weakref.ref, float]] = {}
+
+
+def _features(data: EHRData) -> np.ndarray:
+    """Boolean mask of the feature columns: every column that is not a label column."""
+    labels = set(data.label_columns)
+    return np.array([c not in labels for c in data.columns], dtype=bool)
+
+
+def _binary_label(data: EHRData, label: str | None, what: str) -> int:
+    j = label_index(data, label, what)
+    if data.kinds[j] != "binary":
+        raise ValueError(f"label column {data.columns[j]} is continuous, {what} needs a binary label")
+    if np.unique(data.test[:, j]).size < 2:
+        raise ValueError(f"the real test split's label column {data.columns[j]} has one class, so AUROC is undefined")
+    return j
+
+
+def _fit_score(train: np.ndarray, j: int, data: EHRData, seed: int, n_estimators: int, n_jobs: int | None) -> float:
+    f = _features(data)
+    clf = lgbm(seed, n_estimators=n_estimators, n_jobs=n_jobs).fit(model_input(train[:, f]), train[:, j])
+    return auroc(data.test[:, j], clf.predict_proba(model_input(data.test[:, f]))[:, 1])
+
+
+def _trtr(data: EHRData, j: int, seed: int, n_estimators: int, n_jobs: int | None) -> float:
+    key = (id(data), j, seed, n_estimators)
+    hit = _TRTR.get(key)
+    if hit is not None and hit[0]() is data:
+        return hit[1]
+    value = _fit_score(data.train, j, data, seed, n_estimators, n_jobs)
+    _TRTR[key] = (weakref.ref(data), value)
+    return value
+
+
+# TSTR/TRTR: Esteban et al. 2017 ("Real-valued (medical) time series generation with recurrent conditional
+# GANs") introduced train-on-synthetic-test-on-real; the label is a matrix column the generator produced.
+@register_metric("tstr_auroc", goal="max", family="utility")
+def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
+               n_estimators: int = 100, n_jobs: int | None = 1) -> dict:
+    """TSTR AUROC: LightGBM trained on synthetic records to predict the label, tested on the real test split.
+
+    label = data.label_columns[0] unless given, read back from the synthetic matrix; features = every
+    non-label column. Range [0, 1], higher is better (0.5 = no signal). Info: trtr (the same model trained on
+    real train) and gap = trtr - tstr (0 is ideal). A constant synthetic label column is an error.
+    """
+    S = checked_synth(data, synth, min_rows=2)
+    j = _binary_label(data, label, "tstr_auroc")
+    ys = S[:, j]
+    if ys.min() == ys.max():
+        raise ValueError(f"the synthetic label column {data.columns[j]} is constant ({ys[0]:g} in every record), "
+                         "so no classifier can be trained on it")
+    value = _fit_score(S, j, data, seed, n_estimators, n_jobs)
+    trtr = _trtr(data, j, seed, n_estimators, n_jobs)
+    return {"value": value, "trtr": trtr, "gap": trtr - value}
+
+
+@register_metric("trtr_auroc", goal="max", family="utility")
+def trtr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
+               n_estimators: int = 100, n_jobs: int | None = 1) -> float:
+    """TRTR AUROC: the tstr_auroc model trained on the real train split (the reference TSTR should reach).
+
+    Range [0, 1], higher is better; it does not depend on the synthetic data (same value for every generator).
+    """
+    return _trtr(data, _binary_label(data, label, "trtr_auroc"), seed, n_estimators, n_jobs)
+
+
+# Choi et al. 2017, "Generating multi-label discrete patient records using GANs" (medGAN), dimension-wise
+# prediction: predict each code from all the others, trained on synthetic vs real, evaluated on real test data.
+# Deviation: the K most prevalent codes instead of all codes, and AUROC instead of F1 (threshold-free, defined
+# for rare codes); the classifier is logistic regression (C=1, as medGAN) fitted for all K codes in one L-BFGS.
+@register_metric("dimwise_prediction", goal="max", family="utility")
+def dimwise_prediction(data: EHRData, synth: np.ndarray, *, seed: int = 0, top_k: int = 50,
+                       n_train: int | None = 20000, C: float = 1.0, max_iter: int = 200) -> dict:
+    """Mean AUROC over the top_k most prevalent codes of logistic regressions trained on synthetic data.
+
+    For each code c among the top_k most prevalent binary non-label columns (with both classes in real train
+    and test): fit LR(x_c | all other non-label columns) on synthetic (and on real train) rows, score AUROC on the
+    real test split. value = mean_c AUROC_syn(c); range [0, 1], higher is better. Info: real = mean_c
+    AUROC_real(c); pearson = r(AUROC_syn, AUROC_real) over codes (0 when either vector is constant); n_codes.
+    Rule: a code that is constant in the synthetic training rows gets AUROC 0.5 (nothing can be learned).
+    Seeded subsamples of at most n_train rows per side.
+    """
+    S = checked_synth(data, synth, min_rows=2)
+    codes = np.flatnonzero(code_mask(data, "dimension-wise prediction"))
+    rng = np.random.default_rng(seed)
+    real, syn = subsample(rng, data.train, n_train), subsample(rng, S, n_train)
+    valid = (data.train[:, codes].min(0) < data.train[:, codes].max(0)) & (data.test[:, codes].min(0) < data.test[:, codes].max(0))
+    codes = codes[valid]
+    if len(codes) == 0:
+        raise ValueError(f"no code of {data.name} has both classes in real train and test, so dimension-wise prediction is undefined")
+    prev = data.train[:, codes].mean(0)
+    targets = codes[np.argsort(-prev, kind="stable")[:top_k]]
+    feat = np.flatnonzero(_features(data))
+    pos = np.searchsorted(feat, targets)  # position of each target among the feature columns
+    real, syn, test = (m[:, feat] for m in encode(data, real, syn, data.test))
+    Yt = test[:, pos]
+    scores = {}
+    for side, X in (("real", real), ("syn", syn)):
+        W, b = fit_logistic_multi(model_input(X), X[:, pos], exclude=pos, C=C, max_iter=max_iter)
+        auc = auroc_columns(Yt, np.asarray(model_input(test) @ W) + b)
+        const = X[:, pos].min(0) == X[:, pos].max(0)
+        scores[side] = np.where(const, 0.5, auc)
+    a, r = scores["syn"], scores["real"]
+    pearson = float(stats.pearsonr(a, r)[0]) if len(a) > 1 and a.std() > 0 and r.std() > 0 else 0.0
+    return {"value": float(a.mean()), "real": float(r.mean()), "pearson": pearson, "n_codes": float(len(targets))}
