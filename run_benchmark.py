@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import metrics as metrics_pkg
 import models as models_pkg
 
 REPO = Path(__file__).resolve().parent
+# benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
+# `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
+warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a hint read by model YAMLs, not a loader argument
 
 

@@ -1,4 +1,4 @@
-"""Loader timings: Diabetes-130, PhysioNet 2012 (set A, sets A+B) and a MIMIC-III-sized generated DIAGNOSES/PROCEDURES pair.
+"""Loader timings: Diabetes-130, PhysioNet 2012 (set A, A+B) and generated MIMIC-III-sized DIAGNOSES/PROCEDURES files.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--data ../shared/data] [--repeat 3]
 
@@ -48,7 +48,8 @@ def timed(label: str, target: float | None, repeat: int, **kw) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("EHRBENCH_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    default = os.environ.get("EHRBENCH_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data", default=default, help="folder holding diabetes130/ and physionet2012/")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     root = Path(args.data)

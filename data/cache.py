@@ -118,8 +118,8 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
     """Read the `required` (+ present `optional`) columns of a CSV(.gz) as strings with one-sentence errors.
 
     Column names are matched case-insensitively and returned lower-cased (MIMIC-III upper-case and MIMIC-IV / demo
-    lower-case headers both work). A row with too many fields, or too few fields for a required column, is an error
-    naming its line.
+    lower-case headers both work). A row with too many fields is an error naming its line; a short row leaves NaN in
+    its missing fields, which the callers report with the line.
     """
     path = Path(path)
     header = csv_header(path, required)
@@ -136,7 +136,6 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
     try:
         # all columns are parsed (not usecols): with usecols pandas silently truncates rows that have extra fields
         df = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=list(na_values), **kwargs)
-        df.columns = header
     except pd.errors.ParserError as e:
         line = re.search(r"line (\d+)", str(e))
         where = f"line {line.group(1)}" if line else "a row"

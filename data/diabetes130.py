@@ -1,4 +1,4 @@
-"""UCI Diabetes 130-US hospitals (1999-2008): one binary row of 3-character ICD-9 diagnoses per patient + 30-day readmission."""
+"""UCI Diabetes 130-US hospitals 1999-2008: per patient, binary 3-character ICD-9 diagnoses + 30-day readmission."""
 from __future__ import annotations
 
 from pathlib import Path

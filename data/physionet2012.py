@@ -194,6 +194,41 @@ def summarise(long: pd.DataFrame, n: int, stats: Sequence[str], counts: dict) ->
     return X, columns, kinds
 
 
+def read_sets(folder: Path, sets: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict, dict]:
+    """All sets: long table (records numbered 0..n-1 over the sets), RecordIDs, labels, sha256s, per-set counts."""
+    longs, ids, labels, sha, per_set = [], [], [], {}, {}
+    for s in map(str, sets):
+        long, rid, names = read_set(folder, s)
+        y, opath = read_outcomes(folder, s)
+        missing = ~np.isin(rid, y.index.to_numpy())
+        if missing.any():
+            raise ValueError(f"{opath}: no outcome row for record {rid[missing][0]} "
+                             f"({names[int(missing.argmax())]}); expected one row per record")
+        long["record"] += sum(map(len, ids))
+        longs.append(long)
+        ids.append(rid)
+        labels.append(y.reindex(rid).to_numpy())
+        per_set[s] = {"records": int(len(rid)), "deaths": int(labels[-1].sum()),
+                      "outcome_rows_without_record": int((~y.index.isin(rid)).sum())}
+        sha[opath.name] = sha256_file(opath)
+        if (folder / f"set-{s}.tar.gz").is_file():
+            sha[f"set-{s}.tar.gz"] = sha256_file(folder / f"set-{s}.tar.gz")
+    ids_all = np.concatenate(ids)
+    uniq, cnt = np.unique(ids_all, return_counts=True)
+    if (cnt > 1).any():
+        raise ValueError(f"physionet2012: duplicated patient RecordID {uniq[cnt > 1][0]} across the record files of "
+                         f"sets {', '.join(map(str, sets))}; expected each record once")
+    long = pd.concat(longs, ignore_index=True)
+    long["parameter"] = long["parameter"].astype("category")  # concat of differing categories gives strings
+    rid_rows = long[long["parameter"] == "RecordID"]
+    mismatch = rid_rows["value"].to_numpy() != ids_all[rid_rows["record"].to_numpy()]
+    if mismatch.any():
+        i = int(mismatch.argmax())
+        raise ValueError(f"physionet2012: record file {ids_all[rid_rows['record'].iloc[i]]}.txt holds RecordID "
+                         f"{rid_rows['value'].iloc[i]:g}; expected the file's own id")
+    return long, ids_all, np.concatenate(labels), sha, per_set
+
+
 @register_dataset("physionet2012")
 def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Sequence[str] = ("min", "max", "mean"),
                        missing_indicators: bool = False, hours: float = 48.0,
@@ -201,13 +236,13 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
     """CinC 2012 sets -> per record: `stats` of each of the 36 time series, AGE, HEIGHT, SEX_M, ICU type one-hot,
     MECHVENT (ever ventilated), [<VAR>_OBSERVED indicators], IN_HOSPITAL_DEATH (label, from Outcomes-x.txt).
 
-    Default width: 36 x 3 + 8 = 116 features + the label = 117 columns (EHRDiff's CinC vector had 115; its recipe is
-    unpublished). Cleaning rules (all counted in meta['counts']): empty or unknown parameter names, empty or
+    Default width: 36 x 3 + 8 = 116 features + the label = 117 columns (EHRDiff's CinC vector had 115; its recipe
+    is unpublished). Cleaning rules (all counted in meta['counts']): empty or unknown parameter names, empty or
     non-numeric values, values outside BOUNDS and rows after `hours` are dropped; values sharing a (record,
-    parameter, time) are averaged; a column no record has (small subsets only) is dropped and listed. Missing rule: a variable never validly measured in a record leaves its statistics
-    missing; missing cells take the train-split median (SEX_M: train mode); MechVent absent = 0 (it is only charted
-    while ventilated). Continuous columns are min-max scaled to [0, 1] on train (meta['scaling'];
-    `to_clinical_units` maps samples back).
+    parameter, time) are averaged; a column no record has (small subsets only) is dropped and listed.
+    Missing rule: a variable never validly measured in a record leaves its statistics missing; missing cells take
+    the train-split median (SEX_M: train mode); MechVent absent = 0 (it is only charted while ventilated).
+    Continuous columns are min-max scaled to [0, 1] on train (meta['scaling']; `to_clinical_units` maps back).
     """
     bad_stats = [s for s in stats if s not in STATS]
     if bad_stats or not stats:
@@ -216,61 +251,27 @@ def load_physionet2012(path: str, sets: Sequence[str] = ("a", "b"), stats: Seque
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"physionet2012: folder {folder} does not exist; {HOW_TO_GET}")
-    longs, ids, labels, sha, per_set = [], [], [], {}, {}
-    counts: dict = {}
-    offset = 0
-    for s in sets:
-        long, rid, names = read_set(folder, str(s))
-        y, opath = read_outcomes(folder, str(s))
-        missing = ~np.isin(rid, y.index.to_numpy())
-        if missing.any():
-            raise ValueError(f"{opath}: no outcome row for record {rid[missing][0]} ({names[int(missing.argmax())]}); "
-                             "expected one row per record")
-        ids.append(rid)
-        labels.append(y.reindex(rid).to_numpy())
-        long["record"] += offset
-        longs.append(long)
-        offset += len(rid)
-        per_set[str(s)] = {"records": int(len(rid)), "deaths": int(labels[-1].sum()),
-                           "outcome_rows_without_record": int((~y.index.isin(rid)).sum())}
-        sha[opath.name] = sha256_file(opath)
-        archive = folder / f"set-{s}.tar.gz"
-        if archive.is_file():
-            sha[archive.name] = sha256_file(archive)
-    ids_all = np.concatenate(ids)
-    uniq, first_idx, cnt = np.unique(ids_all, return_index=True, return_counts=True)
-    if (cnt > 1).any():
-        raise ValueError(f"physionet2012: duplicated patient RecordID {uniq[cnt > 1][0]} across the record files of "
-                         f"sets {', '.join(map(str, sets))}; expected each record once")
-    long = pd.concat(longs, ignore_index=True)
-    long["parameter"] = long["parameter"].astype("category")  # concat of differing categories gives strings
-    n = len(ids_all)
-    rid_rows = long[long["parameter"] == "RecordID"]
-    mismatch = rid_rows["value"].to_numpy() != ids_all[rid_rows["record"].to_numpy()]
-    if mismatch.any():
-        r = int(rid_rows["record"].to_numpy()[mismatch][0])
-        raise ValueError(f"physionet2012: record file {ids_all[r]}.txt holds RecordID {rid_rows['value'].iloc[int(mismatch.argmax())]:g}; "
-                         "expected the file's own id")
+    long, ids, labels, sha, per_set = read_sets(folder, sets)
     late = long["minutes"] > hours * 60
-    counts["rows_total"] = int(len(long))
-    counts["rows_after_hours"] = int(late.sum())
-    X, columns, kinds = summarise(long[~late], n, stats, counts)
+    counts: dict = {"rows_total": int(len(long)), "rows_after_hours": int(late.sum())}
+    X, columns, kinds = summarise(long[~late], len(ids), stats, counts)
     if missing_indicators:
         obs = ~np.isnan(X[:, [columns.index(f"{v}_{stats[0]}") for v in VARIABLES]])
         X = np.concatenate([X, obs.astype(np.float64)], axis=1)
         columns += [f"{v}_OBSERVED" for v in VARIABLES]
         kinds += ["binary"] * len(VARIABLES)
-    counts["records_never_measured"] = {c: int(np.isnan(X[:, j]).sum()) for j, c in enumerate(columns)
-                                        if np.isnan(X[:, j]).any()}
-    empty = np.isnan(X).all(axis=0)  # a statistic no record has (only in small subsets): dropped and listed
-    dropped = [c for c, e in zip(columns, empty) if e]
-    X, columns, kinds = X[:, ~empty], [c for c, e in zip(columns, empty) if not e], [k for k, e in zip(kinds, empty) if not e]
-    X = np.concatenate([X, np.concatenate(labels)[:, None]], axis=1)
-    columns, kinds = [*columns, LABEL], [*kinds, "binary"]
+    nan = np.isnan(X)
+    counts["records_never_measured"] = {c: int(k) for c, k in zip(columns, nan.sum(axis=0)) if k}
+    keep = ~nan.all(axis=0)  # a statistic no record has (only in small subsets): dropped and listed
+    dropped = [c for c, k in zip(columns, keep) if not k]
+    X = np.concatenate([X[:, keep], labels[:, None]], axis=1)
+    columns = [c for c, k in zip(columns, keep) if k] + [LABEL]
+    kinds = [t for t, k in zip(kinds, keep) if k] + ["binary"]
     meta = {"source": "PhysioNet/CinC Challenge 2012 v1.0.0, https://physionet.org/content/challenge-2012/1.0.0/",
             "licence": "ODC-By 1.0; cite Silva et al. 2012, Comput Cardiol 39:245-248",
-            "sha256": sha, "sets": per_set, "record_ids": "rows ordered by set, then file order in the archive",
-            "preprocessing": {"stats": list(stats), "hours": float(hours), "missing_indicators": bool(missing_indicators),
+            "sha256": sha, "sets": per_set, "row_order": "by set, then file order in the archive, before the split",
+            "preprocessing": {"stats": list(stats), "hours": float(hours),
+                              "missing_indicators": bool(missing_indicators),
                               "bounds": {k: list(v) for k, v in BOUNDS.items()},
                               "duplicates": "values with the same (record, parameter, time) averaged",
                               "impossible": "values outside bounds treated as not measured"},

@@ -6,9 +6,9 @@ from scipy import stats
 
 from data import EHRData
 
-from .checks import checked_synth, code_mask, continuous_mask
+from .checks import checked_synth, code_mask, continuous_mask, real_cached
 from .neighbors import encode, gram
-from .registry import register_metric
+from .registry import NotApplicable, register_metric
 
 
 def _prevalences(data: EHRData, synth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -16,8 +16,9 @@ def _prevalences(data: EHRData, synth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     S = checked_synth(data, synth)
     m = data.binary_mask
     if not m.any():
-        raise ValueError("the dataset has no binary columns, so prevalence is undefined")
-    return data.train[:, m].mean(0, dtype=np.float64), S[:, m].mean(0, dtype=np.float64)
+        raise NotApplicable("the dataset has no binary columns, so prevalence is undefined")
+    p = real_cached(data, "mean", lambda: data.train.mean(0, dtype=np.float64))
+    return p[m], S.mean(0, dtype=np.float64)[m]  # means of all columns, then select: no column copy of the matrix
 
 
 def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
@@ -53,7 +54,11 @@ def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> f
 
 @register_metric("prevalence_mae", goal="min", family="fidelity")
 def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
-    """Mean absolute prevalence error: mean_j |p_real_j - p_syn_j| over binary columns; range [0, 1], lower is better."""
+    """Mean absolute prevalence error: mean_j |p_real_j - p_syn_j| over binary columns; range [0, 1], lower is better.
+
+    The absolute form of medGAN's dimension-wise probability comparison (Choi et al. 2017), as reported by
+    Yan et al. 2022 (prevalence error).
+    """
     p, q = _prevalences(data, synth)
     return float(np.abs(p - q).mean())
 
@@ -82,8 +87,8 @@ def cooccurrence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0, dev
     if m.sum() < 2:
         raise ValueError(f"the dataset {data.name} has fewer than two binary columns, so co-occurrence is undefined")
     iu = np.triu_indices(int(m.sum()), k=1)
-    p = gram(data.train[:, m], device)[iu] / len(data.train)
-    q = gram(S[:, m], device)[iu] / len(S)
+    p = real_cached(data, "gram", lambda: gram(data.train, device))[np.ix_(m, m)][iu] / len(data.train)
+    q = gram(S, device)[np.ix_(m, m)][iu] / len(S)
     return _pearson(p, q, "co-occurrence Pearson r")
 
 
@@ -110,8 +115,9 @@ def correlation_matrix(X: np.ndarray, device: str = "auto") -> np.ndarray:
 
 def _correlations(data: EHRData, synth: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
     S = checked_synth(data, synth, min_rows=2)
-    real, syn = encode(data, data.train, S)  # z-scored continuous columns: better float32 products, same R
-    return correlation_matrix(real, device), correlation_matrix(syn, device)
+    # z-scored continuous columns (same R, better-conditioned float32 products); binary columns unchanged
+    Rr = real_cached(data, "corr", lambda: correlation_matrix(encode(data, data.train)[0], device))
+    return Rr, correlation_matrix(encode(data, S)[0], device)
 
 
 @register_metric("cmd", goal="min", family="fidelity")
@@ -166,8 +172,8 @@ def codes_per_record_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> d
     Info: the mean number of codes per record on each side.
     """
     S = checked_synth(data, synth)
-    m = code_mask(data, "codes per record")
-    cr, cs = data.train[:, m].sum(1), S[:, m].sum(1)
+    w = code_mask(data, "codes per record").astype(np.float32)
+    cr, cs = real_cached(data, "codes_per_record", lambda: data.train @ w), S @ w  # exact integer counts
     return {"value": float(wasserstein_columns(cr, cs)[0]), "mean_real": float(cr.mean()), "mean_synth": float(cs.mean())}
 
 
@@ -194,7 +200,8 @@ def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) ->
 def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean relative std error over continuous columns: mean_j |std_s_j - std_r_j| / std_r_j (std_r 1 where 0).
 
-    Range [0, inf), lower is better; 1 means the synthetic column is constant (mode collapse).
+    Range [0, inf), lower is better; 1 means the synthetic column is constant (mode collapse). Per-column
+    moment check as in SDMetrics/synthcity statistical fidelity reports (like continuous_mean_error).
     """
     real, syn, sd = _continuous(data, synth, "continuous_std_error")
     return float((np.abs(syn.std(0) - real.std(0)) / sd).mean())

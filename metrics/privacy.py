@@ -62,17 +62,18 @@ def attribute_inference_f1(data: EHRData, synth: np.ndarray, *, seed: int = 0, k
     K = max(1, min(known, len(codes) // 2))
     order = np.argsort(-data.train[:, codes].mean(0), kind="stable")
     kn, unk = codes[order[:K]], codes[order[K:]]
-    Sp = S[rng.permutation(len(S))]
+    perm = rng.permutation(len(S))  # seeded random order = random tie-breaking among equally close records
+    S_known, S_unknown = S[:, kn][perm], (S[:, unk] > 0.5)[perm].astype(np.uint8)
     f1 = {}
     for name, R in (("members", mem), ("nonmembers", non)):
-        idx = knn(R[:, kn], Sp[:, kn], k, return_index=True, hamming=True, device=device)[1]
-        votes = Sp[:, unk].astype(np.uint8)[idx].sum(1)  # (records, unknown codes) neighbour counts
-        pred = 2 * votes > k
+        idx = knn(R[:, kn], S_known, k, return_index=True, hamming=True, device=device)[1]
+        pred = 2 * S_unknown[idx].sum(1) > k  # majority of the k neighbours, per (record, unknown code)
         true = R[:, unk] > 0.5
         tp = np.count_nonzero(pred & true)
         denom = np.count_nonzero(pred) + np.count_nonzero(true)
         f1[name] = 2 * tp / denom if denom else 0.0
-    return {"value": f1["members"] - f1["nonmembers"], "f1_members": f1["members"], "f1_nonmembers": f1["nonmembers"]}
+    return {"value": float(f1["members"] - f1["nonmembers"]), "f1_members": float(f1["members"]),
+            "f1_nonmembers": float(f1["nonmembers"])}
 
 
 # Platzer & Reutterer 2021, "Holdout-based fidelity and privacy assessment of mixed-type synthetic data" (the DCR
@@ -132,14 +133,31 @@ def nnaa(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 500
     return {"value": aa_test - aa_train, "aa_train": aa_train, "aa_test": aa_test}
 
 
-def _row_ids(data: EHRData, *mats: np.ndarray) -> list[np.ndarray]:
-    """Integer ids such that two rows (of any of the matrices) share an id iff they are identical."""
+def _row_words(data: EHRData, X: np.ndarray) -> np.ndarray:
+    """Each row as uint64 words: binary columns bit-packed, continuous columns as float32 bit patterns."""
     b = data.binary_mask
-    parts = [np.concatenate([np.packbits(m[:, b] > 0.5, axis=1),
-                             (m[:, ~b].astype(np.float32) + np.float32(0.0)).view(np.uint8).reshape(len(m), -1)], 1)
-             for m in mats]  # + 0.0 maps -0.0 to 0.0 so equal numbers have equal bytes
-    _, ids = np.unique(np.concatenate(parts), axis=0, return_inverse=True)
-    return np.split(ids.ravel(), np.cumsum([len(m) for m in mats])[:-1])
+    B = X if b.all() else X[:, b]
+    packed = np.packbits(B > 0.5, axis=1)
+    packed = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))).view(np.uint64)
+    if b.all():
+        return packed
+    cont = (X[:, ~b].astype(np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)  # -0.0 -> 0.0
+    return np.concatenate([packed, cont], 1)
+
+
+def _is_copy(queries: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Boolean per query row: identical to at least one ref row (uint64 word matrices of equal width).
+
+    Rows are hashed with a fixed random odd multiplier per word (sum mod 2^64); each query is compared word by
+    word with the ref row of equal hash, so a reported copy is always exact (a hash collision between distinct
+    ref rows could only hide a copy, with probability ~2^-64).
+    """
+    mult = np.random.default_rng(12345).integers(1, 2**63, size=ref.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    hq, hr = (queries * mult).sum(1, dtype=np.uint64), (ref * mult).sum(1, dtype=np.uint64)
+    order = np.argsort(hr, kind="stable")
+    pos = np.minimum(np.searchsorted(hr[order], hq), len(hr) - 1)
+    cand = order[pos]
+    return (hr[cand] == hq) & (queries == ref[cand]).all(1)
 
 
 # Exact copies ("identical match share", Platzer & Reutterer 2021; SDMetrics' NewRowSynthesis is 1 minus it).
@@ -151,6 +169,6 @@ def exact_copy_rate(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     duplicated patients create (sparse code sets coincide often), which a generator of new patients would match.
     """
     S = checked_synth(data, synth, min_rows=1)
-    tr, sy, ho = _row_ids(data, data.train, S, data.holdout)
-    return {"value": float(np.isin(sy, tr).mean()),
-            "holdout": float(np.isin(ho, tr).mean()) if len(ho) else float("nan")}
+    tr = _row_words(data, data.train)
+    ho = _is_copy(_row_words(data, data.holdout), tr).mean() if len(data.holdout) else float("nan")
+    return {"value": float(_is_copy(_row_words(data, S), tr).mean()), "holdout": float(ho)}

@@ -13,6 +13,13 @@ GOALS = ("max", "min", "info")
 FAMILIES = ("fidelity", "utility", "privacy", "efficiency")
 
 
+class NotApplicable(ValueError):
+    """The metric does not apply to this dataset (e.g. continuous-column metrics on all-binary data).
+
+    evaluate() records it as a row with status "n/a: <reason>" and value NaN: visible, but not a failure.
+    """
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
@@ -62,7 +69,8 @@ def evaluate(data: EHRData, synth: np.ndarray, spec: Mapping[str, Mapping[str, A
              seed: int = 0) -> list[dict]:
     """Run each metric of `spec` (name -> kwargs) on the synthetic matrix and return one row per value.
 
-    An exception in a metric becomes a row with value NaN and status "error: <reason>"; nothing is skipped.
+    An exception in a metric becomes a row with value NaN and status "error: <reason>"; a metric that does not
+    apply to the dataset (NotApplicable) a row with status "n/a: <reason>"; nothing is skipped.
     Unknown names raise before anything runs, listing the valid names.
     """
     items = [(n, {}) for n in spec] if isinstance(spec, (list, tuple)) else [(n, dict(kw or {})) for n, kw in spec.items()]
@@ -81,6 +89,8 @@ def evaluate(data: EHRData, synth: np.ndarray, spec: Mapping[str, Mapping[str, A
                          for k, v in out.items() if k != "value"]
             else:
                 rows.append(_row(m, m.name, m.goal, float(out), seconds, "ok"))
+        except NotApplicable as e:
+            rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0, f"n/a: {e}"))
         except Exception as e:  # a failing metric is a visible row, never skipped
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0,

@@ -1,22 +1,15 @@
 """Downstream utility: train on synthetic, test on real (TSTR) vs real-trained (TRTR), and medGAN's dimension-wise prediction."""
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from scipy import stats
 
 from data import EHRData
 
-from .checks import checked_synth, code_mask, label_index, subsample
+from .checks import checked_synth, code_mask, label_index, real_cached, subsample
 from .learners import auroc, auroc_columns, fit_logistic_multi, lgbm, model_input
 from .neighbors import encode
 from .registry import register_metric
-
-# TRTR does not depend on the synthetic matrix: computed once per (dataset object, label, settings) and reused
-# by tstr_auroc's gap and trtr_auroc. Keys hold a weak reference so a freed dataset never answers for a new one.
-_TRTR: dict[tuple, tuple[weakref.ref, float]] = {}
-
 
 def _features(data: EHRData) -> np.ndarray:
     """Boolean mask of the feature columns: every column that is not a label column."""
@@ -40,13 +33,9 @@ def _fit_score(train: np.ndarray, j: int, data: EHRData, seed: int, n_estimators
 
 
 def _trtr(data: EHRData, j: int, seed: int, n_estimators: int, n_jobs: int | None) -> float:
-    key = (id(data), j, seed, n_estimators)
-    hit = _TRTR.get(key)
-    if hit is not None and hit[0]() is data:
-        return hit[1]
-    value = _fit_score(data.train, j, data, seed, n_estimators, n_jobs)
-    _TRTR[key] = (weakref.ref(data), value)
-    return value
+    """TRTR does not depend on the synthetic data: computed once per dataset object and settings, then reused."""
+    return real_cached(data, ("trtr", j, seed, n_estimators),
+                       lambda: _fit_score(data.train, j, data, seed, n_estimators, n_jobs))
 
 
 # TSTR/TRTR: Esteban et al. 2017 ("Real-valued (medical) time series generation with recurrent conditional
@@ -59,6 +48,7 @@ def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | 
     label = data.label_columns[0] unless given, read back from the synthetic matrix; features = every
     non-label column. Range [0, 1], higher is better (0.5 = no signal). Info: trtr (the same model trained on
     real train) and gap = trtr - tstr (0 is ideal). A constant synthetic label column is an error.
+    Source: TSTR of Esteban et al. 2017; LightGBM (Ke et al. 2017) as the downstream model.
     """
     S = checked_synth(data, synth, min_rows=2)
     j = _binary_label(data, label, "tstr_auroc")
@@ -77,6 +67,7 @@ def trtr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | 
     """TRTR AUROC: the tstr_auroc model trained on the real train split (the reference TSTR should reach).
 
     Range [0, 1], higher is better; it does not depend on the synthetic data (same value for every generator).
+    Source: the TRTR reference of Esteban et al. 2017.
     """
     return _trtr(data, _binary_label(data, label, "trtr_auroc"), seed, n_estimators, n_jobs)
 
@@ -87,7 +78,7 @@ def trtr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | 
 # for rare codes); the classifier is logistic regression (C=1, as medGAN) fitted for all K codes in one L-BFGS.
 @register_metric("dimwise_prediction", goal="max", family="utility")
 def dimwise_prediction(data: EHRData, synth: np.ndarray, *, seed: int = 0, top_k: int = 50,
-                       n_train: int | None = 20000, C: float = 1.0, max_iter: int = 200) -> dict:
+                       n_train: int | None = 20000, C: float = 1.0, max_iter: int = 100) -> dict:
     """Mean AUROC over the top_k most prevalent codes of logistic regressions trained on synthetic data.
 
     For each code c among the top_k most prevalent binary non-label columns (with both classes in real train
@@ -95,7 +86,7 @@ def dimwise_prediction(data: EHRData, synth: np.ndarray, *, seed: int = 0, top_k
     real test split. value = mean_c AUROC_syn(c); range [0, 1], higher is better. Info: real = mean_c
     AUROC_real(c); pearson = r(AUROC_syn, AUROC_real) over codes (0 when either vector is constant); n_codes.
     Rule: a code that is constant in the synthetic training rows gets AUROC 0.5 (nothing can be learned).
-    Seeded subsamples of at most n_train rows per side.
+    Seeded subsamples of at most n_train rows per side. Source: medGAN (Choi et al. 2017).
     """
     S = checked_synth(data, synth, min_rows=2)
     codes = np.flatnonzero(code_mask(data, "dimension-wise prediction"))

@@ -2,7 +2,7 @@
 from .base import (SYNTHESIZERS, Synthesizer, TorchSynthesizer, build_synthesizer, get_synthesizer,
                    load_entry_points, register_synthesizer)
 from .trainer import Trainer, TrainingDiverged, resolve_device
-from . import baselines, ehrdiff, emrwgan, medgan, vae  # noqa: F401  (register generators)
+from . import baselines, ehrdiff, emrwgan, external, medgan, vae  # noqa: F401  (register generators)
 
 __all__ = ["SYNTHESIZERS", "Synthesizer", "TorchSynthesizer", "Trainer", "TrainingDiverged", "build_synthesizer",
            "get_synthesizer", "load_entry_points", "register_synthesizer", "resolve_device"]

@@ -84,10 +84,10 @@ def _synthetic(rs: RunSet, path: str, columns: tuple[str, ...]) -> np.ndarray:
     return np.asarray(X[:, idx], dtype=np.float32)
 
 
-def _first_runs(t: Table) -> dict[str, str]:
-    """Per model, the complete run with the lowest seed (the one drawn in per-run figures)."""
-    ok = t.runs[t.runs["ok"]].sort_values(["model", "seed", "path"])
-    return dict(zip(ok.drop_duplicates("model")["model"], ok.drop_duplicates("model")["path"]))
+def _first_runs(t: Table) -> dict[str, tuple[str, object]]:
+    """Per model in leaderboard order, (path, seed) of the complete run with the lowest seed (drawn per run)."""
+    ok = t.runs[t.runs["ok"]].sort_values(["model", "seed", "path"]).drop_duplicates("model").set_index("model")
+    return {m: (ok.loc[m, "path"], ok.loc[m, "seed"]) for m in t.models if m in ok.index}
 
 
 def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tuple[list[FigureInfo], list[str]]:
@@ -96,7 +96,7 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
     if not runs:
         return [], []
     try:
-        real = load_real(rs, next(iter(runs.values())), cache)
+        real = load_real(rs, next(iter(runs.values()))[0], cache)
     except ValueError as e:
         return [], [f"{t.label}: {kind} figure skipped: {e}"]
     # prevalence: every column's mean (the prevalence of a binary column); co-occurrence: binary features only
@@ -113,9 +113,9 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
     else:
         stat = lambda X: X.mean(0, dtype=np.float64)  # noqa: E731
     x, notes, panels = stat(R), [], []
-    for model, path in [(m, runs[m]) for m in t.models if m in runs]:  # leaderboard order
+    for model, (path, seed) in runs.items():
         try:
-            panels.append((model, path, stat(_synthetic(rs, path, tuple(cols)))))
+            panels.append((model, seed, stat(_synthetic(rs, path, tuple(cols)))))
         except (OSError, ValueError, KeyError) as e:
             notes.append(f"{t.label}: {kind} panel of {model} skipped: {e}")
     if not panels or len(x) == 0:
@@ -123,12 +123,12 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tupl
     fig, axes = _grid(len(panels), 3)
     lo = min(0.0, float(x.min()), min(float(y.min()) for _, _, y in panels))
     lim = max(float(x.max()), max(float(y.max()) for _, _, y in panels)) * 1.05 or 1.0
-    for ax, (model, path, y) in zip(axes, panels):
+    for ax, (model, seed, y) in zip(axes, panels):
         sns.scatterplot(x=x, y=y, s=10, alpha=0.5, linewidth=0, ax=ax)
         ax.plot([lo, lim], [lo, lim], color="grey", lw=1, ls="--")
         ax.set(xlim=(lo, lim), ylim=(lo, lim), xlabel=f"real (train) {kind}", ylabel=f"synthetic {kind}")
         r = _pearson(x, y)
-        ax.set_title(f"{model} (seed {path.rsplit('seed_', 1)[-1]}): r = {'n/a' if math.isnan(r) else f'{r:.3f}'}")
+        ax.set_title(f"{model} (seed {seed}): r = {'n/a' if math.isnan(r) else f'{r:.3f}'}")
     p = out / f"{t.slug}__{kind}.png"
     _save(fig, p)
     what = ("per-column mean of every column (the prevalence of a binary column)" if kind == "prevalence" else

@@ -153,6 +153,9 @@ def load_runs(root: str | Path) -> RunSet:
             runs[-1]["ok"] = False
             continue
         rows, bad = _read_results(run_dir / "results.jsonl")
+        # a metric that does not apply to the dataset ("n/a: ..." rows, e.g. continuous metrics on binary data)
+        # is neither a value nor a failure
+        rows = [r for r in rows if not str(r.get("status")).startswith("n/a")]
         for reason in bad:
             fail("file", rel, ident, reason)
         seen: dict[str, int] = {}

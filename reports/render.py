@@ -72,9 +72,30 @@ def summary_frame(t: Table) -> pd.DataFrame:
 
 
 def failures_frame(failures: pd.DataFrame) -> pd.DataFrame:
+    """Failures for display: one metric failing with the same reason in several runs becomes one row naming every
+    model and seed (e.g. a continuous-only metric on binary data in all 18 cells); failures.csv keeps each row."""
     f = failures.copy()
     f["seed"] = f["seed"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v)))
-    return f[["kind", "path", "data", "model", "seed", "metric", "reason"]].fillna("")
+    f = f[["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]].fillna("").astype(str)
+    f["runs"] = 1
+    single = f[f["kind"] != "metric"]
+    g = f[f["kind"] == "metric"].groupby(["tag", "data", "metric", "reason"], sort=False)
+    merged = g.agg(kind=("kind", "first"), path=("path", _common_path), model=("model", _joined),
+                   seed=("seed", _joined), runs=("path", "size")).reset_index()
+    out = pd.concat([single, merged], ignore_index=True).sort_values(["path", "kind", "metric"], kind="stable")
+    return out[["kind", "path", "data", "model", "seed", "metric", "runs", "reason"]].reset_index(drop=True)
+
+
+def _joined(s: pd.Series) -> str:
+    return ", ".join(sorted(set(s), key=lambda x: (len(x), x)))
+
+
+def _common_path(s: pd.Series) -> str:
+    if len(s) == 1:
+        return s.iloc[0]
+    parts = [p.split("/") for p in s]
+    common = [a[0] for a in zip(*parts) if len(set(a)) == 1]
+    return "/".join(common + ["*"])
 
 
 def _md_escape(s: str) -> str:
@@ -224,6 +245,8 @@ def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
     paths["markdown"].write_text(to_markdown(tables, rs.failures, figs, notes, header))
     to_csv(tables).to_csv(paths["csv"], index=False, float_format="%.10g")
+    paths["failures"] = out / "failures.csv"
+    rs.failures.to_csv(paths["failures"], index=False)
     paths["html"].write_text(to_html(tables, rs.failures, figs, notes, header))
     if figs:
         paths["figures"] = out / "figures"

@@ -10,7 +10,8 @@ from models import SYNTHESIZERS
 from tests.conftest import CONFIG_DIR, REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "benchmarks" / "experiment").glob("*.yaml"))
-MODEL_YAMLS = sorted(p.stem for p in (REPO / "benchmarks" / "model").glob("*.yaml"))
+# `external` scores samples made by another tool (model.path=<file>): not a generator a suite can sweep.
+MODEL_YAMLS = sorted(p.stem for p in (REPO / "benchmarks" / "model").glob("*.yaml") if p.stem != "external")
 # Our launcher files share their names with the plugins' schemas, which Hydra 1.3 validates them against (a warning).
 SCHEMA_WARNING = "(?s).*is validated against ConfigStore schema with the same name.*"
 
@@ -38,7 +39,9 @@ def test_experiment_composes_and_names_registered_objects(name):
     models, seeds = sweep(cfg)
     assert cfg.tag == name and seeds == [0, 1, 2]
     assert cfg.data.name in DATASETS, f"{name}: dataset {cfg.data.name!r} is not registered"
-    assert sorted(models) == MODEL_YAMLS, f"{name}: the sweep must list every benchmarks/model/*.yaml"
+    unknown = [m for m in models if m not in MODEL_YAMLS or m not in SYNTHESIZERS]
+    assert not unknown, f"{name}: the sweep names generators without a model YAML or registration: {unknown}"
+    assert set(MODEL_YAMLS) <= set(models), f"{name}: the sweep misses {sorted(set(MODEL_YAMLS) - set(models))}"
     for m in models:
         one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2"])
         assert one.model.name == m and m in SYNTHESIZERS, f"{name}: model {m!r} is not registered"

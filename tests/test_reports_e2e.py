@@ -67,7 +67,9 @@ def test_report_on_real_runs(runs, tmp_path):
     errors = [json.loads(l) for f in runs.glob("e2e/synthetic/*/seed_0/results.jsonl") for l in f.read_text().splitlines()
               if json.loads(l)["status"] != "ok"]  # e.g. TSTR on a debug model that never samples the label
     md = paths["markdown"].read_text()
-    assert all(f"| {e['metric']} | {e['status']}" in md for e in errors)
+    fails = pd.read_csv(paths["failures"]) if errors else pd.DataFrame(columns=["metric", "reason"])
+    assert sorted(zip(fails["metric"], fails["reason"])) == sorted((e["metric"], e["status"]) for e in errors)
+    assert all(e["status"] in md for e in errors)
     assert ("No run, file or metric failed." in md) == (not errors)
 
 

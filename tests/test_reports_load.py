@@ -121,3 +121,21 @@ def test_find_run_dirs_and_bad_root(tmp_path):
         load_runs(tmp_path / "missing")
     assert load_runs(tmp_path / "notes").runs.empty
     assert isinstance(load_runs(tmp_path / "notes").failures, pd.DataFrame)
+
+
+def test_not_applicable_rows_are_neither_values_nor_failures(tmp_path):
+    import json
+
+    from reports.load import load_runs
+
+    d = tmp_path / "t" / "synthetic" / "independent" / "seed_0"
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"tag": "t", "data": "synthetic", "model": "independent", "seed": 0,
+                                            "status": "ok", "config": {"data": {"name": "synthetic"}}}))
+    rows = [{"metric": "prevalence_pearson", "family": "fidelity", "goal": "max", "value": 0.9, "status": "ok"},
+            {"metric": "continuous_wd", "family": "fidelity", "goal": "min", "value": float("nan"),
+             "status": "n/a: the dataset synthetic has no continuous columns"}]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rs = load_runs(tmp_path)
+    assert list(rs.results["metric"]) == ["prevalence_pearson"]
+    assert rs.failures.empty

@@ -8,7 +8,8 @@ import pytest
 
 from reports import build_tables, load_runs, write_report
 from reports.__main__ import main
-from reports.render import fmt_cell, sections
+from reports.load import FAILURE_COLUMNS
+from reports.render import failures_frame, fmt_cell, sections
 from tests.test_reports_load import make_run
 
 KINDS = ["prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility"]
@@ -108,3 +109,17 @@ def test_cli(runs, tmp_path, capsys):
     assert "leaderboard.html" in capsys.readouterr().out
     assert main([str(tmp_path / "nope")]) == 2 and "does not exist" in capsys.readouterr().err
     assert main([str(runs), "--profile", "bad"]) == 2
+
+
+def test_failures_display_merges_one_metric_failing_alike_in_many_runs():
+    rows = [{"kind": "metric", "path": f"t/d/{m}/seed_{i}", "tag": "t", "data": "d", "model": m, "seed": i,
+             "metric": "continuous_wd", "reason": "error: ValueError: no continuous columns"}
+            for m in ("b", "a") for i in (1, 0)]
+    rows.append({"kind": "run", "path": "t/d/c/seed_0", "tag": "t", "data": "d", "model": "c", "seed": 0,
+                 "metric": None, "reason": "corrupt run.json: x"})
+    rows.append({**rows[0], "reason": "error: other"})
+    f = failures_frame(pd.DataFrame(rows, columns=FAILURE_COLUMNS))
+    merged = f[f["reason"] == "error: ValueError: no continuous columns"].iloc[0]
+    assert (merged["path"], merged["model"], merged["seed"], merged["runs"]) == ("t/d/*", "a, b", "0, 1", 4)
+    assert len(f) == 3 and f.loc[f["kind"] == "run", "path"].item() == "t/d/c/seed_0"
+    assert f.loc[f["reason"] == "error: other", "path"].item() == "t/d/b/seed_1"

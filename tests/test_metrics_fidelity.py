@@ -1,0 +1,167 @@
+"""Each fidelity metric against an independent computation (scipy/sklearn or a naive loop) on a small case."""
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+
+from data import from_matrix, load_dataset
+from metrics import METRICS
+from metrics.fidelity import wasserstein_columns
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", n_patients=500, n_codes=20, seed=1, split=(0.6, 0.2, 0.2))
+
+
+@pytest.fixture(scope="module")
+def synth(data):
+    rng = np.random.default_rng(0)
+    S = data.train[rng.integers(0, len(data.train), 250)].copy()
+    flip = rng.random(S.shape) < 0.05
+    S[flip] = 1 - S[flip]
+    return S
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Binary codes, a binary label and two continuous columns in different units."""
+    rng = np.random.default_rng(7)
+    codes = (rng.random((400, 6)) < 0.3).astype(np.float32)
+    lab = np.c_[rng.normal(100, 15, 400), rng.lognormal(1, 0.5, 400)].astype(np.float32)
+    y = (codes[:, 0] + (lab[:, 0] > 110) + rng.random(400) > 1.2).astype(np.float32)
+    cols = [f"D_{j}" for j in range(6)] + ["HR", "LACTATE", "DIED"]
+    return from_matrix(np.c_[codes, lab, y], cols, ["binary"] * 6 + ["continuous"] * 2 + ["binary"], name="mixed",
+                       label_columns=["DIED"], split=(0.6, 0.2, 0.2))
+
+
+def m(name, data, S, **kw):
+    out = METRICS[name].fn(data, S, seed=0, **kw)
+    return out if isinstance(out, dict) else {"value": out}
+
+
+def _corr_rule(X):
+    """np.corrcoef with the documented rule: constant columns correlate 0 with others and 1 with themselves."""
+    X = X.astype(np.float64)
+    const = X.std(0) == 0
+    R = np.zeros((X.shape[1],) * 2)
+    live = np.flatnonzero(~const)
+    R[np.ix_(live, live)] = np.corrcoef(X[:, live], rowvar=False)
+    np.fill_diagonal(R, 1.0)
+    return R
+
+
+def test_prevalence_metrics(data, synth):
+    p, q = data.train.mean(0), synth.mean(0)
+    assert m("prevalence_pearson", data, synth)["value"] == pytest.approx(stats.pearsonr(p, q)[0])
+    assert m("prevalence_spearman", data, synth)["value"] == pytest.approx(stats.spearmanr(p, q)[0])
+    assert m("prevalence_mae", data, synth)["value"] == pytest.approx(np.abs(p - q).mean(), abs=1e-7)
+    assert m("nzc", data, synth) == {"value": float((q > 0).sum()), "real": float((p > 0).sum())}
+
+
+def test_cooccurrence_pearson_double_loop(data, synth):
+    d = data.n_features
+    pairs = [(a, b) for a in range(d) for b in range(a + 1, d)]
+    X, S = data.train.astype(np.float64), synth.astype(np.float64)
+    p = [np.mean(X[:, a] * X[:, b]) for a, b in pairs]
+    q = [np.mean(S[:, a] * S[:, b]) for a, b in pairs]
+    assert m("cooccurrence_pearson", data, synth)["value"] == pytest.approx(stats.pearsonr(p, q)[0], abs=1e-9)
+
+
+def test_cmd_and_correlation_mae_with_a_constant_column(data, synth):
+    S = synth.copy()
+    S[:, 3] = 0  # mode collapse: a code never generated
+    Rr, Rs = _corr_rule(data.train), _corr_rule(S)
+    cmd = 1 - np.trace(Rr @ Rs) / (np.linalg.norm(Rr, "fro") * np.linalg.norm(Rs, "fro"))
+    assert m("cmd", data, S)["value"] == pytest.approx(cmd, abs=1e-9)
+    iu = np.triu_indices(data.n_features, 1)
+    assert m("correlation_mae", data, S)["value"] == pytest.approx(np.abs(Rr - Rs)[iu].mean(), abs=1e-9)
+    assert m("cmd", data, data.train)["value"] == pytest.approx(0, abs=1e-12)
+
+
+def test_wasserstein_columns_matches_scipy():
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(37, 4)), rng.exponential(size=(23, 4))
+    B[:5] = A[:5]  # shared values
+    expect = [stats.wasserstein_distance(A[:, j], B[:, j]) for j in range(4)]
+    assert np.allclose(wasserstein_columns(A, B), expect)
+
+
+def test_codes_per_record_wd(data, synth):
+    codes = [j for j, c in enumerate(data.columns) if c not in data.label_columns]
+    expect = stats.wasserstein_distance(data.train[:, codes].sum(1), synth[:, codes].sum(1))
+    assert m("codes_per_record_wd", data, synth)["value"] == pytest.approx(expect)
+
+
+def test_continuous_metrics_per_column_scipy(mixed):
+    rng = np.random.default_rng(1)
+    S = mixed.train[rng.integers(0, len(mixed.train), 200)].copy()
+    S[:, 6] = S[:, 6] * 1.3 + 4
+    R, Sc, sd = mixed.train[:, 6:8].astype(np.float64), S[:, 6:8].astype(np.float64), mixed.train[:, 6:8].std(0)
+    assert m("continuous_mean_error", mixed, S)["value"] == pytest.approx(np.mean(np.abs(Sc.mean(0) - R.mean(0)) / sd), rel=1e-5)
+    assert m("continuous_std_error", mixed, S)["value"] == pytest.approx(np.mean(np.abs(Sc.std(0) - R.std(0)) / sd), rel=1e-5)
+    wd = [stats.wasserstein_distance(R[:, j], Sc[:, j]) / sd[j] for j in range(2)]
+    assert m("continuous_wd", mixed, S)["value"] == pytest.approx(np.mean(wd), rel=1e-5)
+
+
+def test_continuous_metrics_error_without_continuous_columns(data, synth):
+    for name in ("continuous_mean_error", "continuous_std_error", "continuous_wd"):
+        with pytest.raises(ValueError, match="no continuous columns"):
+            METRICS[name].fn(data, synth, seed=0)
+
+
+def test_mmd_naive(data, synth):
+    out = m("mmd", data, synth, n=10_000)  # no subsampling: all rows on both sides
+    X, Y, g = data.train.astype(np.float64), synth.astype(np.float64), out["bandwidth"]
+    P = X[:1000]
+    dp = ((P[:, None] - P[None]) ** 2).sum(-1)[np.triu_indices(len(P), 1)]
+    assert g == pytest.approx(np.median(dp))
+    k = lambda A, B: np.exp(-((A[:, None] - B[None]) ** 2).sum(-1) / g)  # noqa: E731
+    kxx, kyy = k(X, X), k(Y, Y)
+    mx, my = len(X), len(Y)
+    expect = ((kxx.sum() - mx) / (mx * (mx - 1)) + (kyy.sum() - my) / (my * (my - 1)) - 2 * k(X, Y).mean())
+    assert out["value"] == pytest.approx(expect, rel=1e-4, abs=1e-7)
+
+
+def test_detection_auc_matches_sklearn_folds(data, synth):
+    import lightgbm
+
+    out = m("detection_auc", data, synth, n=10_000, folds=3, n_estimators=20)
+    n = len(synth)
+    rng = np.random.default_rng(0)
+    real = data.train[np.sort(rng.choice(len(data.train), n, replace=False))]
+    X, y = np.r_[real, synth], np.r_[np.zeros(n), np.ones(n)]
+    aucs = []
+    for tr, te in StratifiedKFold(3, shuffle=True, random_state=0).split(X, y):
+        clf = lightgbm.LGBMClassifier(n_estimators=20, random_state=0, deterministic=True, force_row_wise=True,
+                                      verbose=-1, n_jobs=1).fit(X[tr], y[tr])
+        aucs.append(roc_auc_score(y[te], clf.predict_proba(X[te])[:, 1]))
+    assert out["auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
+    assert out["value"] == pytest.approx(2 * abs(np.mean(aucs) - 0.5), abs=1e-9)
+    ones = np.ones_like(synth)  # trivially separable
+    assert m("detection_auc", data, ones, n_estimators=20)["value"] > 0.9
+
+
+def _naive_prdc(X, Y, k):
+    """Kynkaanniemi et al. 2019 precision/recall and Naeem et al. 2020 density/coverage by full distance matrices."""
+    d = lambda A, B: ((A[:, None].astype(np.float64) - B[None]) ** 2).sum(-1)  # noqa: E731
+    dxx, dyy, dyx = d(X, X), d(Y, Y), d(Y, X)
+    np.fill_diagonal(dxx, np.inf)
+    np.fill_diagonal(dyy, np.inf)
+    rx, ry = np.sort(dxx, 1)[:, k - 1], np.sort(dyy, 1)[:, k - 1]
+    inside = dyx <= rx[None, :]  # synthetic j inside real ball i
+    precision = inside.any(1).mean()
+    recall = (dyx.T <= ry[None, :]).any(1).mean()
+    density = inside.sum() / (k * len(Y))
+    coverage = (dyx.min(0) <= rx).mean()
+    return precision, recall, density, coverage
+
+
+def test_precision_recall_density_coverage_naive(data, synth):
+    p, r, dens, cov = _naive_prdc(data.train, synth, 3)
+    out = m("precision", data, synth, n=10_000, k=3)
+    assert (out["value"], out["density"], out["coverage"]) == pytest.approx((p, dens, cov))
+    assert m("recall", data, synth, n=10_000, k=3)["value"] == pytest.approx(r)
+    collapsed = np.repeat(data.train[:1], 200, axis=0)  # mode collapse: one record repeated
+    assert m("recall", data, collapsed, k=3)["value"] < 0.2
