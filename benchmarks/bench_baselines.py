@@ -94,8 +94,8 @@ def table(results: list[dict]) -> str:
     head = ["model", *[f"{c} ({'↑' if goal[c] == 'max' else '↓'})" if c in goal else c for c in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [r["model"]] + [f"{r[c]:.4f}" if isinstance(r.get(c), float) and c in goal else str(r.get(c, ""))
-                                for c in cols]
+        cells = [r["model"]] + [(f"{r[c]:.0f}" if c == "nzc" else f"{r[c]:.4f}")
+                                if isinstance(r.get(c), float) and c in goal else str(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
