@@ -17,7 +17,8 @@ def simulate(n_patients: int = 20000, n_codes: int = 1000, seed: int = 0) -> tup
       log-uniform in [0.3%, 15%], shifted by +0.6 log-odds per age band and, for ~15% of conditions, a
       sex effect of +-1.5 (sex-specific conditions);
     - each condition emits a group of 3-20 codes, drawn with Zipf(1.1) weights so that common codes take
-      part in many conditions, with emission probabilities ~ Beta(2, 3);
+      part in many conditions, with emission probabilities ~ Beta(2, 3), except one defining code per
+      condition (its diagnosis proper) recorded with probability ~ Beta(8, 2);
     - every code also has a Zipf-shaped background leak probability (mean ~1.2 codes per patient);
     - a code is present with probability 1 - (1 - leak) * prod_k (1 - z_k q_kj) (noisy OR), so codes of the
       same condition are correlated and the prevalence is long tailed;
@@ -43,6 +44,7 @@ def simulate(n_patients: int = 20000, n_codes: int = 1000, seed: int = 0) -> tup
         size = int(rng.integers(3, min(20, n_codes // 2) + 1))
         members = rng.choice(n_codes, size=size, replace=False, p=member_w)
         Q[k, code_order[members]] = rng.beta(2.0, 3.0, size)
+        Q[k, code_order[members[rng.integers(size)]]] = rng.beta(8.0, 2.0)  # the condition's defining code
     leak = np.zeros(n_codes)
     leak[code_order] = np.minimum(zipf * 1.2, 0.2)
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import TorchSynthesizer, register_synthesizer
-from .vae import binarize, check_binarize, check_unit_interval
+from .outputs import binarize, check_binarize, check_unit_interval
 
 
 def keras_dense(n_in: int, n_out: int) -> nn.Linear:

@@ -11,7 +11,8 @@ from data import EHRData
 from models import Synthesizer, Trainer, TrainingDiverged, build_synthesizer
 from models.emrwgan import EMRWGAN, gradient_penalty
 from models.medgan import MedGAN, MinibatchDiscriminator, ResidualGenerator
-from models.vae import VAE, binarize, vae_loss
+from models.outputs import binarize
+from models.vae import VAE, vae_loss
 from tests.conftest import TINY_PARAMS, compose
 
 GANS = ("medgan", "vae", "emrwgan")
