@@ -1,11 +1,11 @@
 """Baseline generators vs the floor and the ceiling on the default simulator data with the short CPU schedule.
 
 Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_baselines.py [--models medgan,vae,emrwgan,independent,real]
-       [--max-steps 1500] [--n-patients 20000] [--n-codes 1000] [--seed 0] [--threads 2] [--out results.json]
+       [--max-steps N] [--n-patients 20000] [--n-codes 1000] [--seed 0] [--threads 2] [--out results.json]
        [--set emrwgan.lr_g=1e-4 ...]   (diagnostics only: override a model hyperparameter of the YAML)
 Data: load_dataset("synthetic") with benchmarks/data/synthetic.yaml (20,000 patients -> 16,000 train x 1,005).
 Models: benchmarks/model/<name>.yaml (the papers' defaults); trainer: benchmarks/trainer/default.yaml (the short CPU
-schedule, max_steps 1500 per training phase: medGAN's pretraining and GAN phases are each capped) on the CPU.
+schedule, max_steps per training phase: medGAN's pretraining and GAN phases are each capped) on the CPU.
 Each fitted model is sampled (as many rows as train) with its default binarisation, and models with a 0.5 threshold
 or Bernoulli default are also sampled with the other rule (rows "name+rule"). Metrics: those of
 benchmarks/metrics/default.yaml among prevalence_pearson, nzc, cooccurrence_pearson, cmd, correlation_mae,
