@@ -12,7 +12,7 @@ from data import load_dataset
 from reports import write_report
 from tests.conftest import REPO
 
-SWEEP = ["-m", "model=independent,ehrdiff", "trainer=debug", "metrics=fast", "data.n_patients=300",
+SWEEP = ["-m", "model=independent,ehrdiff", "trainer=debug", "metrics=fast", "data.n_patients=1000",
          "data.n_codes=30", "tag=e2e"]
 
 
@@ -51,7 +51,7 @@ def test_report_on_real_runs(runs, tmp_path):
     cell = csv[(csv["model"] == "independent") & (csv["metric"] == "prevalence_pearson")].iloc[0]
     assert cell["mean"] == pytest.approx(row["value"], rel=1e-9) and cell["n"] == 1
     # ... and both agree with a prevalence correlation recomputed here from synthetic.npz and the dataset
-    real = load_dataset("synthetic", n_patients=300, n_codes=30, seed=0)
+    real = load_dataset("synthetic", n_patients=1000, n_codes=30, seed=0)
     z = np.load(d / "synthetic.npz")
     assert list(z["columns"]) == list(real.columns)
     r = np.corrcoef(real.train.mean(0), z["X"].mean(0))[0, 1]
