@@ -73,8 +73,8 @@ def test_copy_beats_noise_in_goal_direction(scored, name):
     goal, family = METRICS[name].goal, METRICS[name].family
     copy, noise = values(scored["copy"])[name], values(scored["noise"])[name]
     good, bad = (noise, copy) if family == "privacy" else (copy, noise)
-    if name == "trtr_auroc":
-        assert copy == noise
+    if goal == "info":  # a reference that ignores the synthetic data
+        assert name == "trtr_auroc" and copy == noise
     elif name == "nzc":
         assert good >= bad
     else:
@@ -161,3 +161,13 @@ def test_not_applicable_metric_is_a_visible_na_row():
     rows = {r["metric"]: r for r in evaluate(d, d.train, ["continuous_wd", "prevalence_mae"])}
     assert rows["continuous_wd"]["status"].startswith("n/a: the dataset synthetic has no continuous columns")
     assert rows["prevalence_mae"]["status"] == "ok"
+
+
+def test_register_metric_rejects_unknown_goal_and_accepts_info(mixed):
+    from metrics.registry import register_metric
+
+    with pytest.raises(ValueError, match="goal must be one of max, min, info; got 'best'"):
+        register_metric("x_unknown_goal", goal="best", family="utility")
+    assert METRICS["trtr_auroc"].goal == "info" and METRICS["trtr_auroc"].version == 2
+    row = next(r for r in evaluate(mixed, mixed.train, {"trtr_auroc": {"n_estimators": 20}}) if r["metric"] == "trtr_auroc")
+    assert (row["goal"], row["metric_version"], row["status"]) == ("info", 2, "ok")

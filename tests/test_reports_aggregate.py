@@ -90,6 +90,19 @@ def test_family_ranks_profiles_and_order():
     assert s.loc["b", "fit_seconds"] == 20.0 and s.loc["a", "device"] == "cpu" and s.loc["a", "runs_ok"] == 1
 
 
+def test_reference_metric_with_goal_info_stays_out_of_family_ranks():
+    """trtr_auroc (goal info, no dot in its name) is shown but never ranked; only tstr_auroc sets utility ranks."""
+    v = pd.DataFrame(rows("a", "tstr_auroc", [0.7], family="utility") + rows("b", "tstr_auroc", [0.6], family="utility")
+                     + rows("a", "trtr_auroc", [0.8], goal="info", family="utility")
+                     + rows("b", "trtr_auroc", [0.8], goal="info", family="utility"))
+    c = aggregate_cells(v, ["a", "b"])
+    ref = c[c["metric"] == "trtr_auroc"]
+    assert ref["rank"].isna().all() and not ref["best"].any() and (ref["mean"] == 0.8).all()
+    s = summarise(c, _runs(["a", "b"]), ["a", "b"])
+    assert (s.loc["a", "rank_utility"], s.loc["b", "rank_utility"]) == (1, 2)  # not pulled to 1.5 by the tie
+    assert (s.loc["a", "mean_rank"], s.loc["b", "mean_rank"]) == (1, 2)
+
+
 def test_profile_ignores_missing_family():
     v = pd.DataFrame(rows("a", "f", [0.9]) + rows("b", "f", [0.1]))
     s = summarise(aggregate_cells(v, ["a", "b"]), _runs(["a", "b"]), ["a", "b"])
