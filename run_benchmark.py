@@ -64,6 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_json = run_dir / "run.json"
     write_json(run_json, info)
     try:
+        info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
         torch.manual_seed(seed)
         data_kw = {k: v for k, v in config["data"].items() if k not in RESERVED_DATA_KEYS}
         data = data_pkg.load_dataset(dname, **data_kw)

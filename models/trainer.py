@@ -38,11 +38,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def reset_peak_memory() -> str:
+    """Start a new peak-memory window (one run), so a worker process reused across sweep cells (joblib) does not
+    carry an earlier cell's peak into the next one. Resets CUDA's peak statistics and, on Linux, the peak resident
+    set size (VmHWM, by writing 5 to /proc/self/clear_refs). Returns the scope peak_memory_mb then covers: "run",
+    or "process" where the host peak cannot be reset (macOS, restricted /proc)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "run"
+    except OSError:
+        return "process"
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    """Peak accelerator memory on CUDA, else the peak resident set size since the last reset_peak_memory()
+    (Linux VmHWM; elsewhere the process's lifetime peak from getrusage)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # macOS reports bytes, Linux KiB
 
 
 def _step_seed(seed: int, phase: str, step: int) -> int:

@@ -29,7 +29,7 @@ def test_complete_run_directory(name, tmp_path):
     assert info["status"] == "ok"
     saved = json.loads((tmp_path / "run.json").read_text())
     for key in ("n_params", "fit_seconds", "sample_seconds", "steps_per_second", "peak_memory_mb", "device",
-                "versions", "git_commit", "status", "config"):
+                "peak_memory_scope", "versions", "git_commit", "status", "config"):
         assert key in saved, key
     rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows and all({"data", "model", "seed", "metric", "family", "goal", "value", "seconds", "status"} <= set(r)

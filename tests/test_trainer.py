@@ -98,3 +98,19 @@ def test_compressed_schedule_reaches_zero_lr(tiny_data):
     assert t.steps_done == 5
     total = 2 * 8  # epochs x ceil(480 / 64): the paper-time schedule that 5 steps compress
     assert m.optimizers_["net"].param_groups[0]["lr"] == pytest.approx(3e-4 * m.lr_scale(int(4 * total / 5), total))
+
+
+def test_peak_memory_window_resets_between_runs():
+    """A sweep worker runs many cells: each cell's peak must not include an earlier cell's (Linux VmHWM reset)."""
+    from models.trainer import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    if reset_peak_memory() != "run":
+        pytest.skip("this OS cannot reset the peak resident set size")
+    base = peak_memory_mb(cpu)
+    a = np.ones(400 * 2**20 // 8)  # 400 MiB, every page touched
+    high = peak_memory_mb(cpu)
+    del a
+    assert high - base > 350
+    assert reset_peak_memory() == "run"
+    assert peak_memory_mb(cpu) < high - 350  # the 400 MiB peak belongs to the previous window
