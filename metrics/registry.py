@@ -37,13 +37,13 @@ def register_metric(name: str, goal: str, family: str, version: int = 1) -> Call
 
     `goal` is "max" or "min" (a target-valued score such as attack AUC is registered as a min/max quantity,
     e.g. advantage 2|AUC - 0.5|), or "info" for a reference value that does not depend on the synthetic data
-    (e.g. trtr_auroc): stored and shown like the others, never ranked, since it cannot tell generators apart
-    and ranking it would only tie every model and flatten its family's ranks. A dict result must hold "value" (the registered metric); its other keys
-    become extra rows `name.key` with goal "info" (shown, never ranked). Bump `version` when the definition
-    changes, so reports never mix two definitions in one column.
+    (e.g. trtr_auroc): stored and shown like the others but never ranked, since it cannot tell generators
+    apart and ranking it would tie every model and flatten its family's ranks. A dict result must hold "value"
+    (the registered metric); its other keys become extra rows `name.key` with goal "info" (shown, never ranked).
+    Bump `version` when the definition changes, so reports never mix two definitions in one column.
     """
-    if goal not in ("max", "min", "info"):
-        raise ValueError(f"metric '{name}': goal must be one of max, min, info; got {goal!r}")
+    if goal not in GOALS:
+        raise ValueError(f"metric '{name}': goal must be one of {', '.join(GOALS)}; got {goal!r}")
     if family not in FAMILIES:
         raise ValueError(f"metric '{name}': family must be one of {', '.join(FAMILIES)}; got {family!r}")
 
