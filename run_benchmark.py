@@ -70,6 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data = data_pkg.load_dataset(dname, **data_kw)
         model_kw = {k: v for k, v in config["model"].items() if k != "name"}
         synth = models_pkg.build_synthesizer(mname, **model_kw)
+        info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         trainer = models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
         info.update(device=str(trainer.device), n_train=len(data.train), n_features=data.n_features)
 

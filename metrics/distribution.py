@@ -89,29 +89,33 @@ def detection_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 1
 # Kynkaanniemi et al. 2019, "Improved precision and recall metric for assessing generative models" (k-NN
 # manifolds); density and coverage from Naeem et al. 2020, "Reliable fidelity and diversity metrics".
 # Deviation: distances on the records themselves (Hamming on codes, L2 on z-scored continuous columns) instead
-# of VGG-16 image embeddings; a point at exactly the radius counts as inside (Hamming distances tie often).
+# of VGG-16 image embeddings. Boundary rule, as each paper's official code (Hamming distances tie often, so it
+# matters): precision and recall count a point at exactly the radius as inside (`<=`, kynkaat/improved-precision-
+# and-recall-metric); density and coverage count it as outside (strict `<`, clovaai/generative-evaluation-prdc).
+# Version 2: density and coverage strict (version 1 used `<=` for all four).
 def _radii(X: np.ndarray, k: int, device: str) -> np.ndarray:
     return knn(X, X, k, exclude_self=True, device=device)[0][:, k - 1]
 
 
-@register_metric("precision", goal="max", family="fidelity")
+@register_metric("precision", goal="max", family="fidelity", version=2)
 def precision(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, k: int = 3,
               device: str = "auto") -> dict:
     """k-NN precision (fidelity): share of synthetic records inside the real manifold (Kynkaanniemi et al. 2019).
 
     precision = (1/M) sum_j 1[exists i: d(y_j, x_i) <= r_k(x_i)], r_k(x_i) = distance from real x_i to its k-th
     nearest other real record. Range [0, 1], higher is better. Info (Naeem et al. 2020): density =
-    (1/(kM)) sum_j sum_i 1[d(y_j, x_i) <= r_k(x_i)] (about 1 when matched, can exceed 1) and coverage =
-    (1/N) sum_i 1[min_j d(x_i, y_j) <= r_k(x_i)] (share of real records with a synthetic neighbour; range [0, 1]).
+    (1/(kM)) sum_j sum_i 1[d(y_j, x_i) < r_k(x_i)] (about 1 when matched, can exceed 1) and coverage =
+    (1/N) sum_i 1[min_j d(x_i, y_j) < r_k(x_i)] (share of real records with a synthetic neighbour; range [0, 1]).
     Seeded subsamples of at most n real-train and n synthetic rows.
     """
     X, Y = _real_and_synth(data, synth, seed, n, min_rows=k + 1)
     if len(X) <= k:
         raise ValueError(f"precision needs more than k={k} real train rows, the dataset has {len(X)}")
     rad = _radii(X, k, device)
-    counts = count_within(Y, X, rad, device=device)
-    cover = knn(X, Y, 1, device=device)[0][:, 0] <= rad
-    return {"value": float((counts > 0).mean()), "density": float(counts.sum() / (k * len(Y))),
+    inside = count_within(Y, X, rad, device=device)
+    strictly = count_within(Y, X, rad, strict=True, device=device)
+    cover = knn(X, Y, 1, device=device)[0][:, 0] < rad
+    return {"value": float((inside > 0).mean()), "density": float(strictly.sum() / (k * len(Y))),
             "coverage": float(cover.mean())}
 
 

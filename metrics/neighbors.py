@@ -40,8 +40,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def encode(data: EHRData, *mats: np.ndarray) -> list[np.ndarray]:
     """Distance features: binary columns stay 0/1, continuous columns are z-scored with the real train mean/std.
 
-    On all-binary data the matrices are returned unchanged, so squared L2 distance is exactly the Hamming
-    distance. A continuous column with zero train std is only centred (divided by 1).
+    On all-binary data the matrices are returned unchanged as float32, so squared L2 distance is exactly the
+    Hamming distance on the fast float32 path. With continuous columns the result is float64, and every distance
+    computed from it stays float64: |a|^2 - 2ab + |b|^2 in float32 turned near-copies with true d^2 = 1e-4 into
+    0 in half of the cases (version 1). A continuous column with zero train std is only centred (divided by 1).
     """
     cont = ~data.binary_mask
     if not cont.any():
@@ -51,10 +53,15 @@ def encode(data: EHRData, *mats: np.ndarray) -> list[np.ndarray]:
     sd[sd == 0] = 1.0
     out = []
     for m in mats:
-        m = np.array(m, dtype=np.float32, copy=True)
-        m[:, cont] = ((m[:, cont] - mu) / sd).astype(np.float32)
+        m = np.array(m, dtype=np.float64, copy=True)
+        m[:, cont] = (m[:, cont] - mu) / sd
         out.append(m)
     return out
+
+
+def _dtype(*mats: np.ndarray) -> type:
+    """float64 when any input is float64 (continuous features), else float32 (exact on 0/1 codes)."""
+    return np.float64 if any(np.asarray(m).dtype == np.float64 for m in mats) else np.float32
 
 
 def is_hamming(data: EHRData) -> bool:
@@ -70,8 +77,8 @@ def to_distance(sq: np.ndarray, hamming: bool) -> np.ndarray:
 class _Side:
     """The reference matrix on the device: dense row chunks or CPU CSR chunks, plus squared row norms."""
 
-    def __init__(self, X: np.ndarray, dev: torch.device) -> None:
-        X = np.ascontiguousarray(X, dtype=np.float32)
+    def __init__(self, X: np.ndarray, dev: torch.device, dtype: type = np.float32) -> None:
+        X = np.ascontiguousarray(X, dtype=dtype)
         self.n = len(X)
         self.norms = torch.from_numpy(_sq_norms(X)).to(dev)
         self.sparse = dev.type == "cpu" and np.count_nonzero(X) < SPARSE_DENSITY * X.size
@@ -86,7 +93,7 @@ class _Side:
 
 
 def _sq_norms(X: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", X, X, dtype=np.float64).astype(np.float32)
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64).astype(X.dtype)
 
 
 def _torch_csr(S: sp.csr_matrix) -> torch.Tensor:
@@ -94,7 +101,7 @@ def _torch_csr(S: sp.csr_matrix) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(torch.from_numpy(S.indptr.astype(np.int64)),
                                        torch.from_numpy(S.indices.astype(np.int64)),
-                                       torch.from_numpy(S.data.astype(np.float32)), size=S.shape,
+                                       torch.from_numpy(S.data), size=S.shape,
                                        check_invariants=False)
 
 
@@ -103,16 +110,18 @@ def partial_blocks(Q: np.ndarray, R: np.ndarray, device: str | torch.device = "a
     """Yield (i0, i1, j0, j1, P, qn): P[a, b] = |R[j0+b]|^2 - 2 Q[i0+a] . R[j0+b] and qn[a] = |Q[i0+a]|^2.
 
     The squared distance is D = P + qn[:, None] (binary Hamming via x @ y.T and row sums; exact on 0/1 data
-    below 2^24 codes per record). Reductions over references (min, top-k, counts) are done on P and the
-    per-query constant qn is added afterwards, saving full passes over the block. P may be a transposed view.
+    below 2^24 codes per record). Blocks are float32, or float64 when Q or R is float64 (continuous features).
+    Reductions over references (min, top-k, counts) are done on P and the per-query constant qn is added
+    afterwards, saving full passes over the block. P may be a transposed view.
     """
     dev = resolve_device(device)
     if Q.shape[1] != R.shape[1]:
         raise ValueError(f"distance between matrices of widths {Q.shape[1]} and {R.shape[1]}")
-    ref = _Side(R, dev)
+    dtype = _dtype(Q, R)
+    ref = _Side(R, dev, dtype)
     for i0 in range(0, len(Q), QUERY_CHUNK):
         i1 = min(i0 + QUERY_CHUNK, len(Q))
-        qnp = np.ascontiguousarray(Q[i0:i1], dtype=np.float32)
+        qnp = np.ascontiguousarray(Q[i0:i1], dtype=dtype)
         qn = torch.from_numpy(_sq_norms(qnp)).to(dev)
         q = torch.from_numpy(qnp).to(dev)
         qT = q.T.contiguous() if ref.sparse else None
@@ -127,7 +136,7 @@ def partial_blocks(Q: np.ndarray, R: np.ndarray, device: str | torch.device = "a
 
 def sq_dist_blocks(Q: np.ndarray, R: np.ndarray, device: str | torch.device = "auto"
                    ) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
-    """Yield (i0, i1, j0, j1, D) with D[a, b] = ||Q[i0+a] - R[j0+b]||^2 (float32, clamped at 0)."""
+    """Yield (i0, i1, j0, j1, D) with D[a, b] = ||Q[i0+a] - R[j0+b]||^2 (clamped at 0; dtype as partial_blocks)."""
     for i0, i1, j0, j1, P, qn in partial_blocks(Q, R, device):
         yield i0, i1, j0, j1, (P + qn[:, None]).clamp_(min=0.0)
 
@@ -151,7 +160,7 @@ def knn(Q: np.ndarray, R: np.ndarray, k: int = 1, *, exclude_self: bool = False,
     """
     if k < 1 or k > len(R) - int(exclude_self):
         raise ValueError(f"k-NN needs 1 <= k <= {len(R) - int(exclude_self)} reference rows, got k={k}")
-    dist = np.empty((len(Q), k), np.float32)
+    dist = np.empty((len(Q), k), _dtype(Q, R))
     index = np.empty((len(Q), k), np.int64) if return_index else None
     n_ref = len(R)
     bv = bi = None
@@ -199,13 +208,15 @@ def knn(Q: np.ndarray, R: np.ndarray, k: int = 1, *, exclude_self: bool = False,
     return dist, index
 
 
-def count_within(Q: np.ndarray, R: np.ndarray, radii: np.ndarray, *, device: str | torch.device = "auto") -> np.ndarray:
-    """For each Q row, the number of R rows r with ||q - r||^2 <= radii[r] (radii are squared distances)."""
+def count_within(Q: np.ndarray, R: np.ndarray, radii: np.ndarray, *, strict: bool = False,
+                 device: str | torch.device = "auto") -> np.ndarray:
+    """For each Q row, the number of R rows r with ||q - r||^2 <= radii[r] (< with strict; squared radii)."""
     dev = resolve_device(device)
-    rad = torch.from_numpy(np.asarray(radii, np.float32)).to(dev)
+    rad = torch.from_numpy(np.asarray(radii, np.float64)).to(dev)
     counts = torch.zeros(len(Q), dtype=torch.int64, device=dev)
     for i0, i1, j0, j1, P, qn in partial_blocks(Q, R, dev):
-        counts[i0:i1] += (P.sub_(rad[None, j0:j1]) <= -qn[:, None]).sum(1)
+        inside = torch.lt if strict else torch.le
+        counts[i0:i1] += inside(P.sub_(rad[None, j0:j1].to(P.dtype)), -qn[:, None]).sum(1)
     return counts.cpu().numpy()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from data import EHRData
 
-GOALS = ("max", "min", "info")
+GOALS = ("max", "min", "target", "info")
 FAMILIES = ("fidelity", "utility", "privacy", "efficiency")
 
 
@@ -27,30 +27,41 @@ class MetricSpec:
     goal: str
     family: str
     version: int = 1
+    ideal: float | str | None = None
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, goal: str, family: str, version: int = 1) -> Callable:
+def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: float | str | None = None) -> Callable:
     """Decorator: register `fn(data, synth, *, seed, **kwargs) -> float | dict` as metric `name`.
 
-    `goal` is "max" or "min" (a target-valued score such as attack AUC is registered as a min/max quantity,
-    e.g. advantage 2|AUC - 0.5|), or "info" for a reference value that does not depend on the synthetic data
-    (e.g. trtr_auroc): stored and shown like the others but never ranked, since it cannot tell generators
-    apart and ranking it would tie every model and flatten its family's ranks. A dict result must hold "value"
-    (the registered metric); its other keys become extra rows `name.key` with goal "info" (shown, never ranked).
-    Bump `version` when the definition changes, so reports never mix two definitions in one column.
+    `goal` is "max" or "min", "target" for a score whose ideal lies inside its range (e.g. a code count whose
+    ideal is the real count), or "info" for a reference value that does not depend on the synthetic data (e.g.
+    trtr_auroc): stored and shown like the others but never ranked, since it cannot tell generators apart and
+    ranking it would tie every model and flatten its family's ranks.
+    `ideal` (required for "target", optional for "min"/"max") is a number or the name of a key of the metric's
+    dict result (a data-dependent ideal such as nzc's real count); every row records it as "ideal". Reports rank
+    a target metric by |value - ideal|, and a min (max) metric with an ideal by how far it lies above (below) the
+    ideal, clipped at 0: a signed privacy loss whose ideal is 0 ranks a negative value (chance) like 0, never
+    better. When the metric returns its standard error as key "se", a deviation within two standard errors of
+    the ideal counts as none, so noise near the ideal never outranks other noise near the ideal.
+    A dict result must hold "value" (the registered metric); its other keys become extra rows `name.key` with
+    goal "info" (shown, never ranked). Bump `version` when the definition changes, so reports never mix two
+    definitions in one column.
     """
     if goal not in GOALS:
         raise ValueError(f"metric '{name}': goal must be one of {', '.join(GOALS)}; got {goal!r}")
+    if (goal == "target" and ideal is None) or (goal == "info" and ideal is not None):
+        raise ValueError(f"metric '{name}': goal 'target' needs an ideal value and goal 'info' takes none; got goal "
+                         f"{goal!r} with ideal {ideal!r}")
     if family not in FAMILIES:
         raise ValueError(f"metric '{name}': family must be one of {', '.join(FAMILIES)}; got {family!r}")
 
     def wrap(fn: Callable) -> Callable:
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already registered")
-        METRICS[name] = MetricSpec(name, fn, goal, family, version)
+        METRICS[name] = MetricSpec(name, fn, goal, family, version, ideal)
         return fn
 
     return wrap
@@ -62,9 +73,24 @@ def get_metric(name: str) -> MetricSpec:
     return METRICS[name]
 
 
-def _row(spec: MetricSpec, metric: str, goal: str, value: float, seconds: float, status: str) -> dict:
-    return {"metric": metric, "family": spec.family, "goal": goal, "value": value, "seconds": seconds,
-            "status": status, "metric_version": spec.version}
+def _row(spec: MetricSpec, metric: str, goal: str, value: float, seconds: float, status: str,
+         ideal: float | None = None) -> dict:
+    row = {"metric": metric, "family": spec.family, "goal": goal, "value": value, "seconds": seconds,
+           "status": status, "metric_version": spec.version}
+    if spec.ideal is not None and metric == spec.name:
+        row["ideal"] = ideal
+    return row
+
+
+def _ideal(spec: MetricSpec, out: Mapping[str, Any] | None) -> float | None:
+    """The ideal of a target metric: its registered number, or the named key of its dict result."""
+    if spec.ideal is None:
+        return None
+    if isinstance(spec.ideal, str):
+        if out is None or spec.ideal not in out:
+            return None
+        return float(out[spec.ideal])
+    return float(spec.ideal)
 
 
 def evaluate(data: EHRData, synth: np.ndarray, spec: Mapping[str, Mapping[str, Any] | None] | list[str],
@@ -86,15 +112,17 @@ def evaluate(data: EHRData, synth: np.ndarray, spec: Mapping[str, Mapping[str, A
             if isinstance(out, Mapping):
                 if "value" not in out:
                     raise KeyError(f"metric '{m.name}' returned a dict without 'value'")
-                rows.append(_row(m, m.name, m.goal, float(out["value"]), seconds, "ok"))
+                rows.append(_row(m, m.name, m.goal, float(out["value"]), seconds, "ok", _ideal(m, out)))
                 rows += [_row(m, f"{m.name}.{k}", "info", float(v), seconds, "ok")
                          for k, v in out.items() if k != "value"]
             else:
-                rows.append(_row(m, m.name, m.goal, float(out), seconds, "ok"))
+                if isinstance(m.ideal, str):
+                    raise TypeError(f"metric '{m.name}' must return a dict with its ideal '{m.ideal}'")
+                rows.append(_row(m, m.name, m.goal, float(out), seconds, "ok", _ideal(m, None)))
         except NotApplicable as e:
-            rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0, f"n/a: {e}"))
+            rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0, f"n/a: {e}", _ideal(m, None)))
         except Exception as e:  # a failing metric is a visible row, never skipped
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             rows.append(_row(m, m.name, m.goal, float("nan"), time.perf_counter() - t0,
-                             f"error: {type(e).__name__}: {reason}"))
+                             f"error: {type(e).__name__}: {reason}", _ideal(m, None)))
     return rows

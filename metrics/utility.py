@@ -11,10 +11,18 @@ from .learners import auroc, auroc_columns, fit_logistic_multi, lgbm, model_inpu
 from .neighbors import encode
 from .registry import register_metric
 
-def _features(data: EHRData) -> np.ndarray:
-    """Boolean mask of the feature columns: every column that is not a label column."""
+
+def _features(data: EHRData, target: int | None = None) -> np.ndarray:
+    """Boolean mask of the feature columns: every column that is neither a label column nor the target column.
+
+    The target must be dropped explicitly: `label=` may name an ordinary column, which version 1 kept among the
+    features (a target leak: AUROC 1.000 instead of 0.739 for D_05 on the simulator).
+    """
     labels = set(data.label_columns)
-    return np.array([c not in labels for c in data.columns], dtype=bool)
+    f = np.array([c not in labels for c in data.columns], dtype=bool)
+    if target is not None:
+        f[target] = False
+    return f
 
 
 def _binary_label(data: EHRData, label: str | None, what: str) -> int:
@@ -27,7 +35,7 @@ def _binary_label(data: EHRData, label: str | None, what: str) -> int:
 
 
 def _fit_score(train: np.ndarray, j: int, data: EHRData, seed: int, n_estimators: int, n_jobs: int | None) -> float:
-    f = _features(data)
+    f = _features(data, j)
     clf = lgbm(seed, n_estimators=n_estimators, n_jobs=n_jobs).fit(model_input(train[:, f]), train[:, j])
     return auroc(data.test[:, j], clf.predict_proba(model_input(data.test[:, f]))[:, 1])
 
@@ -40,14 +48,15 @@ def _trtr(data: EHRData, j: int, seed: int, n_estimators: int, n_jobs: int | Non
 
 # TSTR/TRTR: Esteban et al. 2017 ("Real-valued (medical) time series generation with recurrent conditional
 # GANs") introduced train-on-synthetic-test-on-real; the label is a matrix column the generator produced.
-@register_metric("tstr_auroc", goal="max", family="utility")
+# Version 2: the label column is never a feature (version 1 leaked a `label=` column that is not a label column).
+@register_metric("tstr_auroc", goal="max", family="utility", version=2)
 def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
                n_estimators: int = 100, n_jobs: int | None = 1) -> dict:
     """TSTR AUROC: LightGBM trained on synthetic records to predict the label, tested on the real test split.
 
     label = data.label_columns[0] unless given, read back from the synthetic matrix; features = every
-    non-label column. Range [0, 1], higher is better (0.5 = no signal). Info: trtr (the same model trained on
-    real train) and gap = trtr - tstr (0 is ideal). A constant synthetic label column is an error.
+    non-label column other than the label itself. Range [0, 1], higher is better (0.5 = no signal). Info: trtr
+    (the same model trained on real train) and gap = trtr - tstr (0 is ideal). A constant synthetic label column is an error.
     Source: TSTR of Esteban et al. 2017; LightGBM (Ke et al. 2017) as the downstream model.
     """
     S = checked_synth(data, synth, min_rows=2)
@@ -62,7 +71,8 @@ def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | 
 
 
 # Goal "info" (version 2; version 1 was ranked with goal "max"): a reference that every generator shares.
-@register_metric("trtr_auroc", goal="info", family="utility", version=2)
+# Version 3: the label column is never a feature (see tstr_auroc).
+@register_metric("trtr_auroc", goal="info", family="utility", version=3)
 def trtr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
                n_estimators: int = 100, n_jobs: int | None = 1) -> float:
     """TRTR AUROC: the tstr_auroc model trained on the real train split (the reference TSTR should reach).

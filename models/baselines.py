@@ -14,6 +14,8 @@ class Independent(Synthesizer):
     from their empirical marginal (a training value drawn uniformly). Carries no signal between columns, so it
     is the floor every generator must beat on correlation-aware metrics."""
 
+    reference = True  # a reference point, not a competitor: leaderboards show it beside the ranking, unranked
+
     def __init__(self) -> None:
         pass
 
@@ -46,6 +48,8 @@ class Independent(Synthesizer):
 class Real(Synthesizer):
     """"Samples" by drawing training records with replacement (seeded). Every leaderboard reads against it:
     its fidelity is the ceiling, its membership-inference risk the worst case."""
+
+    reference = True  # shown beside the ranking, never ranked (see Independent)
 
     def __init__(self) -> None:
         pass

@@ -57,7 +57,19 @@ def test_prevalence_metrics(data, synth):
     assert m("prevalence_pearson", data, synth)["value"] == pytest.approx(stats.pearsonr(p, q)[0])
     assert m("prevalence_spearman", data, synth)["value"] == pytest.approx(stats.spearmanr(p, q)[0])
     assert m("prevalence_mae", data, synth)["value"] == pytest.approx(np.abs(p - q).mean(), abs=1e-7)
-    assert m("nzc", data, synth) == {"value": float((q > 0).sum()), "real": float((p > 0).sum())}
+    real, syn = p > 0, q > 0
+    assert m("nzc", data, synth) == {"value": float(syn.sum()), "real": float(real.sum()),
+                                     "coverage": float((syn & real).sum() / real.sum()), "invented": float((syn & ~real).sum())}
+
+
+def test_nzc_counts_invented_and_lost_codes_by_hand():
+    """Real train emits codes a, b, c (d never); the synthetic data drops c and invents d: count 3 = real 3,
+    but coverage 2/3 and one invented code; the registered ideal is the real count (goal target)."""
+    X = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 0]] * 5, np.float32)
+    d = from_matrix(X, list("abcd"), ["binary"] * 4, name="t", split=(1.0, 0.0, 0.0))
+    S = np.array([[1, 0, 0, 1], [0, 1, 0, 0]], np.float32)
+    assert m("nzc", d, S) == {"value": 3.0, "real": 3.0, "coverage": 2 / 3, "invented": 1.0}
+    assert (METRICS["nzc"].goal, METRICS["nzc"].ideal) == ("target", "real")
 
 
 def test_cooccurrence_pearson_double_loop(data, synth):
@@ -144,7 +156,11 @@ def test_detection_auc_matches_sklearn_folds(data, synth):
 
 
 def _naive_prdc(X, Y, k):
-    """Kynkaanniemi et al. 2019 precision/recall and Naeem et al. 2020 density/coverage by full distance matrices."""
+    """Kynkaanniemi et al. 2019 precision/recall and Naeem et al. 2020 density/coverage by full distance matrices.
+
+    Boundary rules of the reference implementations: kynkaat/improved-precision-and-recall-metric counts a point
+    at exactly the k-NN radius as inside (`<=`); clovaai/generative-evaluation-prdc (density, coverage) uses a
+    strict `<`. With Hamming distances ties are common, so the two rules give different numbers here."""
     d = lambda A, B: ((A[:, None].astype(np.float64) - B[None]) ** 2).sum(-1)  # noqa: E731
     dxx, dyy, dyx = d(X, X), d(Y, Y), d(Y, X)
     np.fill_diagonal(dxx, np.inf)
@@ -153,8 +169,8 @@ def _naive_prdc(X, Y, k):
     inside = dyx <= rx[None, :]  # synthetic j inside real ball i
     precision = inside.any(1).mean()
     recall = (dyx.T <= ry[None, :]).any(1).mean()
-    density = inside.sum() / (k * len(Y))
-    coverage = (dyx.min(0) <= rx).mean()
+    density = (dyx < rx[None, :]).sum() / (k * len(Y))
+    coverage = (dyx.min(0) < rx).mean()
     return precision, recall, density, coverage
 
 
@@ -162,6 +178,44 @@ def test_precision_recall_density_coverage_naive(data, synth):
     p, r, dens, cov = _naive_prdc(data.train, synth, 3)
     out = m("precision", data, synth, n=10_000, k=3)
     assert (out["value"], out["density"], out["coverage"]) == pytest.approx((p, dens, cov))
+    d = lambda A, B: ((A[:, None].astype(np.float64) - B[None]) ** 2).sum(-1)  # noqa: E731
+    dxx = d(data.train, data.train)
+    np.fill_diagonal(dxx, np.inf)
+    rx = np.sort(dxx, 1)[:, 2]
+    assert (d(synth, data.train) == rx[None, :]).any(), "the case must contain points exactly at a radius"
     assert m("recall", data, synth, n=10_000, k=3)["value"] == pytest.approx(r)
     collapsed = np.repeat(data.train[:1], 200, axis=0)  # mode collapse: one record repeated
     assert m("recall", data, collapsed, k=3)["value"] < 0.2
+
+
+def test_constant_continuous_column_has_zero_correlations(mixed):
+    """A constant continuous column (HR fixed at 80, away from the real mean) correlates 0 with every other
+    column, as documented; version 1's float32 Gram gave it a variance of 5.5e-9 and correlations of ~0.009."""
+    from metrics.fidelity import correlation_matrix
+    from metrics.neighbors import encode
+
+    rng = np.random.default_rng(3)
+    S = mixed.train[rng.integers(0, len(mixed.train), 5000)].copy()
+    S[:, mixed.index("HR")] = 80.0
+    R = correlation_matrix(encode(mixed, S)[0], binary=mixed.binary_mask)
+    h = mixed.index("HR")
+    assert np.all(R[h, np.arange(len(R)) != h] == 0.0) and R[h, h] == 1.0
+    Rr, Rs = _corr_rule(mixed.train), _corr_rule(S)
+    cmd = 1 - (Rr * Rs).sum() / (np.linalg.norm(Rr) * np.linalg.norm(Rs))
+    assert m("cmd", mixed, S)["value"] == pytest.approx(cmd, abs=1e-12)
+    iu = np.triu_indices(len(Rr), 1)
+    assert m("correlation_mae", mixed, S)["value"] == pytest.approx(np.abs(Rr[iu] - Rs[iu]).mean(), abs=1e-12)
+
+
+def test_near_copies_of_continuous_records_keep_their_distance():
+    """True squared distance 1e-4 between z-scaled continuous records must not round to 0 (it did in 53 % of
+    cases with float32 |a|^2 - 2ab + |b|^2); the distance engine computes such data in float64."""
+    from metrics.neighbors import encode, knn
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(120, 30, (400, 3))
+    data = from_matrix(X.astype(np.float32), ["a", "b", "c"], ["continuous"] * 3, name="c", split=(0.5, 0.25, 0.25))
+    T = encode(data, data.train)[0]
+    Q = T + 1e-2 / np.sqrt(3)  # each query at squared distance exactly 1e-4 from its source row (in z units)
+    d = knn(Q, T, 1)[0][:, 0]
+    assert np.allclose(d, 1e-4, rtol=1e-6), (d.min(), d.max())

@@ -49,11 +49,47 @@ def test_mia_auc_l2_on_zscored_continuous_columns():
     assert METRICS["mia_auc"].fn(mixed, S, seed=0, n=None)["auc"] == pytest.approx(auc, abs=1e-6)
 
 
-def test_dcr_naive(data, synth):
-    dtr, dho = ham(synth, data.train).min(1), ham(synth, data.holdout).min(1)
-    out = METRICS["dcr"].fn(data, synth, seed=0, n=None)
-    assert out["value"] == pytest.approx(np.mean((dtr < dho) + 0.5 * (dtr == dho)))
+def _closer(Q, train, holdout):
+    dtr, dho = ham(Q, train).min(1), ham(Q, holdout).min(1)
+    return (dtr < dho) + 0.5 * (dtr == dho), dtr, dho
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """The default 0.8/0.1/0.1 split (train 8x the holdout: version 1 subsampled train and missed copies)."""
+    return load_dataset("synthetic", n_patients=1500, n_codes=40, seed=6)
+
+
+def test_dcr_naive_whole_train_and_test_null(wide):
+    rng = np.random.default_rng(1)
+    S = np.r_[wide.train[:150], wide.test[:50]].copy()
+    S[rng.random(S.shape) < 0.02] = 1
+    c, dtr, dho = _closer(S, wide.train, wide.holdout)
+    c0 = _closer(wide.test, wide.train, wide.holdout)[0]
+    share, null = c.mean(), c0.mean()
+    out = METRICS["dcr"].fn(wide, S, seed=0, n=None)
+    assert (out["share"], out["null"]) == pytest.approx((share, null))
+    assert out["value"] == pytest.approx((share - null) / (1 - null))
     assert (out["median_train"], out["median_holdout"]) == (np.median(dtr), np.median(dho))
+    se = np.sqrt(c.var() / len(c) / (1 - null) ** 2 + c0.var() / len(c0) * (1 - share) ** 2 / (1 - null) ** 4)
+    assert out["se"] == pytest.approx(se)
+
+
+def test_dcr_is_monotone_in_memorisation_and_separates_copies(wide):
+    """A generator that copies a share q of its output from train (the rest fresh real test records, which it
+    never saw) must score higher the larger q; a full copy must be far worse than fresh records and than
+    independent marginals (version 1 scored a copy 0.508 against fresh records' 0.428 at this split)."""
+    rng = np.random.default_rng(2)
+    n = len(wide.test)
+    scores = []
+    for q in (0.0, 0.25, 0.5, 1.0):
+        k = int(q * n)
+        S = np.r_[wide.train[rng.choice(len(wide.train), k, replace=False)], wide.test[: n - k]]
+        scores.append(METRICS["dcr"].fn(wide, S, seed=0)["value"])
+    assert scores == sorted(scores) and scores[0] == 0.0, scores
+    indep = (rng.random((n, wide.n_features)) < wide.train.mean(0)).astype(np.float32)
+    assert scores[-1] > METRICS["dcr"].fn(wide, indep, seed=0)["value"] + 0.3
+    assert scores[-1] > 0.5
 
 
 def test_nnaa_naive(data):
@@ -69,6 +105,7 @@ def test_nnaa_naive(data):
     out = METRICS["nnaa"].fn(data, S, seed=0, n=None)
     assert out["aa_train"] == pytest.approx(aa(data.train)) and out["aa_test"] == pytest.approx(aa(data.holdout))
     assert out["value"] == pytest.approx(aa(data.holdout) - aa(data.train))
+    assert 0 < out["se"] < 0.1 and (METRICS["nnaa"].goal, METRICS["nnaa"].ideal) == ("min", 0.0)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -94,6 +131,7 @@ def test_attribute_inference_naive_loop(data, synth, k):
     out = METRICS["attribute_inference_f1"].fn(data, synth, seed=0, known=known, k=k, n=None)
     assert out["f1_members"] == pytest.approx(f1(data.train)) and out["f1_nonmembers"] == pytest.approx(f1(data.holdout))
     assert out["value"] == pytest.approx(out["f1_members"] - out["f1_nonmembers"])
+    assert 0 < out["se"] < 0.2
 
 
 def test_exact_copy_rate_python_sets(data, synth):
@@ -112,3 +150,29 @@ def test_exact_copy_rate_continuous_and_negative_zero():
     S[:5, 3] = np.where(S[:5, 3] == 0, -0.0, S[:5, 3])  # -0.0 equals 0.0
     S[10:, 4] += 1e-3  # no longer copies
     assert METRICS["exact_copy_rate"].fn(mixed, S, seed=0)["value"] == pytest.approx(0.5)
+
+
+def test_exact_copy_rate_sees_rows_that_differ_only_in_high_order_bits():
+    """Version 1 hashed rows as a sum of 64-bit words times odd multipliers and compared one candidate: two rows
+    that differ in the top bit of two words collide (2^63 + 2^63 = 0 mod 2^64) and hid each other's copies."""
+    cols = 200  # four 64-bit words
+    X = np.zeros((40, cols), np.float32)
+    X[:, 150] = 1  # keep rows non-empty
+    for i in range(0, 40, 2):  # pairs: bit 63 of word 0 and of word 1 (columns 0 and 64 after packbits) differ
+        X[i, [0, 64]] = 1
+        X[i + 1, i // 2 + 100] = 1
+        X[i, i // 2 + 100] = 1
+    d = from_matrix(X, [f"c{j}" for j in range(cols)], ["binary"] * cols, name="w", split=(0.5, 0.25, 0.25))
+    S = np.r_[d.train, d.holdout, 1 - d.train[:3]]
+    train = {tuple(r) for r in d.train}
+    expected = np.mean([tuple(r) in train for r in S])
+    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["value"] == expected
+    assert METRICS["exact_copy_rate"].fn(d, d.train[::-1], seed=0)["value"] == 1.0
+
+
+def test_exact_copy_rate_of_a_train_resample_is_one_on_the_default_simulator():
+    """The issue's case: on the default 16,000 x 1,005 simulator version 1 found 8 training rows missing from the
+    training set itself (the real baseline scored 0.99965)."""
+    d = load_dataset("synthetic")
+    S = d.train[np.random.default_rng(0).integers(0, len(d.train), len(d.train))]
+    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["value"] == 1.0

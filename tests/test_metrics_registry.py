@@ -30,10 +30,15 @@ def mixed():
     rng = np.random.default_rng(5)
     y = X[:, -1]
     labs = np.c_[rng.normal(90 + 15 * y, 12), rng.lognormal(0.5 + 0.4 * X[:, :5].sum(1) / 5, 0.3)].astype(np.float32)
-    M = np.c_[X[:, :-1], labs, y]
-    names = cols[:-1] + ["HR", "LACTATE", "MORTALITY"]
-    kinds = ["binary"] * (len(cols) - 1) + ["continuous"] * 2 + ["binary"]
-    return from_matrix(M, names, kinds, name="mixed", label_columns=["MORTALITY"], split=(0.6, 0.2, 0.2))
+    names = cols[:-1] + ["RARE", "HR", "LACTATE", "MORTALITY"]
+    kinds = ["binary"] * len(cols) + ["continuous"] * 2 + ["binary"]
+    for r in range(len(X)):  # RARE: one patient outside train has it, so nzc can tell invented codes apart
+        rare = np.zeros(len(X), np.float32)
+        rare[r] = 1
+        M = np.c_[X[:, :-1], rare, labs, y]
+        data = from_matrix(M, names, kinds, name="mixed", label_columns=["MORTALITY"], split=(0.6, 0.2, 0.2))
+        if data.train[:, data.index("RARE")].max() == 0:
+            return data
 
 
 def noise_like(data, seed=1):
@@ -65,20 +70,44 @@ def test_every_metric_runs_on_mixed_data(scored):
     assert not bad
 
 
-@pytest.mark.parametrize("name", sorted(METRICS))
+def badness(name, rows):
+    """How far a metric's value is from good, by its registered goal and ideal (what the reports rank by)."""
+    spec, row = METRICS[name], next(r for r in rows if r["metric"] == name)
+    v = row["value"]
+    if spec.goal == "target":
+        return abs(v - row["ideal"])
+    if spec.ideal is not None:
+        return max(0.0, (v - row["ideal"]) if spec.goal == "min" else (row["ideal"] - v))
+    return -v if spec.goal == "max" else v
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METRICS if METRICS[n].goal != "info"))
 def test_copy_beats_noise_in_goal_direction(scored, name):
     """Fidelity/utility: a copy of the real data beats independent noise. Privacy: the copy is the worst case,
-    so independent noise (which reveals nothing about members) must score better. Two documented exceptions:
-    trtr_auroc ignores the synthetic data (equal), and nzc saturates (noise also fills every column: tie allowed)."""
-    goal, family = METRICS[name].goal, METRICS[name].family
-    copy, noise = values(scored["copy"])[name], values(scored["noise"])[name]
+    so independent noise (which reveals nothing about members) must score better. Strict for every metric,
+    judged by the registered goal and ideal (flipping a goal makes this fail)."""
+    family = METRICS[name].family
+    copy, noise = badness(name, scored["copy"]), badness(name, scored["noise"])
     good, bad = (noise, copy) if family == "privacy" else (copy, noise)
-    if goal == "info":  # a reference that ignores the synthetic data
-        assert name == "trtr_auroc" and copy == noise
-    elif name == "nzc":
-        assert good >= bad
-    else:
-        assert (good > bad) if goal == "max" else (good < bad), f"{name}: good={good} bad={bad}"
+    assert good < bad, f"{name}: good={good} bad={bad}"
+
+
+def test_trtr_is_the_tstr_of_a_copy_of_train(mixed, scored):
+    """trtr_auroc (goal info) must equal tstr_auroc on synthetic data = the real train split, and must not move
+    when the synthetic data changes."""
+    assert METRICS["trtr_auroc"].goal == "info"
+    copy, noise = values(scored["copy"]), values(scored["noise"])
+    assert copy["trtr_auroc"] == copy["tstr_auroc"] == copy["tstr_auroc.trtr"]
+    assert noise["trtr_auroc"] == copy["trtr_auroc"] != noise["tstr_auroc"]
+
+
+# Metrics whose value is a function of the data alone (no subsample, no random tie-breaking, no CV shuffle).
+DETERMINISTIC = {"prevalence_pearson", "prevalence_spearman", "prevalence_mae", "nzc", "cooccurrence_pearson", "cmd",
+                 "correlation_mae", "codes_per_record_wd", "continuous_mean_error", "continuous_std_error",
+                 "continuous_wd", "exact_copy_rate", "tstr_auroc", "trtr_auroc"}
+SUBSAMPLE = {"mmd": {"n": 400}, "precision": {"n": 400}, "recall": {"n": 400}, "mia_auc": {"n": 150},
+             "dcr": {"n": 300}, "nnaa": {"n": 150}, "attribute_inference_f1": {"n": 150},
+             "dimwise_prediction": {"n_train": 500}, "detection_auc": {"n": 600}}
 
 
 def test_seeds_make_every_metric_deterministic(mixed, scored):
@@ -88,11 +117,22 @@ def test_seeds_make_every_metric_deterministic(mixed, scored):
     assert all(first[k] == again[k] or (math.isnan(first[k]) and math.isnan(again[k])) for k in first)
 
 
+def test_the_seed_reaches_every_stochastic_metric(mixed):
+    """Two seeds must give two values for every metric that subsamples or shuffles (sizes below the data so
+    each one does): a metric that ignored its seed would fail here. The others are listed as deterministic."""
+    assert DETERMINISTIC | set(SUBSAMPLE) == set(METRICS)
+    sp = {k: {**v, **SUBSAMPLE.get(k, {})} for k, v in spec().items() if k in SUBSAMPLE}
+    S = noise_like(mixed, seed=4)
+    a, b = values(evaluate(mixed, S, sp, seed=0)), values(evaluate(mixed, S, sp, seed=1))
+    same = [k for k in SUBSAMPLE if a[k] == b[k]]
+    assert not same, same
+
+
 def _statuses(rows):
     return {r["metric"]: r["status"] for r in rows if "." not in r["metric"]}
 
 
-@pytest.mark.parametrize("case,reason", [("nan", "non-finite value in row 3"), ("width", "has 46 columns"),
+@pytest.mark.parametrize("case,reason", [("nan", "non-finite value in row 3"), ("width", "has 47 columns"),
                                          ("nonbinary", "non-binary value 0.5 in binary column D_02")])
 def test_bad_input_gives_error_rows_while_trtr_still_runs(mixed, case, reason):
     S = mixed.train[:300].copy()
@@ -120,6 +160,17 @@ def test_constant_columns_are_valid_input(mixed):
     S[:, mixed.index("HR")] = 80.0  # a constant continuous column
     rows = evaluate(mixed, S, spec(), seed=0)
     assert all(r["status"] == "ok" and math.isfinite(r["value"]) for r in rows), [r for r in rows if r["status"] != "ok"]
+    # the documented rule: constant columns correlate 0 with the others (numpy, independently)
+    X = np.c_[mixed.train].astype(np.float64)
+    def corr(A):
+        A = A.astype(np.float64)
+        live = A.std(0) > 0
+        R = np.zeros((A.shape[1],) * 2)
+        R[np.ix_(live, live)] = np.corrcoef(A[:, live], rowvar=False)
+        np.fill_diagonal(R, 1.0)
+        return R
+    Rr, Rs = corr(X), corr(S)
+    assert values(rows)["cmd"] == pytest.approx(1 - (Rr * Rs).sum() / (np.linalg.norm(Rr) * np.linalg.norm(Rs)), abs=1e-12)
     S[:, mixed.index("MORTALITY")] = 0
     st = _statuses(evaluate(mixed, S, {"tstr_auroc": {"n_estimators": 5}, "dimwise_prediction": {"top_k": 5}}, seed=0))
     assert "synthetic label column MORTALITY is constant" in st["tstr_auroc"] and st["dimwise_prediction"] == "ok"
@@ -166,8 +217,16 @@ def test_not_applicable_metric_is_a_visible_na_row():
 def test_register_metric_rejects_unknown_goal_and_accepts_info(mixed):
     from metrics.registry import register_metric
 
-    with pytest.raises(ValueError, match="goal must be one of max, min, info; got 'best'"):
+    with pytest.raises(ValueError, match="goal must be one of max, min, target, info; got 'best'"):
         register_metric("x_unknown_goal", goal="best", family="utility")
-    assert METRICS["trtr_auroc"].goal == "info" and METRICS["trtr_auroc"].version == 2
+    with pytest.raises(ValueError, match="goal 'target' needs an ideal value"):
+        register_metric("x_target", goal="target", family="utility")
+    assert METRICS["trtr_auroc"].goal == "info" and METRICS["trtr_auroc"].version == 3
     row = next(r for r in evaluate(mixed, mixed.train, {"trtr_auroc": {"n_estimators": 20}}) if r["metric"] == "trtr_auroc")
-    assert (row["goal"], row["metric_version"], row["status"]) == ("info", 2, "ok")
+    assert (row["goal"], row["metric_version"], row["status"]) == ("info", 3, "ok") and "ideal" not in row
+
+
+def test_rows_record_the_ideal(mixed):
+    rows = {r["metric"]: r for r in evaluate(mixed, mixed.train, ["nzc", "nnaa", "cmd"])}
+    assert rows["nzc"]["ideal"] == rows["nzc.real"]["value"] == float((mixed.train[:, mixed.binary_mask].max(0) > 0).sum())
+    assert rows["nnaa"]["ideal"] == 0.0 and "ideal" not in rows["cmd"] and "ideal" not in rows["nzc.real"]

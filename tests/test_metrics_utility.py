@@ -49,12 +49,20 @@ def test_tstr_and_trtr_match_direct_lightgbm(data, synth):
     assert METRICS["trtr_auroc"].fn(data, synth, seed=0, n_estimators=20) == pytest.approx(trtr, abs=1e-9)
 
 
-def test_tstr_label_override_and_errors(data, synth):
-    other = "AGE_65_PLUS"
+@pytest.mark.parametrize("other", ["D_05", "D_12", "SEX_F"])
+def test_tstr_label_override_never_uses_the_label_as_a_feature(data, synth, other):
+    """label= an ordinary column that other columns do not determine: version 1 kept it among the features and
+    scored AUROC 1.000. The independent computation drops it (and the dataset's label columns)."""
     j = data.index(other)
     feats = [i for i in range(data.n_features) if i not in (j, data.index("MORTALITY"))]
     out = METRICS["tstr_auroc"].fn(data, synth, seed=0, label=other, n_estimators=20)
-    assert out["value"] == pytest.approx(_lgbm_auc(synth, data.test, j, feats), abs=1e-9)
+    expected = _lgbm_auc(synth, data.test, j, feats)
+    assert out["value"] == pytest.approx(expected, abs=1e-9) and expected < 0.95
+    trtr = METRICS["trtr_auroc"].fn(data, synth, seed=0, label=other, n_estimators=20)
+    assert trtr == pytest.approx(_lgbm_auc(data.train, data.test, j, feats), abs=1e-9) and trtr < 0.95
+
+
+def test_tstr_label_errors(data, synth):
     S = synth.copy()
     S[:, data.index("MORTALITY")] = 0
     with pytest.raises(ValueError, match="synthetic label column MORTALITY is constant"):
