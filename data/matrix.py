@@ -1,6 +1,7 @@
 """Any user patient x feature matrix (CSV, Parquet, NPZ) plus the matrix helpers the other loaders share."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -11,6 +12,8 @@ from .base import KINDS, EHRData, from_matrix, register_dataset, split_indices
 from .cache import csv_header, read_csv_strict, sha256_file
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".npz")
+MOSTLY_BINARY = 0.9  # a continuous-inferred column with at least this share of 0/1 cells is reported (meta + log)
+log = logging.getLogger(__name__)
 
 
 def pairs_to_binary(patients: np.ndarray, codes: np.ndarray, n_patients: int, n_codes: int) -> np.ndarray:
@@ -154,6 +157,23 @@ def _to_numeric(df: pd.DataFrame, path: Path) -> np.ndarray:
     return out
 
 
+def _mostly_binary(X: np.ndarray, columns: Sequence[str], kinds: Sequence[str], inferred: Sequence[str],
+                   given: object) -> dict[str, dict]:
+    """Columns inferred continuous although at least MOSTLY_BINARY of their cells are 0/1 (likely a stray value):
+    {column: first non-binary value, its row and the count of such cells}; empty when kinds were given."""
+    out: dict[str, dict] = {}
+    for j, (k, i) in enumerate(zip(kinds, inferred)):
+        if i != "continuous" or k != "continuous" or (given is not None and not isinstance(given, Mapping)):
+            continue
+        if isinstance(given, Mapping) and columns[j] in given:
+            continue
+        bad = (X[:, j] != 0) & (X[:, j] != 1)
+        if bad.mean() <= 1 - MOSTLY_BINARY:
+            r = int(bad.nonzero()[0][0])
+            out[columns[j]] = {"value": float(X[r, j]), "row": r, "non_binary_cells": int(bad.sum())}
+    return out
+
+
 @register_dataset("matrix")
 def load_matrix(path: str | None = None, label_columns: Sequence[str] = (), kinds: str | Mapping[str, str] | None = None,
                 id_column: str | None = None, drop_columns: Sequence[str] = (), drop_constant: bool = False,
@@ -234,6 +254,7 @@ def load_matrix(path: str | None = None, label_columns: Sequence[str] = (), kind
         raise ValueError(f"{path_}: non-binary value {X[i, j]:g} in binary column {columns[j]!r} (row {i}); "
                          "binary columns hold only 0 or 1")
 
+    suspect = _mostly_binary(X, columns, kind_list, inferred, given)
     meta = {"source": f"user matrix {path_.name}", "licence": "as given by the user",
             "sha256": {path_.name: sha256_file(path_)},
             "preprocessing": {"kinds": "given" if given is not None else "inferred (only 0/1 -> binary)",
@@ -241,6 +262,13 @@ def load_matrix(path: str | None = None, label_columns: Sequence[str] = (), kind
                               "drop_columns": list(drop_columns)},
             "counts": {"patients": int(len(X)), "columns": len(columns), "constant_columns_dropped": len(dropped_constant)},
             "dropped_columns": dropped_constant}
+    if suspect:
+        meta["mostly_binary_continuous"] = suspect
+        meta["counts"]["mostly_binary_continuous_columns"] = len(suspect)
+        c, d = next(iter(suspect.items()))
+        log.warning("%s: %d column(s) hold mostly 0/1 but are continuous because of other values, e.g. %r: "
+                    "value %g in row %d (%d such cells); set data.kinds={%s: binary} to refuse them instead",
+                    path_, len(suspect), c, d["value"], d["row"], d["non_binary_cells"], c)
     if scale:
         return split_and_scale(X, columns, kind_list, name="matrix", label_columns=labels, meta=meta, split=split,
                                split_seed=split_seed)

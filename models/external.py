@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ from .base import Synthesizer, register_synthesizer
 FORMATS = (".npz", ".npy", ".csv", ".parquet")
 
 
+def _array(z: Any, key: str, p: Path) -> np.ndarray:
+    """One array of an open .npz; an object (pickled) array is refused with the file and the array named."""
+    try:
+        return z[key]
+    except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise ValueError(f"{p}: array '{key}' holds Python objects, which are not loaded (pickle); save it as a "
+                         f"{'string' if key == 'columns' else 'number'} array, e.g. np.array(names, dtype=str)") from None
+
+
 def read_matrix(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     """Read a records x features matrix and its column names (None for .npy, or .npz without `columns`)."""
     p = Path(path)
@@ -24,12 +34,20 @@ def read_matrix(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file (model.path must name the synthetic data file)")
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            if "X" not in z:
-                raise ValueError(f"{p}: the .npz file has no array 'X' (found: {', '.join(z.files) or 'nothing'})")
-            return np.asarray(z["X"]), ([str(c) for c in z["columns"]] if "columns" in z else None)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "X" not in z:
+                    raise ValueError(f"{p}: the .npz file has no array 'X' (found: {', '.join(z.files) or 'nothing'})")
+                X = _array(z, "X", p)
+                return np.asarray(X), ([str(c) for c in _array(z, "columns", p)] if "columns" in z else None)
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{p}: not a readable .npz file ({str(e).strip() or type(e).__name__})") from None
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False), None
+        try:
+            return np.load(p, allow_pickle=False), None
+        except ValueError:
+            raise ValueError(f"{p}: the .npy array holds Python objects, which are not loaded (pickle); save a "
+                             "number array") from None
     import pandas as pd
 
     df = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)

@@ -17,11 +17,19 @@ from tqdm.auto import tqdm
 from .base import TorchSynthesizer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CHECKPOINT_KEYS = {"name", "params", "n_features", "phase", "step", "completed", "n_ema", "state", "optimizers"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# Divergence limits (README "Divergence"): a loss beyond MAX_ABS_LOSS or a parameter beyond MAX_ABS_WEIGHT stops
+# training like a NaN loss does. The loss limit is far above the largest healthy summed loss (the VAE's batch-summed
+# BCE is about batch x width x ln 2, 6.3e5 at 512 x 1,782); weights of a healthy network stay within a few units.
+MAX_ABS_LOSS = 1e9
+MAX_ABS_WEIGHT = 1e6
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN, infinite or runaway, or a weight ran away; the last good checkpoint is kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,7 +95,8 @@ class Trainer:
     def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool = False,
                  max_steps: int | None = None, grad_clip: float | None = None, checkpoint_every: int = 500,
                  log_every: int = 50, progress: str | bool = "auto", seed: int = 0,
-                 workdir: str | os.PathLike | None = None) -> None:
+                 workdir: str | os.PathLike | None = None, max_abs_loss: float | None = MAX_ABS_LOSS,
+                 max_abs_weight: float | None = MAX_ABS_WEIGHT) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{precision}'; valid choices: {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -98,6 +107,7 @@ class Trainer:
         self.precision, self.compile, self.max_steps = precision, compile, max_steps
         self.grad_clip, self.checkpoint_every, self.log_every = grad_clip, checkpoint_every, max(1, log_every)
         self.progress, self.seed = progress, seed
+        self.max_abs_loss, self.max_abs_weight = max_abs_loss, max_abs_weight
         self.workdir = Path(workdir) if workdir is not None else None
         self.steps_done = 0
         self.train_seconds = 0.0
@@ -125,7 +135,14 @@ class Trainer:
     def _load(self, synth: TorchSynthesizer) -> dict | None:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return None
-        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+                raise ValueError("not an ehrbench trainer checkpoint")
+        except Exception as e:  # truncated zip, foreign pickle, wrong content: never torch's text or traceback
+            reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: truncated, corrupt or not a torch file"
+            raise ValueError(f"{self.checkpoint_path} is unreadable ({reason}); delete it, or pass rerun=true to "
+                             "run_benchmark.py, to start this run over") from None
         if ckpt["name"] != synth.name or ckpt["n_features"] != synth.n_features_:
             raise ValueError(f"{self.checkpoint_path} belongs to model '{ckpt['name']}' with {ckpt['n_features']} "
                              f"features, not '{synth.name}' with {synth.n_features_}; delete it or use another run dir")
@@ -134,6 +151,25 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path} was trained with other hyperparameters ({', '.join(diff)}); "
                              "delete it or use another run dir")
         return ckpt
+
+    def _last_good(self) -> str:
+        """The end of a divergence message: the last good checkpoint if one exists, else that there is none."""
+        p = self.checkpoint_path
+        if p is not None and p.exists():
+            return f"the last good checkpoint is {p}"
+        return "no checkpoint had been written yet"
+
+    @torch.no_grad()
+    def _check_weights(self, synth: TorchSynthesizer, phase: str, step: int) -> None:
+        """TrainingDiverged if any parameter holds a non-finite value or one beyond max_abs_weight."""
+        if self.max_abs_weight is None:
+            return
+        for name, p in synth.modules_.named_parameters():
+            top = float(p.detach().abs().max()) if p.numel() else 0.0
+            if not math.isfinite(top) or top > self.max_abs_weight:
+                raise TrainingDiverged(f"{synth.name}: the weights ran away (max |w| {top:.4g} in '{name}', limit "
+                                       f"{self.max_abs_weight:g}) by step {step} of phase '{phase}'; training "
+                                       f"stopped (try a smaller model.lr), {self._last_good()}")
 
     def _truncate_stats(self, phase: str, step: int) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be replayed)."""
@@ -216,9 +252,12 @@ class Trainer:
                         loss = loss_fns[key](x, key)
                     value = float(loss.detach())
                     if not math.isfinite(value):
-                        raise TrainingDiverged(
-                            f"{synth.name}: the '{key}' loss became {value} at step {step} of phase '{phase}'; "
-                            f"training stopped, the last good checkpoint is {self.checkpoint_path}")
+                        raise TrainingDiverged(f"{synth.name}: the '{key}' loss became {value} at step {step} of "
+                                               f"phase '{phase}'; training stopped, {self._last_good()}")
+                    if self.max_abs_loss is not None and abs(value) > self.max_abs_loss:
+                        raise TrainingDiverged(f"{synth.name}: the '{key}' loss ran away to {value:.3g} (limit "
+                                               f"{self.max_abs_loss:g}) at step {step} of phase '{phase}'; training "
+                                               f"stopped (try a smaller model.lr), {self._last_good()}")
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if self.grad_clip:
@@ -231,6 +270,8 @@ class Trainer:
                     self._update_ema(synth)
                 bar.update(1)
                 done = step + 1
+                if done % self.log_every == 0 or done == steps or done % self.checkpoint_every == 0:
+                    self._check_weights(synth, phase, done)  # before any checkpoint: it only keeps good weights
                 if done % self.log_every == 0 or done == steps:
                     now = time.perf_counter()
                     row = {"phase": phase, "step": done, "loss": losses,
