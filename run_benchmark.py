@@ -1,10 +1,19 @@
-"""Hydra entry point: one run = (data, model, seed) -> fit -> sample -> evaluate -> the run directory."""
+"""Hydra entry point: one run = (data, model, seed) -> fit -> sample -> evaluate -> the run directory.
+
+Before anything in the run directory changes, the whole configuration is checked (validate) and the directory's
+record is read: a complete run with the same settings is skipped, one with other settings refused (rerun=true
+replaces it). Then run.lock is taken, `.hydra/` written and the run executed; every output is written under a
+temporary name and renamed. A user error is one sentence on stderr and exit code 1 (HYDRA_FULL_ERROR=1 shows the
+traceback; in a sweep each failing cell prints its sentence and Hydra reports the first at the end); Ctrl-C prints one line and leaves status "interrupted".
+"""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -12,22 +21,38 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import data as data_pkg
 import metrics as metrics_pkg
 import models as models_pkg
+from data.cache import atomic_path
+from metrics.registry import get_metric
+from models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
+from reports.load import settings, settings_diff, settings_hash
 
 REPO = Path(__file__).resolve().parent
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a hint read by model YAMLs, not a loader argument
+# relative file paths in these keys are taken from the repository root (README "Datasets"), not the current folder
+PATH_KEYS = {"data": ("path", "columns_file"), "model": ("path",)}
+# errors caused by the input (configuration, files, data, divergence): one sentence, no traceback
+USER_ERRORS = (ValueError, KeyError, OSError, RunDirError, models_pkg.TrainingDiverged)
+
+
+class UserError(CompactHydraException):
+    """One sentence that Hydra prints without a traceback (exit code 1); the cause stays chained."""
 
 
 def provenance() -> dict:
@@ -48,27 +73,48 @@ def provenance() -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
+
+
+def from_repo(section: dict, keys: tuple[str, ...]) -> dict:
+    """A copy of a config section whose relative paths in `keys` are made absolute against the repository root."""
+    out = dict(section)
+    for k in keys:
+        if isinstance(out.get(k), str) and out[k] and not Path(out[k]).expanduser().is_absolute():
+            out[k] = str(REPO / out[k])
+    return out
+
+
+def load_data(dname: str, data_kw: dict) -> data_pkg.EHRData:
+    """load_dataset; a failed download fallback also names the local path that was tried."""
+    try:
+        return data_pkg.load_dataset(dname, **data_kw)
+    except OSError as e:
+        path = data_kw.get("path")
+        if data_kw.get("download") and isinstance(path, str) and not Path(path).exists():
+            raise FileNotFoundError(f"{dname}: nothing at data.path {path} (relative paths start at the repository "
+                                    f"root) and the download fallback failed: {one_sentence(e)}") from e
+        raise
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Execute one benchmark cell into run_dir and return run.json's content."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    settings_key = settings_hash(config)
     dname, mname, seed = cfg.data.name, cfg.model.name, int(cfg.seed)
     info = {"run_id": f"{cfg.tag}/{dname}/{mname}/seed_{seed}", "tag": cfg.tag, "data": dname, "model": mname,
             "seed": seed, "status": "running", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config, "config_hash": config_hash, "epsilon": None, **provenance()}
+            "config": config, "config_hash": config_hash, "settings_hash": settings_key, "epsilon": None, **provenance()}
     run_json = run_dir / "run.json"
     write_json(run_json, info)
     try:
         info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
         torch.manual_seed(seed)
-        data_kw = {k: v for k, v in config["data"].items() if k not in RESERVED_DATA_KEYS}
-        data = data_pkg.load_dataset(dname, **data_kw)
-        model_kw = {k: v for k, v in config["model"].items() if k != "name"}
+        data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
+        data = load_data(dname, data_kw)
+        model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"}
         synth = models_pkg.build_synthesizer(mname, **model_kw)
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         trainer = models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
@@ -86,22 +132,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         S = synth.sample(n, seed=seed)
         info["sample_seconds"] = time.perf_counter() - t0
         info["n_samples"] = len(S)
-        np.savez_compressed(run_dir / "synthetic.npz", X=S, columns=np.asarray(data.columns))
+        with atomic_path(run_dir / "synthetic.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, X=S, columns=np.asarray(data.columns))
 
         t0 = time.perf_counter()
         rows = metrics_pkg.evaluate(data, S, config["metrics"] or {}, seed=seed)
         info["evaluate_seconds"] = time.perf_counter() - t0
         common = {"run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed}
-        extra = {"git_commit": info["git_commit"], "device": info["device"], "config_hash": config_hash}
-        with open(run_dir / "results.jsonl", "w") as f:
-            for r in rows:
-                f.write(json.dumps({**common, **r, **extra}) + "\n")
+        extra = {"git_commit": info["git_commit"], "device": info["device"], "config_hash": config_hash,
+                 "settings_hash": settings_key}
+        with atomic_path(run_dir / "results.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({**common, **r, **extra}) + "\n" for r in rows))
         info["peak_memory_mb"] = models_pkg.trainer.peak_memory_mb(trainer.device)
         info["status"] = "ok"
         info["n_metric_errors"] = sum(r["status"] != "ok" for r in rows)
         return info
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
     except BaseException as e:
-        info["status"] = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        info["status"] = f"error: {type(e).__name__}: {one_sentence(e) if str(e).strip() else ''}"
         info["traceback"] = traceback.format_exc()
         raise
     finally:
@@ -123,24 +173,167 @@ def print_summary(info: dict, run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
-@hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    previous = run_dir / "run.json"
-    if previous.exists() and not cfg.rerun:
+
+def one_sentence(e: BaseException) -> str:
+    """The first line of an exception's message (KeyError without its quotes)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def _accepts(annotation: str, value: Any) -> bool:
+    """Whether `value` (a YAML/CLI scalar, list or mapping) fits a signature annotation such as 'int | None'."""
+    heads, depth, cur = [], 0, ""
+    for ch in annotation + "|":  # top-level alternatives only: 'Sequence[str]' must not accept a str
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            heads.append(cur.split("[")[0].strip().split(".")[-1])
+            cur = ""
+        else:
+            cur += ch
+    kinds = {"None": (type(None),), "Optional": (type(None),), "bool": (bool,), "int": (int,), "float": (int, float),
+             "str": (str,), "list": (list,), "tuple": (list,), "Sequence": (list,), "dict": (dict,),
+             "Mapping": (dict,)}
+    if any(h not in kinds for h in heads):  # Any, Path, ... : not checked here
+        return True
+    ok = tuple(t for h in heads for t in kinds[h])
+    return isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
+
+
+def check_options(where: str, prefix: str, fn: Callable, options: dict, skip: tuple[str, ...] = ()) -> None:
+    """Every option must be a parameter of fn (unless it takes **kwargs) and fit the parameter's annotation."""
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", *skip)
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    for k, v in options.items():
+        if k not in params:
+            if open_ended:
+                continue
+            raise ValueError(f"{where} has no option '{k}'; valid choices: {', '.join(params) or 'none'}")
+        ann = params[k].annotation
+        if ann is not inspect.Parameter.empty and not _accepts(str(ann), v):
+            raise ValueError(f"{prefix}.{k} must be {ann}, got {v!r}")
+
+
+def validate(cfg: DictConfig) -> dict:
+    """Check the whole configuration (types, ranges, names and options of data, model, trainer, metrics) before
+    any work; returns it resolved. Each problem is a ValueError of one sentence."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ValueError(f"the configuration does not resolve: {one_sentence(e)}") from None
+    seed, n = config.get("seed"), config.get("n_samples")
+    if type(seed) is not int:
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if n is not None and (type(n) is not int or n < 1):
+        raise ValueError(f"n_samples must be a positive integer or null, got {n!r}")
+    if type(config.get("rerun")) is not bool:
+        raise ValueError(f"rerun must be true or false, got {config.get('rerun')!r}")
+    if not isinstance(config.get("tag"), str) or not re.fullmatch(r"[\w.+-]+", config["tag"]):
+        raise ValueError(f"tag must be a non-empty name of letters, digits, '.', '+', '-' or '_', got {config.get('tag')!r}")
+    dcfg, mcfg, tcfg = (config.get(k) if isinstance(config.get(k), dict) else {} for k in ("data", "model", "trainer"))
+    dname, mname = dcfg.get("name"), mcfg.get("name")
+    if dname not in data_pkg.DATASETS:
+        raise ValueError(f"unknown dataset {dname!r}; valid choices: {', '.join(sorted(data_pkg.DATASETS))}")
+    check_options(f"dataset '{dname}'", "data", data_pkg.DATASETS[dname],
+                  {k: v for k, v in dcfg.items() if k not in RESERVED_DATA_KEYS})
+    try:
+        cls = models_pkg.get_synthesizer(str(mname))
+    except KeyError as e:
+        raise ValueError(one_sentence(e)) from None
+    check_options(f"model '{mname}'", "model", cls.__init__, {k: v for k, v in mcfg.items() if k != "name"})
+    check_options("trainer", "trainer", models_pkg.Trainer.__init__, tcfg, skip=("seed", "workdir"))
+    for key in ("max_steps", "checkpoint_every", "log_every"):
+        v = tcfg.get(key)
+        if (v is not None or key != "max_steps") and (type(v) is not int or v < 1):
+            raise ValueError(f"trainer.{key} must be a positive integer{' or null' if key == 'max_steps' else ''}, "
+                             f"got {v!r}")
+    if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
+        raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
+                         f"{', '.join(models_pkg.trainer.PRECISIONS)}")
+    if tcfg.get("progress", "auto") not in ("auto", True, False):
+        raise ValueError(f"trainer.progress must be auto, true or false, got {tcfg.get('progress')!r}")
+    try:
+        models_pkg.resolve_device(str(tcfg.get("device", "auto")))
+    except RuntimeError as e:
+        raise ValueError(one_sentence(e)) from None
+    metrics = config.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics must map metric names to their options, got {metrics!r}")
+    for name, kw in metrics.items():
         try:
-            status = json.loads(previous.read_text()).get("status")
-        except json.JSONDecodeError:
-            status = None
-        if status == "ok":
+            spec = get_metric(name)
+        except KeyError as e:
+            raise ValueError(one_sentence(e)) from None
+        if kw is not None and not isinstance(kw, dict):
+            raise ValueError(f"metrics.{name} must be a mapping of options or {{}}, got {kw!r}")
+        check_options(f"metric '{name}'", f"metrics.{name}", spec.fn, kw or {}, skip=("data", "synth", "seed"))
+    return config
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Write .hydra/{config,hydra,overrides}.yaml (as Hydra would; hydra.output_subdir is null so that a refused
+    or skipped run never rewrites them), each under a temporary name."""
+    hc = HydraConfig.instance().cfg
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hc), ("overrides.yaml", hc.hydra.overrides.task)):
+        with atomic_path(run_dir / ".hydra" / name) as tmp:
+            OmegaConf.save(node, tmp)
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> None:
+    """Validate, decide from the directory's record (skip / refuse / run), lock, then run and print the summary."""
+    config = validate(cfg)
+
+    def verdict(first: bool) -> str:
+        prev = previous_run(run_dir)
+        if prev.note and first:
+            print(f"warning: {prev.note}", file=sys.stderr)
+        same = None if prev.config is None else settings_hash(prev.config) == settings_hash(config)
+        changed = describe_changes(settings_diff(settings(prev.config), settings(config))) if same is False else ""
+        return decide(run_dir, prev, same, changed, bool(cfg.rerun))
+
+    if verdict(True) == "skip":  # read-only: a finished directory is never touched (not even when read-only)
+        print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
+        return
+    with RunLock(run_dir) as lock:
+        if lock.stale_pid:
+            print(f"warning: took over {lock.path} from process {lock.stale_pid}, which is no longer running",
+                  file=sys.stderr)
+        if verdict(False) == "skip":  # another process finished it while we waited
             print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
             return
-    if cfg.rerun:
-        for name in ("checkpoint.pt", "train_stats.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    info = run(cfg, run_dir)
+        if cfg.rerun:
+            clear_outputs(run_dir)
+        save_hydra_files(run_dir, cfg)
+        info = run(cfg, run_dir)
     print_summary(info, run_dir)
 
 
+@hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        execute(cfg, run_dir)
+    except KeyboardInterrupt:
+        print(f"interrupted: {run_dir} keeps its last checkpoint; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as e:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the empty folder Hydra made for a run refused before it started
+        msg = f"error: {one_sentence(e)}"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra reports the first failure at the end
+            print(f"{msg} ({run_dir})", file=sys.stderr)
+            raise UserError(msg) from e
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(msg, file=sys.stderr)  # one sentence, exit code 1; run.json keeps the traceback of a started run
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import RunSet
+from .load import RunSet, settings, settings_diff
 
 FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
 RANK_FAMILIES = ("fidelity", "utility", "privacy")
@@ -150,7 +150,10 @@ def _version_partitions(res: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str
 
 
 def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -> list[Table]:
-    """One Table per (tag, dataset config, metric-version set), in sorted order."""
+    """One Table per (tag, dataset config, metric-version set), in sorted order; within a table one row per
+    (model, settings): runs of one model whose settings (load.settings: the config minus seed and run-only keys)
+    differ become separate rows labelled by what differs, e.g. "vae [model.lr=0.0001]"."""
+
     tables: list[Table] = []
     runs = rs.runs.assign(tag=rs.runs["tag"].fillna("?"), data=rs.runs["data"].fillna("?"),
                           model=rs.runs["model"].fillna("?"))
@@ -158,14 +161,17 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
         keys = sorted(set(grp["data_key"]) - {"unknown"}) or ["unknown"]
         for key in keys:  # a run whose config could not be read (a failure) is shown as a hole in each table
             g = grp[grp["data_key"].isin([key, "unknown"])]
+            labels, settings_notes = _settings_labels(g, rs.configs)  # one row per (model, settings)
+            g = g.assign(model=g["path"].map(labels))
             res = rs.results[rs.results["path"].isin(g["path"])]
+            res = res.assign(model=res["path"].map(labels))
             base = f"{tag} / {data}" + (f" [data config {key}]" if len(keys) > 1 else "")
             for suffix, paths, note in _version_partitions(res, g):
                 t_runs = g[g["path"].isin(paths)]
                 values = res[res["path"].isin(paths)]
                 models = sorted(t_runs["model"].unique())
                 cells = aggregate_cells(values, models)
-                notes = [note] if note else []
+                notes = ([note] if note else []) + settings_notes
                 if len(keys) > 1:
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
                 tables.append(Table(str(tag), str(data), base + suffix, cells,
@@ -185,3 +191,43 @@ def parse_profile(text: str) -> tuple[str, dict[str, float]]:
         raise ValueError(f"profile {text!r} must look like name=fidelity:0.2,utility:0.6,privacy:0.2 with families "
                          f"among {', '.join(RANK_FAMILIES)} and non-negative weights")
     return name, weights
+
+
+def _settings_labels(runs: pd.DataFrame, configs: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """Row label per run path: the model name, plus "[key=value, ...]" of the settings that differ between the
+    runs of that model with different settings_hash (runs without a readable config keep the plain name)."""
+    labels = {p: str(m) for p, m in zip(runs["path"], runs["model"])}
+    notes: list[str] = []
+    known = runs[runs["settings_hash"].fillna("unknown") != "unknown"]
+    for model, grp in known.groupby("model", sort=True):
+        variants = grp.drop_duplicates("settings_hash")
+        if len(variants) < 2 or any(p not in configs for p in variants["path"]):
+            continue
+        sets = {h: settings(configs[p]) for h, p in zip(variants["settings_hash"], variants["path"])}
+        first = next(iter(sets.values()))
+        keys = sorted({k for other in sets.values() for k in settings_diff(first, other)})
+        shown = keys[:3]
+        for h, st in sets.items():
+            flat = _flatten(st)
+            text = ", ".join(f"{k}={_fmt_setting(flat.get(k))}" for k in shown) + (f", +{len(keys) - 3} more"
+                                                                              if len(keys) > 3 else "")
+            for p in grp.loc[grp["settings_hash"] == h, "path"]:
+                labels[p] = f"{model} [{text}]"
+        notes.append(f"runs of {model} use {len(sets)} different settings ({', '.join(keys)}); each has its own "
+                     f"row, labelled by what differs")
+    return labels, notes
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"model": {"lr": 1}} -> {"model.lr": 1}."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _fmt_setting(v: object) -> str:
+    """A setting value in a row label: numbers as Python writes them, lists/dicts as compact JSON."""
+    import json
+
+    return json.dumps(v, separators=(",", ":"), default=str) if isinstance(v, (list, dict, type(None))) else str(v)

@@ -13,11 +13,17 @@ import pandas as pd
 
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
-               "n_samples", "n_features", "config_hash", "git_commit", "finished"]
+               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
+# Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
+# of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
+# out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
+# device is recorded per run and shown in the reports).
+NON_SETTINGS = ("seed", "rerun", "tag", "paths", "trainer.device", "trainer.progress", "trainer.log_every",
+                "trainer.checkpoint_every")
 
 
 @dataclass
@@ -46,6 +52,38 @@ def data_key(data_cfg: dict | None) -> str:
         return "unknown"
     kw = {k: v for k, v in data_cfg.items() if k not in RESERVED_DATA_KEYS}
     return hashlib.sha1(json.dumps({"name": data_cfg.get("name"), **kw}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def settings(config: dict) -> dict:
+    """The resolved configuration minus NON_SETTINGS (JSON-normalised): what two runs must share to be comparable."""
+    out = json.loads(json.dumps(config, default=str))
+    for key in NON_SETTINGS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def settings_hash(config: dict | None) -> str | None:
+    """12-hex sha256 of settings(config) (None without a config); run.json and every results row record it."""
+    if not isinstance(config, dict):
+        return None
+    return hashlib.sha256(json.dumps(settings(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def settings_diff(a: dict, b: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two settings dicts: {key: (value in a, value in b)}."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(settings_diff(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out[f"{prefix}{k}"] = (va, vb)
+    return out
 
 
 def _hydra_config(run_dir: Path) -> dict | None:
@@ -139,7 +177,8 @@ def load_runs(root: str | Path) -> RunSet:
         status = str(info.get("status")) if info else "unreadable"
         ok = problem is None and status == "ok"
         runs.append({**{c: (info or {}).get(c) for c in RUN_COLUMNS}, **ident, "path": rel, "status": status,
-                     "ok": ok, "data_key": dkey})
+                     "ok": ok, "data_key": dkey,
+                     "settings_hash": (info or {}).get("settings_hash") or settings_hash(config) or "unknown"})
         if problem:
             fail("run", rel, ident, problem)
             continue
@@ -195,14 +234,14 @@ def load_runs(root: str | Path) -> RunSet:
 
 def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame,
                           failures: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two complete runs of the same (tag, data config, model, seed) would count as two seeds: keep the first path."""
+    """Two complete runs of the same (tag, settings, model, seed) would count as two seeds: keep the first path."""
     ok = runs[runs["ok"].astype(bool)]
-    key = ["tag", "data_key", "model", "seed"]
+    key = ["tag", "data_key", "settings_hash", "model", "seed"]
     first = ok.drop_duplicates(key, keep="first").set_index(key)["path"]
     dups = ok[ok.duplicated(key, keep="first")]
     for r in dups.to_dict("records"):
         failures.append({"kind": "run", **{k: r[k] for k in ("path", "tag", "data", "model", "seed")}, "metric": None,
-                         "reason": f"duplicate of {first.loc[tuple(r[k] for k in key)]} (same tag, data config, "
+                         "reason": f"duplicate of {first.loc[tuple(r[k] for k in key)]} (same tag, settings, "
                                    f"model and seed); not counted"})
     drop = runs["path"].isin(set(dups["path"]))
     runs = runs.assign(ok=runs["ok"].astype(bool) & ~drop)

@@ -243,11 +243,17 @@ def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict
     notes += fig_notes
     header = describe(rs, str(runs_dir))
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
-    paths["markdown"].write_text(to_markdown(tables, rs.failures, figs, notes, header))
-    to_csv(tables).to_csv(paths["csv"], index=False, float_format="%.10g")
+    from data.cache import atomic_path  # every file is written under a temporary name, then renamed
+
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(to_markdown(tables, rs.failures, figs, notes, header))
+    with atomic_path(paths["csv"]) as tmp:
+        to_csv(tables).to_csv(tmp, index=False, float_format="%.10g")
     paths["failures"] = out / "failures.csv"
-    rs.failures.to_csv(paths["failures"], index=False)
-    paths["html"].write_text(to_html(tables, rs.failures, figs, notes, header))
+    with atomic_path(paths["failures"]) as tmp:
+        rs.failures.to_csv(tmp, index=False)
+    with atomic_path(paths["html"]) as tmp:
+        tmp.write_text(to_html(tables, rs.failures, figs, notes, header))
     if figs:
         paths["figures"] = out / "figures"
     return paths

@@ -1,0 +1,147 @@
+"""The run directory's own rules: one process at a time (run.lock), what an existing record allows, clean reruns.
+
+run_benchmark.py decides with `previous_run` + `decide` before it changes anything in the directory, takes
+`RunLock` (fcntl.flock on `run.lock`, which holds the owner's PID), decides again under the lock, and only then
+writes. The Trainer writes `checkpoint.pt` and `train_stats.jsonl` into the same directory.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCK_NAME = "run.lock"
+# everything a run writes except run.json (rewritten at the start of every run) and the lock itself
+OUTPUTS = ("checkpoint.pt", "train_stats.jsonl", "synthetic.npz", "results.jsonl", "synthesizer")
+WORK = OUTPUTS  # a directory holding any of these holds work that other settings would contradict
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (busy, or holding a run made with other settings)."""
+
+
+@dataclass
+class Previous:
+    """What an existing run.json says: status (None: none or unreadable), recorded config, and a note."""
+
+    status: str | None
+    config: dict | None
+    note: str | None = None
+
+
+def previous_run(run_dir: Path) -> Previous:
+    """Read run.json without changing anything; an unreadable or non-object run.json is reported, not fatal."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return Previous(None, None)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return Previous(None, None, f"{path} is unreadable ({str(e).splitlines()[0]}); running the cell again")
+    if not isinstance(info, dict):
+        return Previous(None, None, f"{path} holds a JSON {type(info).__name__}, not a run record; running the "
+                                    "cell again")
+    config = info.get("config") if isinstance(info.get("config"), dict) else None
+    return Previous(str(info.get("status")) if info.get("status") is not None else None, config)
+
+
+def has_work(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in WORK)
+
+
+def decide(run_dir: Path, prev: Previous, same_settings: bool | None, changed: str, rerun: bool) -> str:
+    """"run", "skip" (a complete run with these settings) or RunDirError (work made with other settings).
+
+    same_settings is None when the previous settings are unknown (no readable record): the cell runs again and
+    the Trainer still refuses a checkpoint of another model or other hyperparameters."""
+    if rerun:
+        return "run"
+    if prev.status == "ok" and same_settings:
+        return "skip"
+    if same_settings is False and (prev.status == "ok" or has_work(run_dir)):
+        what = "a complete run" if prev.status == "ok" else f"an unfinished run (status {prev.status})"
+        raise RunDirError(f"{run_dir} already holds {what} made with other settings ({changed}); pass rerun=true "
+                          "to replace it or choose another directory")
+    return "run"
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """rerun=true: remove every output of the earlier run, so nothing of it can sit next to the new record."""
+    for name in OUTPUTS:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def describe_changes(diff: dict[str, tuple[Any, Any]], limit: int = 3) -> str:
+    """'n_samples: 1600 -> 50, model.lr: 0.001 -> 0.0001' (the first `limit` keys, then '+N more')."""
+    items = [f"{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for k, (a, b) in diff.items()]
+    return ", ".join(items[:limit]) + (f", +{len(items) - limit} more" if len(items) > limit else "")
+
+
+class RunLock:
+    """Exclusive lock on a run directory: flock on run.lock, which holds the owner's PID while it runs.
+
+    The kernel drops a flock when its process dies, so a lock left by a killed run is simply taken over (its
+    stale PID is reported as `stale_pid`). Another live holder gives a RunDirError naming its PID. On release
+    the file is removed while still locked; an acquirer that locked a removed file retries on the new one.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+        self.stale_pid: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise RunDirError(f"{self.path.parent} is in use by process {self._holder()} (it holds "
+                                  f"{LOCK_NAME}); wait for it to finish or choose another directory") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file after we opened it: lock the new one
+        old = os.read(fd, 64).decode(errors="replace").strip()
+        self.stale_pid = int(old) if old.isdigit() and int(old) != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
