@@ -34,18 +34,44 @@ class Block(nn.Module):
         return self.linear(torch.relu(x + self.time(t_emb)))
 
 
-# EHRDiff LinearModel (v2): sinusoidal(c_noise) -> Linear -> SiLU -> Linear time MLP; every block gets t_emb;
-# no normalisation, dropout or skip connections; linear output.
+# The random Fourier time features of EHRDiff's CinC/ECG configs (random_fourier_features: true,
+# learned_sinusoidal_dim: 32): lucidrains' RandomOrLearnedSinusoidalPosEmb with is_random=True.
+class RandomFourierFeatures(nn.Module):
+    """[t, sin(2 pi t w), cos(2 pi t w)] with fixed w ~ N(0, 1) of size dim/2: dim + 1 features per scalar t.
+
+    Deviation: the official code keeps w as an nn.Parameter with requires_grad=False; here it is a buffer (same
+    values, drawn under the run's seed, saved with the weights), so it is not counted among trainable
+    parameters, which is how the official parameter count (2,978,790 at 115 columns) counts it too.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"learned_sinusoidal_dim must be a positive even number, got {dim}")
+        self.register_buffer("weights", torch.randn(dim // 2))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()[:, None]
+        f = t * self.weights[None, :] * (2 * math.pi)
+        return torch.cat([t, f.sin(), f.cos()], dim=1)
+
+
+# EHRDiff LinearModel (v2): time features of c_noise (sinusoidal at data width, or random Fourier features) ->
+# Linear -> SiLU -> Linear time MLP; every block gets t_emb; no normalisation, dropout or skip connections.
 class LinearModel(nn.Module):
-    def __init__(self, n_features: int, unit_dims: tuple[int, ...], time_dim: int) -> None:
+    def __init__(self, n_features: int, unit_dims: tuple[int, ...], time_dim: int,
+                 random_fourier_features: bool = False, learned_sinusoidal_dim: int = 32) -> None:
         super().__init__()
         self.n_features = n_features
-        self.time_mlp = nn.Sequential(nn.Linear(n_features, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.rff = RandomFourierFeatures(learned_sinusoidal_dim) if random_fourier_features else None
+        t_in = learned_sinusoidal_dim + 1 if random_fourier_features else n_features
+        self.time_mlp = nn.Sequential(nn.Linear(t_in, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         dims = [n_features, *unit_dims, n_features]
         self.blocks = nn.ModuleList(Block(a, b, time_dim) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        t_emb = self.time_mlp(sinusoidal_embedding(c_noise, self.n_features))
+        feats = self.rff(c_noise) if self.rff is not None else sinusoidal_embedding(c_noise, self.n_features)
+        t_emb = self.time_mlp(feats)
         for block in self.blocks:
             x = block(x, t_emb)
         return x
@@ -75,14 +101,20 @@ class EHRDiff(TorchSynthesizer):
     """EHRDiff with the paper defaults of configs/mimic/train_edm.yaml (see research/ehrdiff.md §1).
 
     `epochs` x ceil(N / batch_size) optimiser steps (205,000 for MIMIC); the trainer may compress that schedule
-    (trainer.max_steps) for CPU runs without changing the method.
+    (trainer.max_steps) for CPU runs without changing the method. The CinC setting (configs/cinc/train_edm.yaml)
+    is `random_fourier_features=True, learned_sinusoidal_dim=32, time_dim=128, unit_dims=(512, 768, 1024, 768,
+    512), batch_size=256, sigma_data=0.03` (benchmarks/model/ehrdiff_cinc.yaml). `warmup_fraction`, when set,
+    replaces warmup_steps by that share of the run's total steps: the rule for data smaller than the paper's,
+    where 20,000 warm-up steps would be most or all of the schedule (see the paper_cinc2012 suite).
     """
 
     def __init__(self, sigma_data: float = 0.14, p_mean: float = -1.2, p_std: float = 1.2,
                  unit_dims: tuple[int, ...] = (1024, 384, 384, 384, 1024), time_dim: int = 384,
                  lr: float = 3e-4, weight_decay: float = 0.0, batch_size: int = 1024, epochs: int = 5000,
                  warmup_steps: int = 20000, ema_decay: float = 0.999, num_steps: int = 32, sigma_min: float = 0.02,
-                 sigma_max: float = 80.0, rho: float = 7.0, sample_batch_size: int = 4096) -> None:
+                 sigma_max: float = 80.0, rho: float = 7.0, sample_batch_size: int = 4096,
+                 random_fourier_features: bool = False, learned_sinusoidal_dim: int = 32,
+                 warmup_fraction: float | None = None) -> None:
         self.sigma_data = sigma_data
         self.p_mean = p_mean
         self.p_std = p_std
@@ -99,19 +131,26 @@ class EHRDiff(TorchSynthesizer):
         self.sigma_max = sigma_max
         self.rho = rho
         self.sample_batch_size = sample_batch_size
+        self.random_fourier_features = random_fourier_features
+        self.learned_sinusoidal_dim = learned_sinusoidal_dim
+        self.warmup_fraction = warmup_fraction
 
     # ---- TorchSynthesizer hooks ------------------------------------------------------------------
     def build(self, n_features: int) -> nn.ModuleDict:
-        return nn.ModuleDict({"net": LinearModel(n_features, tuple(self.unit_dims), self.time_dim)})
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"ehrdiff: warmup_fraction must be in [0, 1) or null, got {self.warmup_fraction}")
+        return nn.ModuleDict({"net": LinearModel(n_features, tuple(self.unit_dims), self.time_dim,
+                                                 bool(self.random_fourier_features), int(self.learned_sinusoidal_dim))})
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"net": torch.optim.AdamW(self.modules_["net"].parameters(), lr=self.lr, weight_decay=self.weight_decay)}
 
     def lr_scale(self, step: int, total: int) -> float:
         """HF get_cosine_schedule_with_warmup: linear warm-up, then half-cosine from 1 to 0 at `total`."""
-        if step < self.warmup_steps:
-            return step / max(1, self.warmup_steps)
-        progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+        warmup = self.warmup_steps if self.warmup_fraction is None else round(self.warmup_fraction * total)
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     def denoise(self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

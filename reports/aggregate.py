@@ -19,6 +19,7 @@ PROFILES: dict[str, dict[str, float]] = {
     "utility_first": {"fidelity": 0.2, "utility": 0.6, "privacy": 0.2},
 }
 EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params")
+REFERENCE_MODELS = ("real", "independent")  # reference rows of runs recorded before run.json had "reference"
 
 
 @dataclass
@@ -36,13 +37,18 @@ class Table:
 
     @property
     def models(self) -> list[str]:
+        """Generators in leaderboard order, then the references (unranked)."""
         return list(self.summary.index)
 
+    @property
+    def references(self) -> list[str]:
+        return [m for m in self.summary.index if self.summary.loc[m, "reference"]]
+
     def metrics(self, goal: str | None = None) -> list[str]:
-        """Metric names in display order (family, then name); goal="ranked" keeps max/min metrics only."""
+        """Metric names in display order (family, then name); goal="ranked" keeps max/min/target metrics only."""
         c = self.cells.drop_duplicates("metric")
         if goal == "ranked":
-            c = c[c["goal"].isin(["max", "min"])]
+            c = c[c["goal"].isin(["max", "min", "target"])]
         elif goal is not None:
             c = c[c["goal"] == goal]
         order = {f: i for i, f in enumerate(FAMILY_ORDER)}
@@ -62,30 +68,62 @@ def _sig12(s: pd.Series) -> pd.Series:
     return pd.Series(np.round(x / 10.0 ** mag, 11) * 10.0 ** mag, index=s.index)
 
 
-def rank_metric(means: pd.Series, goal: str) -> pd.Series:
+def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
+              tol: pd.Series | float | None = None) -> pd.Series:
+    """The ranking key of a metric with an ideal (registry `ideal`): how far each mean misses it, clipped at 0.
+
+    target: |mean - ideal|; min: mean - ideal; max: ideal - mean; then minus the tolerance tol (twice the
+    standard error of the mean, from the metric's "se" rows) and clipped at 0, so a value on the good side of the
+    ideal, or within noise of it, counts as the ideal itself and never outranks another such value.
+    """
+    ideal = pd.Series(ideal, index=means.index, dtype=float) if not isinstance(ideal, pd.Series) else ideal
+    tol = pd.Series(0.0 if tol is None else tol, index=means.index, dtype=float) if not isinstance(tol, pd.Series) else tol
+    d = {"target": (means - ideal).abs(), "min": means - ideal, "max": ideal - means}[goal]
+    return (d - tol.fillna(0.0)).clip(lower=0.0).where(means.notna())
+
+
+def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
+                tol: pd.Series | float | None = None) -> pd.Series:
     """Rank models on one metric (1 = best; ties share the average rank); a missing/failed mean takes the
-    shared last places, so a failure never improves a model's rank. All-missing -> all NaN (metric unranked)."""
-    valid = _sig12(means.dropna())
-    if valid.empty or goal not in ("max", "min"):
+    shared last places, so a failure never improves a model's rank. All-missing -> all NaN (metric unranked).
+    With an ideal (always for goal "target") the rank is by `deviation` from it, lower is better."""
+    if goal not in ("max", "min", "target"):
         return pd.Series(np.nan, index=means.index)
-    ranks = valid.rank(method="average", ascending=(goal == "min"))
+    has_ideal = ideal is not None and not (isinstance(ideal, pd.Series) and ideal.isna().all())
+    if goal == "target" and not has_ideal:
+        return pd.Series(np.nan, index=means.index)
+    key = deviation(means, goal, ideal, tol) if has_ideal else means
+    valid = _sig12(key.dropna())
+    if valid.empty:
+        return pd.Series(np.nan, index=means.index)
+    ranks = valid.rank(method="average", ascending=has_ideal or goal == "min")
     worst = (len(valid) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
     return ranks.reindex(means.index).fillna(worst)
 
 
-def best_mask(means: pd.Series, goal: str) -> pd.Series:
-    """True where a mean equals the best mean of the column (ties all marked; info metrics never)."""
-    ranks = rank_metric(means, goal)
+def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
+              tol: pd.Series | float | None = None) -> pd.Series:
+    """True where a mean has the best rank of the column (ties all marked; info metrics never)."""
+    ranks = rank_metric(means, goal, ideal, tol)
     if ranks.isna().all():
         return pd.Series(False, index=means.index)
     return (ranks == ranks[means.notna()].min()) & means.notna()
 
 
-def aggregate_cells(values: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks."""
+def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = ()) -> pd.DataFrame:
+    """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks.
+
+    `references` (e.g. real, independent) get values but no rank and no best mark: they are reference points,
+    and the ranks compare the other models (the generators) among themselves. Metrics with an ideal also get
+    `ideal` (mean of the rows' ideals) and `tol` = 2 sqrt(sum se_i^2) / n from their `<metric>.se` rows.
+    """
     ok = values[values["status"] == "ok"]
     g = ok.groupby(["model", "metric"])["value"]
     stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
+    ideal = ok.groupby(["model", "metric"])["ideal"].mean() if "ideal" in ok else pd.Series(dtype=float)
+    se = ok[ok["metric"].str.endswith(".se")].assign(metric=lambda d: d["metric"].str[:-3])
+    tol = (se.assign(v2=se["value"] ** 2).groupby(["model", "metric"])["v2"].sum() ** 0.5
+           / se.groupby(["model", "metric"])["value"].count() * 2.0)
     meta = values.groupby("metric").agg(family=("family", "first"), goal=("goal", "first"),
                                         metric_version=("metric_version", "first"))
     errors = values[values["status"] != "ok"].groupby(["model", "metric"]).size().rename("n_error")
@@ -93,25 +131,46 @@ def aggregate_cells(values: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     cells = full.to_frame(index=False)  # reindex instead of join: pandas 3 joins of empty string columns fail
     for col in ("mean", "std", "n"):
         cells[col] = stats[col].reindex(full).to_numpy()
+    cells["ideal"] = ideal.reindex(full).to_numpy(dtype=float)
+    cells["tol"] = tol.reindex(full).to_numpy(dtype=float)
     cells["n_error"] = errors.reindex(full).to_numpy()
     for col in ("family", "goal", "metric_version"):
         cells[col] = meta[col].reindex(cells["metric"]).to_numpy()
     cells["n"] = cells["n"].fillna(0).astype(int)
     cells["n_error"] = cells["n_error"].fillna(0).astype(int)
+    cells["reference"] = cells["model"].isin(list(references))
     cells["rank"], cells["best"] = np.nan, False
-    for metric, idx in cells.groupby("metric").groups.items():
+    for metric, idx in cells[~cells["reference"]].groupby("metric").groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
-        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal).to_numpy()
-        cells.loc[idx, "best"] = best_mask(sub["mean"], goal).to_numpy()
+        ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
+        if ideal_m is not None:  # a model whose rows lack the ideal (failed) borrows the others' (same data)
+            ideal_m = ideal_m.fillna(ideal_m.mean())
+        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
+        cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
     return cells
+
+
+def reference_models(runs: pd.DataFrame) -> list[str]:
+    """Models whose runs say `reference: true` (older runs without the key: the built-in real and independent)."""
+    if runs.empty:
+        return []
+    flag = runs["reference"] if "reference" in runs else pd.Series(None, index=runs.index)
+    is_ref = [bool(f) if isinstance(f, (bool, np.bool_)) else (m in REFERENCE_MODELS)
+              for f, m in zip(flag, runs["model"])]
+    return sorted(set(runs.loc[is_ref, "model"]))
 
 
 def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
               profiles: dict[str, dict[str, float]] = PROFILES) -> pd.DataFrame:
-    """Per model: mean rank overall and per family, profile scores and ranks, run counts and efficiency means."""
+    """Per model: mean rank overall and per family, profile scores and ranks, run counts and efficiency means.
+
+    Generators come first in mean-rank order, then the references (cells["reference"]), which have no ranks.
+    """
     ranked = cells.dropna(subset=["rank"])
     out = pd.DataFrame(index=pd.Index(models, name="model"))
+    refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
+    out["reference"] = [m in refs for m in models]
     out["mean_rank"] = ranked.groupby("model")["rank"].mean()
     fam = ranked.groupby(["model", "family"])["rank"].mean().unstack("family")
     for f in RANK_FAMILIES:
@@ -130,7 +189,8 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     for col in EFFICIENCY:
         out[col] = pd.to_numeric(ok[col], errors="coerce").groupby(ok["model"]).mean()
     out["device"] = ok.groupby("model")["device"].apply(lambda s: ",".join(sorted({str(x) for x in s.dropna()})))
-    order = out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf)).sort_values(["_r"], kind="stable")
+    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf))
+             .sort_values(["reference", "_r"], kind="stable"))
     return out.loc[order.index]
 
 
@@ -153,7 +213,6 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
     """One Table per (tag, dataset config, metric-version set), in sorted order; within a table one row per
     (model, settings): runs of one model whose settings (load.settings: the config minus seed and run-only keys)
     differ become separate rows labelled by what differs, e.g. "vae [model.lr=0.0001]"."""
-
     tables: list[Table] = []
     runs = rs.runs.assign(tag=rs.runs["tag"].fillna("?"), data=rs.runs["data"].fillna("?"),
                           model=rs.runs["model"].fillna("?"))
@@ -170,7 +229,7 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
                 t_runs = g[g["path"].isin(paths)]
                 values = res[res["path"].isin(paths)]
                 models = sorted(t_runs["model"].unique())
-                cells = aggregate_cells(values, models)
+                cells = aggregate_cells(values, models, reference_models(t_runs))
                 notes = ([note] if note else []) + settings_notes
                 if len(keys) > 1:
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")

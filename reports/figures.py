@@ -20,6 +20,7 @@ from .load import RESERVED_DATA_KEYS, RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
 MAX_POINTS = 300     # training curves: at most this many logged steps per line
+ARROWS = {"max": "↑", "min": "↓", "target": "◎"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def fig_points(t: Table, out: Path) -> list[FigureInfo]:
     for ax, m in zip(axes, metrics):
         sns.pointplot(data=v[v["metric"] == m], x="value", y="model", order=t.models, errorbar="sd",
                       linestyle="none", capsize=0.3, ax=ax)
-        ax.set(title=f"{m} {'↑' if goal[m] == 'max' else '↓'}", xlabel="", ylabel="")
+        ax.set(title=f"{m} {ARROWS.get(goal[m], '')}", xlabel="", ylabel="")
     p = out / f"{t.slug}__metrics.png"
     _save(fig, p)
     return [FigureInfo(t.label, "metrics", f"{t.label}: metrics by model", "Mean over seeds with ± 1 standard "
@@ -157,11 +158,12 @@ def fig_points(t: Table, out: Path) -> list[FigureInfo]:
 
 def fig_ranks(t: Table, out: Path) -> list[FigureInfo]:
     ranked = t.metrics("ranked")
-    R = t.cells.pivot(index="model", columns="metric", values="rank").reindex(index=t.models, columns=ranked)
+    generators = [m for m in t.models if m not in set(t.references)]  # references are never ranked
+    R = t.cells.pivot(index="model", columns="metric", values="rank").reindex(index=generators, columns=ranked)
     R = R.dropna(axis=1, how="all")
     if R.empty:
         return []
-    S = t.summary[["mean_rank"] + [f"rank_{f}" for f in RANK_FAMILIES]].dropna(axis=1, how="all")
+    S = t.summary.loc[generators, ["mean_rank"] + [f"rank_{f}" for f in RANK_FAMILIES]].dropna(axis=1, how="all")
     M = pd.concat([R, S.set_axis([c.replace("rank_", "") + " (mean)" if c != "mean_rank" else "mean rank"
                                   for c in S.columns], axis=1)], axis=1).astype(float)
     fig, ax = plt.subplots(figsize=(2.5 + 0.8 * M.shape[1], 2.6 + 0.5 * M.shape[0]))
@@ -171,8 +173,8 @@ def fig_ranks(t: Table, out: Path) -> list[FigureInfo]:
     plt.setp(ax.get_xticklabels(), rotation=50, ha="right")
     p = out / f"{t.slug}__ranks.png"
     _save(fig, p)
-    return [FigureInfo(t.label, "ranks", f"{t.label}: rank heatmap", "Rank of each model per metric (1 = best), "
-                       "then the mean rank overall and per family.", p)]
+    return [FigureInfo(t.label, "ranks", f"{t.label}: rank heatmap", "Rank of each generator per metric (1 = best), "
+                       "then the mean rank overall and per family; the references are not ranked.", p)]
 
 
 def _train_stats(rs: RunSet, t: Table) -> tuple[pd.DataFrame, list[str]]:

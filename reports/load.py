@@ -13,9 +13,9 @@ import pandas as pd
 
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
-               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished"]
+               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
-                  "seconds", "status", "data_key"]
+                  "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
 # Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
@@ -206,7 +206,8 @@ def load_runs(root: str | Path) -> RunSet:
                 st = f"error: value {row.get('value')} is not a finite number although the row says status ok"
             results.append({**ident, "path": rel, "metric": metric, "family": row.get("family") or "other",
                             "goal": row.get("goal") or "info", "metric_version": int(row.get("metric_version") or 1),
-                            "value": value if st == "ok" else math.nan, "seconds": _float(row.get("seconds")),
+                            "value": value if st == "ok" else math.nan, "ideal": _float(row.get("ideal")),
+                            "seconds": _float(row.get("seconds")),
                             "status": st, "data_key": dkey})
             if st != "ok":
                 fail("metric", rel, ident, st, metric)

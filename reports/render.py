@@ -13,7 +13,14 @@ from .aggregate import EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
 from .figures import FigureInfo, make_figures
 from .load import RunSet, load_runs
 
-ARROW = {"max": "↑", "min": "↓", "info": ""}
+ARROW = {"max": "↑", "min": "↓", "target": "◎", "info": ""}
+REF_SUFFIX = " (reference)"
+
+
+def row_labels(t: Table) -> list[str]:
+    """Model names for display: references carry a suffix, so they never read as ranked competitors."""
+    refs = set(t.references)
+    return [m + REF_SUFFIX if m in refs else m for m in t.models]
 
 
 def fmt_num(x: float, sig: int = 4) -> str:
@@ -49,25 +56,29 @@ def metric_frame(t: Table, metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFra
     cols = [f"{m} {ARROW.get(goal[m], '')}".strip() for m in metrics]
     strings = text.pivot(index="model", columns="metric", values="s").reindex(index=t.models, columns=metrics)
     best = c.pivot(index="model", columns="metric", values="best").reindex(index=t.models, columns=metrics)
-    return strings.set_axis(cols, axis=1), best.fillna(False).astype(bool).set_axis(cols, axis=1)
+    labels = row_labels(t)
+    return (strings.set_axis(cols, axis=1).set_axis(labels, axis=0),
+            best.fillna(False).astype(bool).set_axis(cols, axis=1).set_axis(labels, axis=0))
 
 
 def summary_frame(t: Table) -> pd.DataFrame:
     """Formatted ranks, profiles, run counts and efficiency columns."""
     s = t.summary
-    out = pd.DataFrame(index=s.index)
-    out["mean rank ↓"] = s["mean_rank"].map(lambda v: fmt_num(v, 3))
+    out = pd.DataFrame(index=pd.Index(row_labels(t), name="model"))
+    ref = s["reference"].to_numpy(dtype=bool) if "reference" in s else np.zeros(len(s), bool)
+    unranked = lambda col: ["not ranked" if r else fmt_num(v, 3) for v, r in zip(s[col], ref)]  # noqa: E731
+    out["mean rank ↓"] = unranked("mean_rank")
     for f in RANK_FAMILIES:
-        out[f"{f} rank ↓"] = s[f"rank_{f}"].map(lambda v: fmt_num(v, 3))
+        out[f"{f} rank ↓"] = unranked(f"rank_{f}")
     for p in [c[len("profile_"):] for c in s.columns if c.startswith("profile_")]:
-        out[f"{p} ↓"] = [f"{fmt_num(v, 3)} (#{fmt_num(r, 2)})" if np.isfinite(v) else "—"
-                         for v, r in zip(s[f"profile_{p}"], s[f"rank_{p}"])]
+        out[f"{p} ↓"] = [f"{fmt_num(v, 3)} (#{fmt_num(r, 2)})" if np.isfinite(v) else ("not ranked" if x else "—")
+                         for v, r, x in zip(s[f"profile_{p}"], s[f"rank_{p}"], ref)]
     out["runs ok"] = [f"{a}/{b}" for a, b in zip(s["runs_ok"], s["runs_total"])]
-    out["seeds"] = s["seeds"].fillna("")
+    out["seeds"] = s["seeds"].fillna("").to_numpy()
     names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params"}
     for col in EFFICIENCY:
-        out[names[col]] = s[col].map(lambda v: fmt_num(v, 3))
-    out["device"] = s["device"].fillna("")
+        out[names[col]] = s[col].map(lambda v: fmt_num(v, 3)).to_numpy()
+    out["device"] = s["device"].fillna("").to_numpy()
     return out
 
 
@@ -138,10 +149,16 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
 
 
 LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the number of seeds that gave a value; "
-          "**bold** marks the best mean per metric (ties all marked); ↑ higher is better, ↓ lower is better. Ranks "
-          "are per metric (1 = best, ties share the average rank, a failed or missing cell takes the last places); "
-          "the mean rank averages all ranked metrics, the family ranks average within fidelity, utility and privacy, "
-          "and each profile is a weighted mean of the family ranks (#n = its rank).")
+          "**bold** marks the best generator per metric (ties all marked); ↑ higher is better, ↓ lower is better, "
+          "◎ closest to the metric's ideal is best (nzc: the real count, shown as nzc.real). Signed privacy scores "
+          "(dcr, nnaa, attribute_inference_f1; ideal 0) rank by how far they exceed 0 beyond two standard errors, so "
+          "values below 0 or within noise of 0 tie. Ranks are per metric (1 = best, ties share the average rank, a "
+          "failed or missing cell takes the last places); the mean rank averages all ranked metrics, the family "
+          "ranks average within fidelity, utility and privacy, and each profile is a weighted mean of the family "
+          "ranks (#n = its rank). Rows marked (reference) are reference points, not competitors (real = a resample "
+          "of the training data: the fidelity ceiling and the privacy worst case; independent = independent "
+          "marginals: the floor): they are shown below the generators with their values and are never ranked, "
+          "bolded or counted in other models' ranks.")
 
 
 def split_notes(tables: list[Table], notes: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -180,11 +197,13 @@ def to_csv(tables: list[Table]) -> pd.DataFrame:
     for t in tables:
         c = t.cells.assign(table=t.label, tag=t.tag, data=t.data)
         frames.append(c)
-        s = t.summary.drop(columns=["seeds", "device"]).reset_index().melt(id_vars="model", var_name="metric",
-                                                                           value_name="mean")
-        frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info"))
-    cols = ["table", "tag", "data", "model", "metric", "family", "goal", "metric_version", "mean", "std", "n",
-            "n_error", "rank", "best"]
+        s = (t.summary.drop(columns=["seeds", "device", "reference"], errors="ignore").reset_index()
+             .melt(id_vars="model", var_name="metric", value_name="mean"))
+        refs = set(t.references)
+        frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info",
+                               reference=s["model"].isin(refs)))
+    cols = ["table", "tag", "data", "model", "reference", "metric", "family", "goal", "metric_version", "mean", "std",
+            "n", "n_error", "ideal", "tol", "rank", "best"]
     if not frames:
         return pd.DataFrame(columns=cols)
     return pd.concat(frames, ignore_index=True).reindex(columns=cols)

@@ -95,3 +95,32 @@ def test_binary_output_is_rint_of_clip():
     S = m.sample(50, seed=0)
     np.testing.assert_array_equal(S[:, :2], np.rint(raw[:, :2]))
     np.testing.assert_allclose(S[:, 2], raw[:, 2], rtol=1e-6)
+
+
+def test_random_fourier_features_by_hand():
+    """[t, sin(2 pi t w), cos(2 pi t w)] with w fixed (a buffer: saved, not trained, not counted)."""
+    import math
+
+    import torch
+
+    from models.ehrdiff import LinearModel, RandomFourierFeatures
+
+    torch.manual_seed(0)
+    rff = RandomFourierFeatures(32)
+    t = torch.tensor([-0.5, 0.0, 0.7])
+    out = rff(t)
+    w = rff.weights.numpy()
+    expect = np.c_[t.numpy()[:, None], np.sin(2 * math.pi * t.numpy()[:, None] * w), np.cos(2 * math.pi * t.numpy()[:, None] * w)]
+    assert out.shape == (3, 33) and np.allclose(out.numpy(), expect, atol=1e-6)
+    net = LinearModel(115, (512, 768, 1024, 768, 512), 128, random_fourier_features=True)
+    assert "rff.weights" in net.state_dict() and not any(n.startswith("rff") for n, _ in net.named_parameters())
+    assert net(torch.zeros(4, 115), torch.zeros(4)).shape == (4, 115)
+
+
+def test_warmup_fraction_is_a_share_of_the_run():
+    from models import build_synthesizer
+
+    m = build_synthesizer("ehrdiff", warmup_fraction=0.25)
+    assert m.lr_scale(0, 65000) == 0.0 and m.lr_scale(8125, 65000) == pytest.approx(0.5)
+    assert m.lr_scale(16250, 65000) == pytest.approx(1.0) and m.lr_scale(65000, 65000) == pytest.approx(0.0)
+    assert build_synthesizer("ehrdiff").lr_scale(10000, 65000) == pytest.approx(0.5)  # 20,000 warm-up steps

@@ -154,15 +154,15 @@ def test_exact_copy_rate_continuous_and_negative_zero():
 
 def test_exact_copy_rate_sees_rows_that_differ_only_in_high_order_bits():
     """Version 1 hashed rows as a sum of 64-bit words times odd multipliers and compared one candidate: two rows
-    that differ in the top bit of two words collide (2^63 + 2^63 = 0 mod 2^64) and hid each other's copies."""
-    cols = 200  # four 64-bit words
-    X = np.zeros((40, cols), np.float32)
-    X[:, 150] = 1  # keep rows non-empty
-    for i in range(0, 40, 2):  # pairs: bit 63 of word 0 and of word 1 (columns 0 and 64 after packbits) differ
-        X[i, [0, 64]] = 1
-        X[i + 1, i // 2 + 100] = 1
-        X[i, i // 2 + 100] = 1
-    d = from_matrix(X, [f"c{j}" for j in range(cols)], ["binary"] * cols, name="w", split=(0.5, 0.25, 0.25))
+    that differ only in the top bit of two words collide (2^63 m0 + 2^63 m1 = 0 mod 2^64) and hide each other.
+    After np.packbits and a little-endian uint64 view, the top bit of word w is column 64 w + 56."""
+    cols, pairs = 200, 100
+    X = np.zeros((2 * pairs, cols), np.float32)
+    for i in range(pairs):  # pair i: the same code pattern, one of them also has columns 56 and 120
+        X[2 * i, [130 + i % 64, 194 + i // 64]] = 1
+        X[2 * i + 1] = X[2 * i]
+        X[2 * i + 1, [56, 120]] = 1
+    d = from_matrix(X, [f"c{j}" for j in range(cols)], ["binary"] * cols, name="w", split=(0.8, 0.1, 0.1))
     S = np.r_[d.train, d.holdout, 1 - d.train[:3]]
     train = {tuple(r) for r in d.train}
     expected = np.mean([tuple(r) in train for r in S])

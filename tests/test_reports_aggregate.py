@@ -148,3 +148,54 @@ def test_parse_profile():
     for bad in ("edu", "edu=speed:1", "edu=fidelity:-1", "edu=fidelity"):
         with pytest.raises(ValueError, match="name=fidelity"):
             parse_profile(bad)
+
+
+def test_target_metric_ranks_by_distance_from_the_ideal():
+    """nzc-like count with ideal 961: 972 (11 invented) must not beat 958 (3 lost); version 1 ranked max."""
+    m = pd.Series({"ehrdiff": 972.0, "vae": 958.0, "gan": 900.0})
+    ideal = pd.Series(961.0, index=m.index)
+    assert rank_metric(m, "target", ideal).to_dict() == {"ehrdiff": 2.0, "vae": 1.0, "gan": 3.0}
+    assert best_mask(m, "target", ideal).to_dict() == {"ehrdiff": False, "vae": True, "gan": False}
+    assert rank_metric(m, "target").isna().all()  # no ideal recorded: not ranked rather than guessed
+
+
+def test_signed_privacy_scores_clip_at_the_ideal_and_tie_within_noise():
+    """nnaa-like: VAE -0.006 must not outrank EHRDiff +0.004 when both lie within two standard errors of 0, and
+    a clearly positive value ranks last; without se the negative value still only ties with the ideal."""
+    m = pd.Series({"vae": -0.006, "ehrdiff": 0.004, "leaky": 0.2})
+    tol = pd.Series({"vae": 0.01, "ehrdiff": 0.01, "leaky": 0.01})
+    assert rank_metric(m, "min", 0.0, tol).to_dict() == {"vae": 1.5, "ehrdiff": 1.5, "leaky": 3.0}
+    assert rank_metric(m, "min", 0.0).to_dict() == {"vae": 1.0, "ehrdiff": 2.0, "leaky": 3.0}
+    assert rank_metric(pd.Series({"a": -0.3, "b": -0.01}), "min", 0.0).to_dict() == {"a": 1.5, "b": 1.5}
+    assert rank_metric(m, "min").to_dict() == {"vae": 1.0, "ehrdiff": 2.0, "leaky": 3.0}  # no ideal: plain min
+
+
+def test_cells_take_ideal_and_tolerance_from_the_rows():
+    v = pd.DataFrame(rows("a", "nnaa", [-0.006, -0.004], goal="min", family="privacy")
+                     + rows("b", "nnaa", [0.004, 0.002], goal="min", family="privacy")
+                     + rows("a", "nnaa.se", [0.01, 0.01], goal="info", family="privacy")
+                     + rows("b", "nnaa.se", [0.01, 0.01], goal="info", family="privacy"))
+    v["ideal"] = np.where(v["metric"] == "nnaa", 0.0, np.nan)
+    c = aggregate_cells(v, ["a", "b"])
+    assert cell(c, "a", "nnaa")["tol"] == pytest.approx(2 * math.sqrt(0.01 ** 2 * 2) / 2)
+    assert cell(c, "a", "nnaa")["rank"] == cell(c, "b", "nnaa")["rank"] == 1.5
+
+
+def test_references_are_shown_but_never_ranked():
+    """real (a resample of train) and independent are reference points: they get values, no rank, no bold,
+    no profile, and they do not push any generator down."""
+    v = pd.DataFrame(rows("real", "r", [0.99]) + rows("independent", "r", [0.95]) + rows("gen", "r", [0.9])
+                     + rows("gan", "r", [0.8]) + rows("real", "p", [0.9], goal="min", family="privacy")
+                     + rows("gen", "p", [0.1], goal="min", family="privacy")
+                     + rows("gan", "p", [0.2], goal="min", family="privacy"))
+    models = ["gan", "gen", "independent", "real"]
+    c = aggregate_cells(v, models, ["independent", "real"])
+    assert cell(c, "gen", "r")["rank"] == 1 and cell(c, "gan", "r")["rank"] == 2 and cell(c, "gen", "r")["best"]
+    assert math.isnan(cell(c, "real", "r")["rank"]) and not cell(c, "real", "r")["best"]
+    runs = pd.DataFrame({"model": models, "ok": True, "seed": 0, "device": "cpu",
+                         **{k: 1.0 for k in ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params")}})
+    s = summarise(c, runs, models)
+    assert list(s.index) == ["gen", "gan", "independent", "real"]  # generators by rank, then references
+    assert s.loc["gen", "mean_rank"] == 1 and math.isnan(s.loc["real", "mean_rank"])
+    assert s.loc["real", "reference"] and not s.loc["gen", "reference"]
+    assert math.isnan(s.loc["real", "profile_balanced"])

@@ -33,20 +33,27 @@ def test_the_four_suites_exist():
     assert EXPERIMENTS == ["leaderboard_diabetes130", "leaderboard_synthetic", "paper_cinc2012", "paper_mimic3"]
 
 
+SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029]}  # the paper's seed first
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_names_registered_objects(name):
     cfg = hydra_compose([f"+experiment={name}"])
     models, seeds = sweep(cfg)
-    assert cfg.tag == name and seeds == [0, 1, 2]
+    assert cfg.tag == name and seeds == SEEDS.get(name, [0, 1, 2])
     assert cfg.data.name in DATASETS, f"{name}: dataset {cfg.data.name!r} is not registered"
-    unknown = [m for m in models if m not in MODEL_YAMLS or m not in SYNTHESIZERS]
-    assert not unknown, f"{name}: the sweep names generators without a model YAML or registration: {unknown}"
-    assert set(MODEL_YAMLS) <= set(models), f"{name}: the sweep misses {sorted(set(MODEL_YAMLS) - set(models))}"
+    unknown = [m for m in models if m not in MODEL_YAMLS]
+    assert not unknown, f"{name}: the sweep names generators without a model YAML: {unknown}"
+    names = {}
     for m in models:
         one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2"])
-        assert one.model.name == m and m in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
-        # the cell lands in runs/<tag>/<data>/<model>/seed_<n>, the layout the reports and the resume skip read
-        assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{m}/seed_2"
+        assert one.model.name in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
+        names[m] = one.model.name
+        # the cell lands in runs/<tag>/<data>/<model name>/seed_<n>, the layout the reports and the resume skip read
+        assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{one.model.name}/seed_2"
+    everyone = {hydra_compose([f"model={m}"]).model.name for m in MODEL_YAMLS}
+    assert everyone <= set(names.values()), f"{name}: the sweep misses {sorted(everyone - set(names.values()))}"
+    assert len(set(names.values())) == len(names), f"{name}: two YAMLs of one generator would share run dirs"
 
 
 def test_leaderboards_use_the_short_cpu_schedule():
@@ -56,14 +63,43 @@ def test_leaderboards_use_the_short_cpu_schedule():
         assert cfg.data.name == data and cfg.trainer == default.trainer and cfg.n_samples is None
 
 
-@pytest.mark.parametrize("name,data,sigma,n", [("paper_mimic3", "mimic3", 0.14, 41000),
-                                               ("paper_cinc2012", "physionet2012", 0.03, 4000)])
-def test_paper_suites_use_ehrdiff_settings(name, data, sigma, n):
-    cfg = hydra_compose([f"+experiment={name}", "model=ehrdiff"])
-    assert cfg.data.name == data and cfg.model.sigma_data == sigma and cfg.n_samples == n
+# The official values (research/ehrdiff.md sections 1.3-1.6: configs/mimic/train_edm.yaml, configs/cinc/train_edm.yaml).
+OFFICIAL = {
+    "paper_mimic3": dict(model="ehrdiff", data="mimic3", n_samples=41000, sigma_data=0.14, batch_size=1024,
+                         time_dim=384, unit_dims=[1024, 384, 384, 384, 1024], random_fourier_features=False,
+                         width=1782, params=7_486_444),
+    "paper_cinc2012": dict(model="ehrdiff_cinc", data="physionet2012", n_samples=4000, sigma_data=0.03,
+                           batch_size=256, time_dim=128, unit_dims=[512, 768, 1024, 768, 512],
+                           random_fourier_features=True, learned_sinusoidal_dim=32, width=115, params=2_978_790),
+}
+SHARED = dict(lr=3e-4, weight_decay=0.0, epochs=5000, ema_decay=0.999, p_mean=-1.2, p_std=1.2, num_steps=32,
+              sigma_min=0.02, sigma_max=80.0, rho=7.0)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_paper_suites_match_the_official_configs(name):
+    from models import build_synthesizer
+
+    o = OFFICIAL[name]
+    cfg = hydra_compose([f"+experiment={name}", f"model={o['model']}"])
+    models, seeds = sweep(cfg)
+    assert o["model"] in models and cfg.model.name == "ehrdiff" and cfg.data.name == o["data"]
+    assert cfg.n_samples == o["n_samples"] and seeds[0] == SEEDS[name][0]
     assert cfg.trainer == hydra_compose(["trainer=paper"]).trainer and cfg.trainer.max_steps is None
-    assert cfg.model.batch_size == 1024 and cfg.model.epochs == 5000 and cfg.model.lr == 3e-4
-    if data == "mimic3":
+    m = cfg.model
+    for k in ("sigma_data", "batch_size", "time_dim", "random_fourier_features"):
+        assert m[k] == o[k], (k, m[k], o[k])
+    assert list(m.unit_dims) == o["unit_dims"]
+    for k, v in SHARED.items():
+        assert m[k] == v, (k, m[k], v)
+    if o["random_fourier_features"]:
+        assert m.learned_sinusoidal_dim == o["learned_sinusoidal_dim"] and m.warmup_fraction == 0.25
+    else:
+        assert m.warmup_steps == 20000 and m.warmup_fraction is None
+    synth = build_synthesizer("ehrdiff", **{k: v for k, v in m.items() if k != "name"})
+    synth.init_modules(o["width"])
+    assert synth.n_params == o["params"]  # the official network's trainable parameter count
+    if name == "paper_mimic3":
         assert cfg.data.procedures is True and list(cfg.data.split) == [0.9, 0.05, 0.05]
         npy = hydra_compose([f"+experiment={name}", "data=ehrdiff_npy"])  # the authors' matrices instead
         assert npy.data.name == "ehrdiff_npy" and npy.model.sigma_data == 0.14 and npy.n_samples == 41000
