@@ -23,7 +23,8 @@ ENV.pop("HYDRA_FULL_ERROR", None)
 
 
 def cli(runs: Path, *extra: str, cwd: Path = REPO, wait: bool = True):
-    args = [sys.executable, str(REPO / "run_benchmark.py"), "model=vae", *TINY, f"paths.runs={runs}", *extra]
+    tiny = TINY[:2] if any(e.startswith("data=") for e in extra) else TINY  # n_patients/n_codes: simulator only
+    args = [sys.executable, str(REPO / "run_benchmark.py"), "model=vae", *tiny, f"paths.runs={runs}", *extra]
     if not wait:
         return subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
