@@ -37,6 +37,7 @@ import metrics as metrics_pkg
 import models as models_pkg
 from data.cache import atomic_path
 from metrics.registry import get_metric
+from models.budget import check_budget
 from models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
 from reports.load import settings, settings_diff, settings_hash
 
@@ -120,11 +121,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer = models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
         info.update(device=str(trainer.device), n_train=len(data.train), n_features=data.n_features)
 
+        curve = config.get("curve") or {}
+        if curve.get("eval_at"):
+            trainer.eval_at = [float(q) for q in curve["eval_at"]]
+            trainer.on_eval = curve_writer(run_dir / "curve.jsonl", data, curve, seed, {
+                "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
         t0 = time.perf_counter()
         synth.fit(data, trainer)
         info["fit_seconds"] = time.perf_counter() - t0
         info["n_params"] = synth.n_params
         info["steps_per_second"] = trainer.steps_per_second
+        info.update(trainer.budget_report())  # budget mode, steps and FLOPs per phase (none for untrained models)
         synth.save(run_dir / "synthesizer")
 
         n = int(cfg.n_samples) if cfg.n_samples is not None else len(data.train)
@@ -248,6 +255,12 @@ def validate(cfg: DictConfig) -> dict:
         if (v is not None or key != "max_steps") and (type(v) is not int or v < 1):
             raise ValueError(f"trainer.{key} must be a positive integer{' or null' if key == 'max_steps' else ''}, "
                              f"got {v!r}")
+    budget = tcfg.get("budget") or ("steps" if tcfg.get("max_steps") is not None else "paper")
+    check_budget(budget, tcfg.get("fraction"), tcfg.get("flops"), tcfg.get("max_steps"), tcfg.get("reference"),
+                 tcfg.get("reference_steps"))
+    if budget == "compute" and tcfg.get("flops") is None and tcfg.get("reference") not in models_pkg.SYNTHESIZERS:
+        raise ValueError(f"unknown trainer.reference {tcfg.get('reference')!r}; valid choices: "
+                         f"{', '.join(sorted(models_pkg.SYNTHESIZERS))}")
     if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
                          f"{', '.join(models_pkg.trainer.PRECISIONS)}")
@@ -257,18 +270,50 @@ def validate(cfg: DictConfig) -> dict:
         models_pkg.resolve_device(str(tcfg.get("device", "auto")))
     except RuntimeError as e:
         raise ValueError(one_sentence(e)) from None
+    curve = config.get("curve") or {}
+    eval_at = curve.get("eval_at")
+    if eval_at is not None and (not isinstance(eval_at, list) or not eval_at or not all(
+            isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q <= 1 for q in eval_at)):
+        raise ValueError(f"curve.eval_at must be null or a list of training-budget shares in (0, 1], e.g. "
+                         f"[0.1, 0.25, 0.5, 1.0]; got {eval_at!r}")
+    if eval_at and (type(curve.get("n_samples")) is not int or curve["n_samples"] < 1):
+        raise ValueError(f"curve.n_samples must be a positive integer, got {curve.get('n_samples')!r}")
     metrics = config.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise ValueError(f"metrics must map metric names to their options, got {metrics!r}")
+    if eval_at or curve.get("metrics") is not None:
+        if not isinstance(curve.get("metrics"), dict) or not curve["metrics"]:
+            raise ValueError(f"curve.metrics must map metric names to their options, got {curve.get('metrics')!r}")
+        check_metric_map(curve["metrics"], "curve.metrics")
+    check_metric_map(metrics, "metrics")
+    return config
+
+
+def check_metric_map(metrics: dict, where: str) -> None:
+    """Every name registered, every option a keyword of the metric (one sentence otherwise)."""
     for name, kw in metrics.items():
         try:
             spec = get_metric(name)
         except KeyError as e:
             raise ValueError(one_sentence(e)) from None
         if kw is not None and not isinstance(kw, dict):
-            raise ValueError(f"metrics.{name} must be a mapping of options or {{}}, got {kw!r}")
-        check_options(f"metric '{name}'", f"metrics.{name}", spec.fn, kw or {}, skip=("data", "synth", "seed"))
-    return config
+            raise ValueError(f"{where}.{name} must be a mapping of options or {{}}, got {kw!r}")
+        check_options(f"metric '{name}'", f"{where}.{name}", spec.fn, kw or {}, skip=("data", "synth", "seed"))
+
+
+def curve_writer(path: Path, data: Any, curve: dict, seed: int, common: dict) -> Callable[[Any, dict], None]:
+    """on_eval for the Trainer: draw curve.n_samples records from the weights as they are (EMA where the method
+    keeps one), score curve.metrics and rewrite curve.jsonl with this point's rows (a point replayed after a
+    resume replaces its earlier rows, so a resumed run's curve equals an uninterrupted one's)."""
+    def on_eval(synth: Any, point: dict) -> None:
+        S = synth.sample(int(curve.get("n_samples") or 2000), seed=seed)
+        rows = metrics_pkg.evaluate(data, S, curve.get("metrics") or {}, seed=seed)
+        old = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        keep = [r for r in old if r.get("fraction") != point["fraction"]]
+        new = [{**common, **point, **r} for r in rows]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep + new))
+    return on_eval
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:

@@ -156,8 +156,10 @@ class TorchSynthesizer(Synthesizer):
 
     Subclasses give `build(n_features) -> nn.ModuleDict`, `optimizers() -> dict[key, Optimizer]`,
     `loss(x, key) -> Tensor` and optionally `lr_scale(step, total)`; `fit` calls `trainer.run(...)` once per
-    training phase. `ema_decay` (a hyperparameter, or None) makes the trainer keep an EMA copy `ema_`,
-    which `sampling_modules()` returns for sampling.
+    training phase. `plan(n_rows)` declares those phases at the paper's settings (models.budget.Phase: name,
+    paper steps, batch size, loss keys per step), so the trainer can size every phase of every method by one
+    budget rule (trainer.budget=compute needs it); `run_plan` runs them. `ema_decay` (a hyperparameter, or None)
+    makes the trainer keep an EMA copy `ema_`, which `sampling_modules()` returns for sampling.
     """
 
     ema_decay: float | None = None
@@ -173,6 +175,15 @@ class TorchSynthesizer(Synthesizer):
 
     def lr_scale(self, step: int, total: int) -> float:
         return 1.0
+
+    def plan(self, n_rows: int) -> list | None:
+        """The paper's training phases for n_rows training records (list of models.budget.Phase); None = undeclared."""
+        return None
+
+    def run_plan(self, X: np.ndarray, trainer: Any) -> None:
+        """Train every phase of `plan(len(X))` in order with the shared trainer."""
+        for ph in self.plan(len(X)):
+            trainer.run(self, X, total_steps=ph.total_steps, batch_size=ph.batch_size, keys=ph.keys, phase=ph.name)
 
     def init_modules(self, n_features: int) -> None:
         """Build fresh modules (on CPU; the trainer moves them) and the EMA copy if the method has one."""

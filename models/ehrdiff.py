@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .base import TorchSynthesizer, register_synthesizer
+from .budget import Phase
 
 
 def sinusoidal_embedding(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -175,9 +176,12 @@ class EHRDiff(TorchSynthesizer):
         X = self._prepare_fit(data)
         trainer = trainer or Trainer()
         self.init_training(self.n_features_, trainer.seed)
-        total = self.epochs * math.ceil(len(X) / min(self.batch_size, len(X)))
-        trainer.run(self, X, total_steps=total, batch_size=self.batch_size, phase="train")
+        self.run_plan(X, trainer)
         return self
+
+    def plan(self, n_rows: int) -> list[Phase]:
+        """One phase: epochs x ceil(N / batch) steps (drop_last=False), one loss call per step."""
+        return [Phase("train", self.epochs * math.ceil(n_rows / min(self.batch_size, n_rows)), self.batch_size, ("net",))]
 
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0) -> np.ndarray:

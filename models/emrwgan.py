@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import TorchSynthesizer, register_synthesizer
+from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
 
 
@@ -165,10 +166,13 @@ class EMRWGAN(TorchSynthesizer):
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")
         trainer = trainer or Trainer()
         self.init_training(self.n_features_, trainer.seed)
-        total = self.epochs * math.ceil(len(X) / min(self.batch_size, len(X)))
-        trainer.run(self, X, total_steps=total, batch_size=self.batch_size, keys=["d"] * self.d_updates + ["g"],
-                    phase="train")
+        self.run_plan(X, trainer)
         return self
+
+    def plan(self, n_rows: int) -> list[Phase]:
+        """One phase: epochs x ceil(N / batch) steps, each d_updates critic updates then one generator update."""
+        total = self.epochs * math.ceil(n_rows / min(self.batch_size, n_rows))
+        return [Phase("train", total, self.batch_size, ("d",) * self.d_updates + ("g",))]
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:

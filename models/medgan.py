@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import TorchSynthesizer, register_synthesizer
+from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
 
 DATA_TYPES = ("binary", "count")
@@ -218,14 +219,16 @@ class MedGAN(TorchSynthesizer):
                              "data_type=count needs non-negative counts")
         trainer = trainer or Trainer()
         self.init_training(self.n_features_, trainer.seed)
-        n = len(X)
-        pre_total = self.pretrain_epochs * math.ceil(n / min(self.pretrain_batch_size, n))
-        trainer.run(self, X, total_steps=pre_total, batch_size=self.pretrain_batch_size, keys=["ae"],
-                    phase="pretrain")
-        gan_total = self.epochs * math.ceil(n / min(self.batch_size, n))  # G steps; each with d_updates D steps
-        trainer.run(self, X, total_steps=gan_total, batch_size=self.batch_size,
-                    keys=["d"] * self.d_updates + ["g"], phase="gan")
+        self.run_plan(X, trainer)
         return self
+
+    def plan(self, n_rows: int) -> list[Phase]:
+        """Autoencoder pre-training, then the GAN phase (G steps; each with d_updates D steps first)."""
+        n = n_rows
+        return [Phase("pretrain", self.pretrain_epochs * math.ceil(n / min(self.pretrain_batch_size, n)),
+                      self.pretrain_batch_size, ("ae",)),
+                Phase("gan", self.epochs * math.ceil(n / min(self.batch_size, n)), self.batch_size,
+                      ("d",) * self.d_updates + ("g",))]
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -4,19 +4,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .base import TorchSynthesizer
+from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
+from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_KEYS = {"name", "params", "n_features", "phase", "step", "completed", "n_ema", "state", "optimizers"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -32,51 +32,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN, infinite or runaway, or a weight ran away; the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` = cuda > mps > cpu; a requested device that is missing is an error."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device '{name}'; valid choices: {', '.join(DEVICES)}")
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda was requested but CUDA is not available here; use device=auto or cpu")
-    if name == "mps" and not has_mps:
-        raise RuntimeError("trainer.device=mps was requested but MPS is not available here; use device=auto or cpu")
-    return torch.device(name)
-
-
-def reset_peak_memory() -> str:
-    """Start a new peak-memory window (one run), so a worker process reused across sweep cells (joblib) does not
-    carry an earlier cell's peak into the next one. Resets CUDA's peak statistics and, on Linux, the peak resident
-    set size (VmHWM, by writing 5 to /proc/self/clear_refs). Returns the scope peak_memory_mb then covers: "run",
-    or "process" where the host peak cannot be reset (macOS, restricted /proc)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "run"
-    except OSError:
-        return "process"
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on CUDA, else the peak resident set size since the last reset_peak_memory()
-    (Linux VmHWM; elsewhere the process's lifetime peak from getrusage)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # macOS reports bytes, Linux KiB
-
-
 def _step_seed(seed: int, phase: str, step: int) -> int:
     """Seed of one step's randomness: depends only on (seed, phase, step), so a resumed run replays exactly."""
     return (seed * 1_000_003 + sum(map(ord, phase)) * 7_919 + step) % (2**63 - 1)
@@ -85,18 +40,23 @@ def _step_seed(seed: int, phase: str, step: int) -> int:
 class Trainer:
     """Runs TorchSynthesizer training phases (DESIGN.md §3).
 
-    Schedule: the method gives its paper step count (`total_steps`); `max_steps` (trainer config) caps it for
-    short CPU runs. A capped run compresses the method's lr schedule onto the shorter run: lr_scale is asked
-    at the paper-time step `step * total_steps / steps`, so warm-up and cosine decay keep their shape
-    (documented deviation from running the first max_steps of the paper schedule, which would never leave
-    warm-up).
+    Budget (models/budget.py, one rule for every generator and phase): `paper` runs each phase's paper steps;
+    `fraction` runs round(f x paper steps) of every phase; `compute` gives every generator the same training FLOPs
+    (`flops`, or the FLOPs of `reference_steps` paper steps of `reference`), spread over its phases in the paper's
+    proportions (f = F / its paper FLOPs, from the method's `plan()`); `steps` caps each phase at `max_steps`.
+    A shorter run is a miniature of the paper schedule in paper time: lr_scale is asked at the paper-time step
+    `step * total_steps / steps`, and each EMA update applies the decay of the paper updates it stands for
+    (ema_decay_product: the official warm-up, first decay 2/11, and the 0.999 horizon, in paper time).
+    `budget_report()` gives the mode, the steps and FLOPs per phase and the fraction of the paper schedule.
     """
 
     def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool = False,
                  max_steps: int | None = None, grad_clip: float | None = None, checkpoint_every: int = 500,
                  log_every: int = 50, progress: str | bool = "auto", seed: int = 0,
                  workdir: str | os.PathLike | None = None, max_abs_loss: float | None = MAX_ABS_LOSS,
-                 max_abs_weight: float | None = MAX_ABS_WEIGHT) -> None:
+                 max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
+                 fraction: float | None = None, flops: float | None = None, reference: str | None = None,
+                 reference_steps: int | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{precision}'; valid choices: {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -104,6 +64,17 @@ class Trainer:
             raise ValueError(f"precision={precision} needs CUDA (autocast opt-in); this run is on {self.device.type}, use fp32")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"trainer.max_steps must be a positive integer or null, got {max_steps}")
+        budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
+        check_budget(budget, fraction, flops, max_steps, reference, reference_steps)
+        self.budget, self.fraction, self.flops = budget, fraction, flops
+        self.reference, self.reference_steps = reference, reference_steps
+        self.phases_: dict[str, dict] = {}  # per phase: paper_steps, steps, flops_per_step (budget_report)
+        self.fraction_: float | None = fraction if budget == "fraction" else None
+        # quality-vs-compute curves: on_eval(synth, info) is called once the training FLOPs reach each share in
+        # eval_at of the run's total (run_benchmark.py samples and scores there); training randomness is untouched
+        self.eval_at: list[float] = []
+        self.on_eval = None
+        self.evals_done_: set[float] = set()
         self.precision, self.compile, self.max_steps = precision, compile, max_steps
         self.grad_clip, self.checkpoint_every, self.log_every = grad_clip, checkpoint_every, max(1, log_every)
         self.progress, self.seed = progress, seed
@@ -193,7 +164,10 @@ class Trainer:
             raise KeyError(f"{synth.name}: no optimizer '{unknown[0]}'; valid choices: {', '.join(opts)}")
         if batch_size < 1 or total_steps < 1:
             raise ValueError(f"{synth.name}: batch_size and the step count must be positive, got {batch_size} and {total_steps}")
-        steps = min(total_steps, self.max_steps) if self.max_steps else total_steps
+        synth.to(self.device)
+        Xd = torch.as_tensor(X, dtype=torch.float32).to(self.device)  # the whole matrix lives on the device
+        steps = self._resolve_budget(synth, Xd, Phase(phase, total_steps, batch_size, tuple(keys)))
+        stride = total_steps / steps  # paper steps per optimiser step of this run
         for o in opts.values():
             for g in o.param_groups:
                 g.setdefault("initial_lr", g["lr"])
@@ -215,7 +189,6 @@ class Trainer:
                 self._truncate_stats(phase, start)
         synth.to(self.device)
         synth.modules_.train()
-        Xd = torch.as_tensor(X, dtype=torch.float32).to(self.device)  # the whole matrix lives on the device
         n = len(Xd)
         batch_size = min(batch_size, n)
         per_epoch = math.ceil(n / batch_size)  # drop_last=False, as in the official loaders
@@ -232,6 +205,7 @@ class Trainer:
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
         log_f = open(self.stats_path, "a") if self.stats_path is not None else None
+        self.evals_done_ |= {q for q in self.eval_at if self._flops_so_far(phase, start) >= q * self._total_flops()}
         try:
             for step in range(start, steps):
                 torch.manual_seed(_step_seed(self.seed, phase, step))
@@ -267,7 +241,7 @@ class Trainer:
                     scaler.update()
                     losses[key] = losses.get(key, 0.0) + value
                 if synth.ema_ is not None:
-                    self._update_ema(synth)
+                    self._update_ema(synth, stride)
                 bar.update(1)
                 done = step + 1
                 if done % self.log_every == 0 or done == steps or done % self.checkpoint_every == 0:
@@ -283,6 +257,8 @@ class Trainer:
                     if log_f is not None:
                         log_f.write(json.dumps(row) + "\n")
                         log_f.flush()
+                if self.on_eval is not None and self.eval_at:
+                    t_phase += self._maybe_eval(synth, phase, done, self.train_seconds + time.perf_counter() - t_phase)
                 if done % self.checkpoint_every == 0 and done < steps:
                     self._save(synth, opts, phase, done, completed)
             self.steps_done += steps - start
@@ -297,15 +273,73 @@ class Trainer:
 
     @staticmethod
     @torch.no_grad()
-    def _update_ema(synth: TorchSynthesizer) -> None:
-        """EMA with warm-up: decay = min(ema_decay, (1 + n) / (10 + n)), n = number of updates so far."""
+    def _update_ema(synth: TorchSynthesizer, stride: float = 1.0) -> None:
+        """EMA in paper time: the n-th update (n = 1, 2, ...) of a run whose optimiser steps each stand for `stride`
+        paper steps applies the decay of paper updates ((n-1) stride, n stride] (ema_decay_product); at stride 1 it
+        is the official min(ema_decay, (1 + n) / (10 + n)), first decay 2/11."""
         n = getattr(synth, "n_ema_", 0)
-        decay = min(synth.ema_decay, (1 + n) / (10 + n))
+        decay = ema_decay_product(n * stride, (n + 1) * stride, synth.ema_decay)
         for e, p in zip(synth.ema_.parameters(), synth.modules_.parameters()):
             e.lerp_(p.detach(), 1 - decay)
         for e, b in zip(synth.ema_.buffers(), synth.modules_.buffers()):
             e.copy_(b)
         synth.n_ema_ = n + 1
+
+    # ---- budget ----------------------------------------------------------------------------------
+    def _resolve_budget(self, synth: TorchSynthesizer, Xd: torch.Tensor, phase: Phase) -> int:
+        """This phase's optimiser steps under the budget. On the first phase of a method with a `plan()`, every
+        phase is measured (FLOPs per step) and checked at once, so a budget too small for a later phase fails
+        before any training; compute mode sets the method's fraction here."""
+        if phase.name not in self.phases_:
+            plan = synth.plan(len(Xd)) if hasattr(synth, "plan") else None
+            phases = plan if plan and any(p.name == phase.name for p in plan) else [phase]
+            phases = [p if p.name != phase.name else phase for p in phases]
+            flops = [step_flops(synth, Xd, p) for p in phases]
+            if self.budget == "compute" and self.fraction_ is None:
+                if plan is None:
+                    raise ValueError(f"{synth.name}: trainer.budget=compute needs the method's phases up front "
+                                     "(TorchSynthesizer.plan), which this generator does not declare")
+                target = self.flops if self.flops is not None else reference_flops(
+                    self.reference, self.reference_steps, Xd, self.seed)
+                self.fraction_ = target / plan_flops(phases, flops)
+            for p, c in zip(phases, flops):
+                steps = phase_steps(self.budget, self.fraction_, self.max_steps, p, synth.name)
+                self.phases_[p.name] = {"paper_steps": p.total_steps, "steps": steps, "flops_per_step": c}
+        return self.phases_[phase.name]["steps"]
+
+    def _flops_so_far(self, phase: str, done: int) -> float:
+        names = list(self.phases_)
+        before = names[: names.index(phase)] if phase in names else []
+        return sum(self.phases_[p]["steps"] * self.phases_[p]["flops_per_step"] for p in before) + \
+            done * self.phases_.get(phase, {}).get("flops_per_step", 0)
+
+    def _total_flops(self) -> float:
+        return sum(p["steps"] * p["flops_per_step"] for p in self.phases_.values())
+
+    def _maybe_eval(self, synth: TorchSynthesizer, phase: str, done: int, seconds: float) -> float:
+        """Call on_eval for every eval_at share the training FLOPs have reached; returns the seconds it took, which
+        the caller leaves out of the training time."""
+        t0 = time.perf_counter()
+        flops, total = self._flops_so_far(phase, done), self._total_flops()
+        for q in sorted(set(self.eval_at) - self.evals_done_):
+            if flops >= q * total * (1 - 1e-12):
+                self.evals_done_.add(q)
+                rng = torch.random.get_rng_state()
+                self.on_eval(synth, {"fraction": q, "phase": phase, "step": done, "train_flops": flops,
+                                     "train_seconds": seconds})
+                torch.random.set_rng_state(rng)
+                synth.modules_.train()
+        return time.perf_counter() - t0
+
+    def budget_report(self) -> dict:
+        """The budget as run: mode, steps and FLOPs per phase, training FLOPs and the share of the paper's."""
+        train = sum(p["steps"] * p["flops_per_step"] for p in self.phases_.values())
+        paper = sum(p["paper_steps"] * p["flops_per_step"] for p in self.phases_.values())
+        return {"budget": self.budget, "budget_fraction": self.fraction_, "budget_flops": self.flops,
+                "budget_reference": f"{self.reference_steps} x {self.reference}" if self.budget == "compute"
+                and self.flops is None else None, "max_steps": self.max_steps, "phases": self.phases_,
+                "train_flops": float(train), "paper_flops": float(paper),
+                "fraction_of_paper": train / paper if paper else None}
 
     @property
     def steps_per_second(self) -> float:

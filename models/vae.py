@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import TorchSynthesizer, register_synthesizer
+from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
 
 # ---- the model ----------------------------------------------------------------------------------------------
@@ -88,9 +89,12 @@ class VAE(TorchSynthesizer):
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")
         trainer = trainer or Trainer()
         self.init_training(self.n_features_, trainer.seed)
-        total = self.epochs * math.ceil(len(X) / min(self.batch_size, len(X)))
-        trainer.run(self, X, total_steps=total, batch_size=self.batch_size, phase="train")
+        self.run_plan(X, trainer)
         return self
+
+    def plan(self, n_rows: int) -> list[Phase]:
+        """One phase: epochs x ceil(N / batch) steps, one loss call per step."""
+        return [Phase("train", self.epochs * math.ceil(n_rows / min(self.batch_size, n_rows)), self.batch_size)]
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -18,7 +18,7 @@ PROFILES: dict[str, dict[str, float]] = {
     "privacy_first": {"fidelity": 0.2, "utility": 0.2, "privacy": 0.6},
     "utility_first": {"fidelity": 0.2, "utility": 0.6, "privacy": 0.2},
 }
-EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params")
+EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params", "train_flops", "fraction_of_paper")
 REFERENCE_MODELS = ("real", "independent")  # reference rows of runs recorded before run.json had "reference"
 
 
@@ -156,7 +156,7 @@ def reference_models(runs: pd.DataFrame) -> list[str]:
     if runs.empty:
         return []
     flag = runs["reference"] if "reference" in runs else pd.Series(None, index=runs.index)
-    is_ref = [bool(f) if isinstance(f, (bool, np.bool_)) else (m in REFERENCE_MODELS)
+    is_ref = [bool(f) if isinstance(f, (bool, np.bool_)) else (str(m).split(" [")[0] in REFERENCE_MODELS)
               for f, m in zip(flag, runs["model"])]
     return sorted(set(runs.loc[is_ref, "model"]))
 
@@ -187,8 +187,12 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     out["runs_total"] = runs.groupby("model").size().reindex(models).fillna(0).astype(int)
     out["seeds"] = ok.groupby("model")["seed"].apply(lambda s: ",".join(str(int(x)) for x in sorted(s)))
     for col in EFFICIENCY:
-        out[col] = pd.to_numeric(ok[col], errors="coerce").groupby(ok["model"]).mean()
+        vals = ok[col] if col in ok else pd.Series(np.nan, index=ok.index)
+        out[col] = pd.to_numeric(vals, errors="coerce").groupby(ok["model"]).mean()
     out["device"] = ok.groupby("model")["device"].apply(lambda s: ",".join(sorted({str(x) for x in s.dropna()})))
+    for col in ("budget", "budget_steps"):  # the budget as run (one value when every seed ran the same)
+        vals = ok[col] if col in ok else pd.Series(None, index=ok.index)
+        out[col] = vals.groupby(ok["model"]).apply(lambda s: " | ".join(dict.fromkeys(str(x) for x in s.dropna())))
     order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf))
              .sort_values(["reference", "_r"], kind="stable"))
     return out.loc[order.index]

@@ -243,6 +243,30 @@ def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str
                        "the origin are good on both.", p)], []
 
 
+def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    """Quality vs training compute (curve.eval_at): each curve metric against training FLOPs, one line per model."""
+    c = rs.curves[rs.curves["path"].isin(t.runs["path"])]
+    if c.empty:
+        return [], []
+    c = c.assign(model=c["path"].map(t.runs.set_index("path")["model"]), train_flops=c["train_flops"].astype(float))
+    metrics = sorted(c["metric"].unique(), key=lambda m: ("." in m, m))
+    metrics = [m for m in metrics if "." not in m] or metrics
+    fig, axes = _grid(len(metrics), 3, 3.8)
+    order = [m for m in t.models if m in set(c["model"])]
+    for i, (ax, m) in enumerate(zip(axes, metrics)):
+        d = c[c["metric"] == m].dropna(subset=["value"])
+        sns.lineplot(data=d, x="train_flops", y="value", hue="model", hue_order=order, estimator="mean",
+                     errorbar="sd", marker="o", ax=ax, legend=i == 0)
+        goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
+        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="training FLOPs", ylabel="")
+    p = out / f"{t.slug}__curves.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
+                       "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
+                       "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
+                       "changes along x depends on the budget.", p)], []
+
+
 def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list[FigureInfo], list[str]]:
     """Draw every figure of every table into out/; returns the figures and one note per skipped figure."""
     out = Path(out)
@@ -253,8 +277,9 @@ def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list
         steps: list[Callable[[], Any]] = [
             lambda: fig_scatter(rs, t, out, cache, "prevalence"), lambda: fig_scatter(rs, t, out, cache, "cooccurrence"),
             lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
-            lambda: fig_privacy_utility(t, out)]
-        for kind, step in zip(("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility"), steps):
+            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out)]
+        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves")
+        for kind, step in zip(kinds, steps):
             try:
                 f, n = step()
             except Exception as e:  # one broken figure must not cost the whole report; the note says why

@@ -13,10 +13,13 @@ import pandas as pd
 
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
-               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference"]
+               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference",
+               "budget", "budget_steps", "train_flops", "fraction_of_paper"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
+CURVE_COLUMNS = ["path", "model", "seed", "fraction", "phase", "step", "train_flops", "train_seconds", "metric",
+                 "goal", "value"]
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
 # Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
 # of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
@@ -36,6 +39,7 @@ class RunSet:
     results: pd.DataFrame
     failures: pd.DataFrame
     configs: dict[str, dict] = field(default_factory=dict)  # run path (relative to root) -> resolved config
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CURVE_COLUMNS))  # curve.jsonl rows
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
@@ -153,6 +157,26 @@ def _float(v: Any) -> float:
         return math.nan
 
 
+def budget_columns(info: dict, config: dict) -> dict:
+    """The training budget of a run for the tables: mode (with its value), optimiser steps per phase as
+    "phase steps/paper steps", training FLOPs and the share of the paper schedule's FLOPs. Runs recorded before
+    budgets existed (no "budget" key) were capped per phase by trainer.max_steps: shown as "steps ≤ N (legacy)"."""
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    mode = info.get("budget")
+    if mode is None:
+        cap = trainer.get("max_steps")
+        return {"budget": f"steps ≤ {cap} (legacy)" if cap else "paper (legacy)", "budget_steps": None,
+                "train_flops": None, "fraction_of_paper": None}
+    label = {"fraction": f"fraction {info.get('budget_fraction')}", "steps": f"steps ≤ {info.get('max_steps')}",
+             "compute": f"compute {info.get('budget_reference') or format(float(info.get('budget_flops') or 0), '.3g')}"
+             }.get(mode, mode)
+    phases = info.get("phases") if isinstance(info.get("phases"), dict) else {}
+    steps = ", ".join(f"{k} {v.get('steps'):,}/{v.get('paper_steps'):,}" for k, v in phases.items()
+                      if isinstance(v, dict) and isinstance(v.get("steps"), int) and isinstance(v.get("paper_steps"), int))
+    return {"budget": label, "budget_steps": steps or "no training", "train_flops": _float(info.get("train_flops")),
+            "fraction_of_paper": _float(info.get("fraction_of_paper"))}
+
+
 def load_runs(root: str | Path) -> RunSet:
     """Read every run directory under root into a RunSet; corrupt or incomplete runs become failure rows."""
     root = Path(root)
@@ -177,7 +201,7 @@ def load_runs(root: str | Path) -> RunSet:
         status = str(info.get("status")) if info else "unreadable"
         ok = problem is None and status == "ok"
         runs.append({**{c: (info or {}).get(c) for c in RUN_COLUMNS}, **ident, "path": rel, "status": status,
-                     "ok": ok, "data_key": dkey,
+                     "ok": ok, "data_key": dkey, **budget_columns(info or {}, config or {}),
                      "settings_hash": (info or {}).get("settings_hash") or settings_hash(config) or "unknown"})
         if problem:
             fail("run", rel, ident, problem)
@@ -223,6 +247,18 @@ def load_runs(root: str | Path) -> RunSet:
         elif not bad:
             fail("run", rel, ident, "results.jsonl is empty")
 
+    curves = []
+    for r in runs:  # quality-vs-compute points (curve.eval_at) of complete runs; a bad line is a file failure
+        path = root / r["path"] / "curve.jsonl"
+        if not r["ok"] or not path.exists():
+            continue
+        for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            try:
+                row = json.loads(line)
+                curves.append({**{c: row.get(c) for c in CURVE_COLUMNS}, "path": r["path"], "model": r["model"],
+                               "seed": r["seed"], "value": _float(row["value"]) if row.get("status") == "ok" else math.nan})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                fail("file", r["path"], r, f"curve.jsonl line {i} is not a valid curve row")
     runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
     results_df = pd.DataFrame(results, columns=RESULT_COLUMNS)
     runs_df, results_df = _flag_duplicate_cells(runs_df, results_df, failures)
@@ -230,7 +266,8 @@ def load_runs(root: str | Path) -> RunSet:
     results_df = results_df.sort_values(["path", "metric"], kind="stable").reset_index(drop=True)
     fail_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     fail_df = fail_df.sort_values(["path", "kind", "metric", "reason"], kind="stable", na_position="first")
-    return RunSet(root, runs_df, results_df, fail_df.reset_index(drop=True), configs)
+    return RunSet(root, runs_df, results_df, fail_df.reset_index(drop=True), configs,
+                  pd.DataFrame(curves, columns=CURVE_COLUMNS))
 
 
 def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame,

@@ -75,9 +75,13 @@ def summary_frame(t: Table) -> pd.DataFrame:
                          for v, r, x in zip(s[f"profile_{p}"], s[f"rank_{p}"], ref)]
     out["runs ok"] = [f"{a}/{b}" for a, b in zip(s["runs_ok"], s["runs_total"])]
     out["seeds"] = s["seeds"].fillna("").to_numpy()
-    names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params"}
+    out["budget"] = s["budget"].fillna("").to_numpy() if "budget" in s else ""
+    out["steps / paper steps"] = s["budget_steps"].fillna("").to_numpy() if "budget_steps" in s else ""
+    names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params",
+             "train_flops": "train FLOPs", "fraction_of_paper": "share of paper"}
     for col in EFFICIENCY:
-        out[names[col]] = s[col].map(lambda v: fmt_num(v, 3)).to_numpy()
+        fmt = (lambda v: f"{v:.3g}") if col == "train_flops" else (lambda v: fmt_num(v, 3))
+        out[names[col]] = s[col].map(lambda v: fmt(v) if v == v else "—").to_numpy()
     out["device"] = s["device"].fillna("").to_numpy()
     return out
 
@@ -197,7 +201,7 @@ def to_csv(tables: list[Table]) -> pd.DataFrame:
     for t in tables:
         c = t.cells.assign(table=t.label, tag=t.tag, data=t.data)
         frames.append(c)
-        s = (t.summary.drop(columns=["seeds", "device", "reference"], errors="ignore").reset_index()
+        s = (t.summary.drop(columns=["seeds", "device", "reference", "budget", "budget_steps"], errors="ignore").reset_index()
              .melt(id_vars="model", var_name="metric", value_name="mean"))
         refs = set(t.references)
         frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info",

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from data import load_dataset
-from reports import write_report
+from reports import load_runs, write_report
 from tests.conftest import REPO
 
 SWEEP = ["-m", "model=independent,ehrdiff", "trainer=debug", "metrics=fast", "data.n_patients=1000",
-         "data.n_codes=30", "tag=e2e"]
+         "data.n_codes=30", "tag=e2e", "curve.eval_at=[0.5,1.0]", "curve.n_samples=200"]
 
 
 def run_cli(runs, *extra, timeout=240):
@@ -62,7 +62,13 @@ def test_report_on_real_runs(runs, tmp_path):
     r = np.corrcoef(real.train.mean(0), z["X"].mean(0))[0, 1]
     assert cell["mean"] == pytest.approx(r, abs=1e-6)
     figs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    kinds = ["prevalence", "cooccurrence", "metrics", "ranks", "losses"]
+    kinds = ["prevalence", "cooccurrence", "metrics", "ranks", "losses", "curves"]
+    # the quality-vs-compute points: two per curve metric for the trained model, none for the reference
+    rs = load_runs(runs)
+    pts = rs.curves[rs.curves["metric"] == "prevalence_pearson"]
+    assert set(pts["model"]) == {"ehrdiff"} and sorted(pts["fraction"]) == [0.5, 1.0]
+    run = json.loads((runs / "e2e" / "synthetic" / "ehrdiff" / "seed_0" / "run.json").read_text())
+    assert pts["train_flops"].max() == run["train_flops"] > 0 and run["budget"] == "steps"
     fam = csv[csv["metric"].isin(["rank_utility", "rank_privacy"])].pivot(index="model", columns="metric", values="mean")
     if fam.notna().all(axis=1).any():  # a generator (references are unranked) with both family ranks
         kinds.append("privacy_utility")

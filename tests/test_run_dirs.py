@@ -185,6 +185,11 @@ def test_kill_during_npz_write_keeps_previous_file(tmp_path):
     ("model.lr=abc", "model.lr must be float, got 'abc'"),
     ("+model.nope=1", "model 'vae' has no option 'nope'; valid choices: hidden_dim"),
     ("data.n_patients=abc", "data.n_patients must be int, got 'abc'"),
+    ("trainer.budget=weekly", "unknown trainer.budget 'weekly'; valid choices: paper, fraction, compute, steps"),
+    ("trainer.budget=fraction", "trainer.budget=fraction needs trainer.fraction > 0"),
+    ("curve.eval_at=[0,0.5]", "curve.eval_at must be null or a list of training-budget shares in (0, 1]"),
+    ("curve.eval_at=[0.5,1.5]", "curve.eval_at must be null or a list of training-budget shares in (0, 1]"),
+    ("+curve.metrics.nope={}", "unknown metric 'nope'; valid choices"),
 ])
 def test_validation_before_any_work(tmp_path, override, expected):
     t0 = time.perf_counter()

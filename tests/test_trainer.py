@@ -36,7 +36,8 @@ def test_ema_warmup_decay():
             p.fill_(1.0)
         Trainer._update_ema(m)
         decays.append(1 - float(e.flatten()[0]))          # ema = decay*0 + (1-decay)*1
-    np.testing.assert_allclose(decays, [1 / 10, 2 / 11, 3 / 12], rtol=1e-6)
+    # the official ema.py counts the update first: the n-th update (n = 1, 2, ...) uses (1 + n) / (10 + n)
+    np.testing.assert_allclose(decays, [2 / 11, 3 / 12, 4 / 13], rtol=1e-6)
     m.n_ema_ = 100_000
     with torch.no_grad():
         e.fill_(0.0)
