@@ -30,7 +30,8 @@ def sweep(cfg):
 
 
 def test_the_four_suites_exist():
-    assert EXPERIMENTS == ["leaderboard_diabetes130", "leaderboard_synthetic", "paper_cinc2012", "paper_mimic3"]
+    assert EXPERIMENTS == ["leaderboard_diabetes130", "leaderboard_physionet2012", "leaderboard_synthetic",
+                           "paper_cinc2012", "paper_mimic3"]
 
 
 SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029]}  # the paper's seed first
@@ -56,11 +57,13 @@ def test_experiment_composes_and_names_registered_objects(name):
     assert len(set(names.values())) == len(names), f"{name}: two YAMLs of one generator would share run dirs"
 
 
-def test_leaderboards_use_the_short_cpu_schedule():
-    for name, data in (("leaderboard_synthetic", "synthetic"), ("leaderboard_diabetes130", "diabetes130")):
+def test_leaderboards_use_equal_compute_and_draw_curves():
+    for name, data in (("leaderboard_synthetic", "synthetic"), ("leaderboard_diabetes130", "diabetes130"),
+                       ("leaderboard_physionet2012", "physionet2012")):
         cfg = hydra_compose([f"+experiment={name}"])
         default = hydra_compose(["trainer=default"])
         assert cfg.data.name == data and cfg.trainer == default.trainer and cfg.n_samples is None
+        assert cfg.trainer.budget == "compute" and list(cfg.curve.eval_at) == [0.1, 0.25, 0.5, 1.0]
 
 
 # The official values (research/ehrdiff.md sections 1.3-1.6: configs/mimic/train_edm.yaml, configs/cinc/train_edm.yaml).
