@@ -17,7 +17,7 @@ from typing import Any
 
 LOCK_NAME = "run.lock"
 # everything a run writes except run.json (rewritten at the start of every run) and the lock itself
-OUTPUTS = ("checkpoint.pt", "train_stats.jsonl", "synthetic.npz", "results.jsonl", "synthesizer")
+OUTPUTS = ("checkpoint.pt", "train_stats.jsonl", "curve.jsonl", "synthetic.npz", "results.jsonl", "synthesizer")
 WORK = OUTPUTS  # a directory holding any of these holds work that other settings would contradict
 
 
