@@ -217,11 +217,11 @@ def test_ctrl_c_is_one_line_and_recorded(tmp_path):
     proc = cli(tmp_path, "trainer.max_steps=100000", "model.epochs=100000", "trainer.checkpoint_every=20",
                wait=False)
     d = cell(tmp_path)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (d / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)  # generous: a loaded 2-core CI box
     assert proc.returncode == 130, err
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "Traceback" not in err, err
