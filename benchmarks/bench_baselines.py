@@ -4,8 +4,8 @@ Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_baselines.py [--model
        [--max-steps N] [--n-patients 20000] [--n-codes 1000] [--seed 0] [--threads 2] [--out results.json]
        [--set emrwgan.lr_g=1e-4 ...]   (diagnostics only: override a model hyperparameter of the YAML)
 Data: load_dataset("synthetic") with benchmarks/data/synthetic.yaml (20,000 patients -> 16,000 train x 1,005).
-Models: benchmarks/model/<name>.yaml (the papers' defaults); trainer: benchmarks/trainer/default.yaml (the short CPU
-schedule, max_steps per training phase: medGAN's pretraining and GAN phases are each capped) on the CPU.
+Models: benchmarks/model/<name>.yaml (the papers' defaults); trainer: benchmarks/trainer/default.yaml (equal
+training compute: the FLOPs of 2,000 EHRDiff steps per generator; --max-steps N caps each phase instead) on the CPU.
 Each fitted model is sampled (as many rows as train) with its default binarisation, and models with a 0.5 threshold
 or Bernoulli default are also sampled with the other rule (rows "name+rule"). Metrics: those of
 benchmarks/metrics/default.yaml among prevalence_pearson, nzc, cooccurrence_pearson, cmd, correlation_mae,
@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     data_kw = {k: v for k, v in config("data", "synthetic").items() if k != "name"}
     data_kw.update(n_patients=args.n_patients, n_codes=args.n_codes)
     data = load_dataset("synthetic", **data_kw)
-    trainer_kw = {**config("trainer", "default"), "device": "cpu", "max_steps": args.max_steps, "progress": False}
+    trainer_kw = {**config("trainer", "default"), "device": "cpu", "progress": False}
+    if args.max_steps is not None:  # the old per-phase cap (trainer.budget=steps) instead of equal compute
+        trainer_kw.update(budget="steps", max_steps=args.max_steps, reference=None, reference_steps=None)
     spec = metric_spec()
     print(f"data: synthetic {data.train.shape[0]} train x {data.n_features}; trainer: {trainer_kw}; "
           f"metrics: {', '.join(spec)}", flush=True)
@@ -117,7 +119,8 @@ def beats_independent(results: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=lambda s: s.split(","), default=["medgan", "vae", "emrwgan", "independent", "real"])
-    ap.add_argument("--max-steps", type=int, default=config("trainer", "default")["max_steps"])
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="cap each phase at this many steps (budget=steps); default: trainer=default's equal compute")
     ap.add_argument("--n-patients", type=int, default=config("data", "synthetic")["n_patients"])
     ap.add_argument("--n-codes", type=int, default=config("data", "synthetic")["n_codes"])
     ap.add_argument("--seed", type=int, default=0)
@@ -134,7 +137,7 @@ def main() -> None:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = run(args)
     print(f"\n{started} -> {datetime.now(timezone.utc).isoformat(timespec='seconds')}, torch {torch.__version__}, "
-          f"{args.threads} threads, max_steps {args.max_steps}\n")
+          f"{args.threads} threads, budget {'steps <= %d' % args.max_steps if args.max_steps else 'equal compute'}\n")
     print(table(results))
     print("\n" + "\n".join(beats_independent(results)))
     if args.out is not None:
