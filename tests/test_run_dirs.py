@@ -26,7 +26,9 @@ def cli(runs: Path, *extra: str, cwd: Path = REPO, wait: bool = True):
     tiny = TINY[:2] if any(e.startswith("data=") for e in extra) else TINY  # n_patients/n_codes: simulator only
     args = [sys.executable, str(REPO / "run_benchmark.py"), "model=vae", *tiny, f"paths.runs={runs}", *extra]
     if not wait:
-        return subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT back to its default: a test runner started in the background (`cmd &`) inherits it ignored
+        return subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
