@@ -23,7 +23,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import hydra
+
+def _bind_ehrbench(root: Path) -> None:
+    """Import `ehrbench.data`, `ehrbench.models`, ... from the folders next to this file (an installed copy
+    or an uninstalled clone alike), and run without the repository root on sys.path, so that a plugin or
+    project with its own top-level `models` or `data` package is not shadowed by ours (docs/plugins.md)."""
+    if "ehrbench" not in sys.modules and (root / "models" / "__init__.py").exists():  # in a clone, not a wheel
+        import importlib.machinery
+        import importlib.util
+
+        spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
+        spec.submodule_search_locations = [str(root)]
+        sys.modules["ehrbench"] = importlib.util.module_from_spec(spec)
+    if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == root:
+        sys.path.pop(0)
+
+
+_bind_ehrbench(Path(__file__).resolve().parent)
+
+import hydra  # noqa: E402
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -32,14 +50,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import data as data_pkg
-import metrics as metrics_pkg
-import models as models_pkg
-from data.cache import atomic_path
-from metrics.registry import get_metric
-from models.budget import check_budget
-from models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
-from reports.load import settings, settings_diff, settings_hash
+import ehrbench.data as data_pkg
+import ehrbench.metrics as metrics_pkg
+import ehrbench.models as models_pkg
+from ehrbench.data.cache import atomic_path
+from ehrbench.metrics.registry import get_metric
+from ehrbench.models import plugins
+from ehrbench.models.budget import check_budget
+from ehrbench.models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
+from ehrbench.reports.load import settings, settings_diff, settings_hash
 
 REPO = Path(__file__).resolve().parent
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
@@ -104,9 +123,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     settings_key = settings_hash(config)
-    dname, mname, seed = cfg.data.name, cfg.model.name, int(cfg.seed)
+    dname, seed = cfg.data.name, int(cfg.seed)
+    key = cfg.model.name
+    mname = config["model"].get("label") or key  # an external tool's display name; otherwise the registry name
     info = {"run_id": f"{cfg.tag}/{dname}/{mname}/seed_{seed}", "tag": cfg.tag, "data": dname, "model": mname,
-            "seed": seed, "status": "running", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "generator": key, "seed": seed, "status": "running", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": config, "config_hash": config_hash, "settings_hash": settings_key, "epsilon": None, **provenance()}
     run_json = run_dir / "run.json"
     write_json(run_json, info)
@@ -116,8 +137,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
         data = load_data(dname, data_kw)
         model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"}
-        synth = models_pkg.build_synthesizer(mname, **model_kw)
+        synth = models_pkg.build_synthesizer(key, **model_kw)
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
+        info["provider"] = models_pkg.provider(type(synth))  # module, distribution and version of the generator
         trainer = models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
         info.update(device=str(trainer.device), n_train=len(data.train), n_features=data.n_features)
 
@@ -249,6 +271,16 @@ def validate(cfg: DictConfig) -> dict:
     except KeyError as e:
         raise ValueError(one_sentence(e)) from None
     check_options(f"model '{mname}'", "model", cls.__init__, {k: v for k, v in mcfg.items() if k != "name"})
+    label = mcfg.get("label")
+    if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w.+-]+", label)):
+        raise ValueError(f"model.label must be a name of letters, digits, '.', '+', '-' or '_', got {label!r}")
+    if label is not None and label != mname and label in models_pkg.SYNTHESIZERS:
+        raise ValueError(f"model.label {label!r} is the name of a registered generator; give the outside tool "
+                         "another display name")
+    export = config.get("export") or {}
+    if export.get("dir") is not None and export.get("format") not in data_pkg.export.FORMATS:
+        raise ValueError(f"unknown export.format {export.get('format')!r}; valid choices: "
+                         f"{', '.join(data_pkg.export.FORMATS)}")
     check_options("trainer", "trainer", models_pkg.Trainer.__init__, tcfg, skip=("seed", "workdir"))
     for key in ("max_steps", "checkpoint_every", "log_every"):
         v = tcfg.get(key)
@@ -354,18 +386,60 @@ def execute(cfg: DictConfig, run_dir: Path) -> None:
     print_summary(info, run_dir)
 
 
+def export(cfg: DictConfig) -> None:
+    """`export.dir=DIR`: write the configured dataset's train/holdout/test split and split.json (with the
+    training split's fingerprint) for a tool outside ehrbench; no run directory is made."""
+    config = validate(cfg)
+    data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
+    data = load_data(cfg.data.name, data_kw)
+    meta = data_pkg.export_split(data, Path(cfg.export.dir).expanduser(), cfg.export.format)
+    print(f"exported {data.name}: " + ", ".join(f"{k} {v:,} rows" for k, v in meta["rows"].items())
+          + f" x {len(meta['columns'])} columns -> {cfg.export.dir} (fingerprint {meta['fingerprint']})")
+
+
+def remove_empty(run_dir: Path, stop: Path) -> None:
+    """Remove run_dir and its parents below `stop` while they are empty."""
+    d, stop = run_dir.resolve(), stop.resolve()
+    while d != stop and stop in d.parents and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        d = d.parent
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Before Hydra composes: the config packages of installed plugins (entry point group ehrbench.configs) join
+    hydra.searchpath after the user's own entries, each entry is checked, and each `model=` choice must exist,
+    so that these mistakes are one sentence with a hint instead of Hydra's warning or 'Could not find'."""
+    user, rest = [], []
+    for arg in argv:
+        if arg.startswith("hydra.searchpath="):
+            user += [e.strip() for e in arg.split("=", 1)[1].strip().strip("[]").split(",") if e.strip()]
+        else:
+            rest.append(arg)
+    entries = user + [e for e in models_pkg.plugin_searchpath() if e not in user]
+    plugins.check_searchpath(entries)
+    for arg in rest:
+        value = arg.split("=", 1)[1] if arg.startswith("model=") else ""
+        if value and not any(c in value for c in "()[]{}$*"):  # plain names (a sweep: a,b,c), not sweep functions
+            for name in value.split(","):
+                plugins.check_choice("model", name.strip(), entries)
+    return rest + ([f"hydra.searchpath=[{','.join(entries)}]"] if entries else [])
+
+
 @hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        if cfg.get("export") and cfg.export.get("dir"):
+            export(cfg)
+            remove_empty(run_dir, Path(cfg.paths.runs))  # the folders Hydra made: an export makes no run
+            return
         execute(cfg, run_dir)
     except KeyboardInterrupt:
         print(f"interrupted: {run_dir} keeps its last checkpoint; run the same command again to resume",
               file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # the empty folder Hydra made for a run refused before it started
+        remove_empty(run_dir, Path(cfg.paths.runs))  # the empty folders Hydra made for a run refused before it started
         msg = f"error: {one_sentence(e)}"
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra reports the first failure at the end
             print(f"{msg} ({run_dir})", file=sys.stderr)
@@ -377,6 +451,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = prepare_argv(sys.argv[1:])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import load_dataset  # noqa: E402
-import metrics  # noqa: E402
-from models import Trainer, build_synthesizer  # noqa: E402
+from ehrbench.data import load_dataset  # noqa: E402
+from ehrbench import metrics  # noqa: E402
+from ehrbench.models import Trainer, build_synthesizer  # noqa: E402
 
 WANTED = ("prevalence_pearson", "nzc", "cooccurrence_pearson", "cmd", "correlation_mae", "tstr_auroc")
 CORRELATION_AWARE = ("cooccurrence_pearson", "cmd", "correlation_mae", "tstr_auroc")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data import load_dataset  # noqa: E402
+from ehrbench.data import load_dataset  # noqa: E402
 
 
 def mimic_like(folder: Path, n_patients: int = 46520, n_diag: int = 651000, n_proc: int = 240000, seed: int = 0) -> None:

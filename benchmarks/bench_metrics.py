@@ -68,9 +68,9 @@ def main() -> None:
     import yaml
 
     torch.set_num_threads(args.threads)
-    from data import load_dataset
-    from metrics import evaluate
-    from metrics.neighbors import encode, knn, resolve_device
+    from ehrbench.data import load_dataset
+    from ehrbench.metrics import evaluate
+    from ehrbench.metrics.neighbors import encode, knn, resolve_device
 
     n_tr, n_ho, n_te = (max(10, int(round(x * args.scale))) for x in (TRAIN, HOLDOUT, TEST))
     total = n_tr + n_ho + n_te
@@ -112,7 +112,7 @@ def main() -> None:
 def _params(name: str) -> set[str]:
     import inspect
 
-    from metrics import METRICS
+    from ehrbench.metrics import METRICS
 
     return set(inspect.signature(METRICS[name].fn).parameters)
 

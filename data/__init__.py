@@ -6,6 +6,7 @@ from . import mimic3  # noqa: F401  (registers "mimic3")
 from . import ehrdiff_npy  # noqa: F401  (registers "ehrdiff_npy")
 from . import diabetes130  # noqa: F401  (registers "diabetes130")
 from . import physionet2012  # noqa: F401  (registers "physionet2012")
+from .export import export_split, split_fingerprint
 
 __all__ = ["DATASETS", "KINDS", "EHRData", "check_matrix", "from_matrix", "load_dataset", "register_dataset",
-           "split_indices"]
+           "export_split", "split_fingerprint", "split_indices"]

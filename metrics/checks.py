@@ -6,7 +6,7 @@ from typing import Any, Callable, Hashable
 
 import numpy as np
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 from .registry import NotApplicable
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 from .checks import checked_synth, subsample
 from .learners import auroc, lgbm, model_input

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 # Queries are cut into chunks of QUERY_CHUNK rows and references into chunks of REF_CHUNK_CPU rows on CPU (a
 # 8,192 x 512 float32 block = 16 MB stays in cache while it is reduced; each full pass over a RAM-sized block

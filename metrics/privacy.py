@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 from .checks import checked_synth, code_mask, subsample
 from .learners import auroc

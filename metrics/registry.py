@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 GOALS = ("max", "min", "target", "info")
 FAMILIES = ("fidelity", "utility", "privacy", "efficiency")

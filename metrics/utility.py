@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from data import EHRData
+from ehrbench.data import EHRData
 
 from .checks import checked_synth, code_mask, label_index, real_cached, subsample
 from .learners import auroc, auroc_columns, fit_logistic_multi, lgbm, model_input

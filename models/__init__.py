@@ -3,6 +3,9 @@ from .base import (SYNTHESIZERS, Synthesizer, TorchSynthesizer, build_synthesize
                    load_entry_points, register_synthesizer)
 from .trainer import Trainer, TrainingDiverged, resolve_device
 from . import baselines, ehrdiff, emrwgan, external, medgan, vae  # noqa: F401  (register generators)
+from .check import ContractError, check_data, check_synthesizer
+from .plugins import plugin_searchpath, provider
 
-__all__ = ["SYNTHESIZERS", "Synthesizer", "TorchSynthesizer", "Trainer", "TrainingDiverged", "build_synthesizer",
-           "get_synthesizer", "load_entry_points", "register_synthesizer", "resolve_device"]
+__all__ = ["SYNTHESIZERS", "ContractError", "Synthesizer", "TorchSynthesizer", "Trainer", "TrainingDiverged",
+           "build_synthesizer", "check_data", "check_synthesizer", "get_synthesizer", "load_entry_points",
+           "plugin_searchpath", "provider", "register_synthesizer", "resolve_device"]

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import EHRData, check_matrix
+from ehrbench.data import EHRData, check_matrix
 
 SYNTHESIZERS: dict[str, type["Synthesizer"]] = {}
+_SHAPE_KEYS = ("n_features_", "kinds_", "columns_")  # saved in config.json, not in state.pt
 ENTRY_POINT_GROUP = "ehrbench.synthesizers"
 
 
@@ -43,7 +44,11 @@ def get_synthesizer(name: str) -> type["Synthesizer"]:
     if name not in SYNTHESIZERS:
         load_entry_points()
     if name not in SYNTHESIZERS:
-        raise KeyError(f"unknown model '{name}'; valid choices: {', '.join(sorted(SYNTHESIZERS))}")
+        module = Path(__file__).with_name(f"{name}.py")
+        hint = (f"models/{name}.py exists but is not imported: add `from . import {name}` to models/__init__.py"
+                if module.exists() else f"a generator registers with @register_synthesizer('{name}') in a module "
+                "that models/__init__.py imports, or through the ehrbench.synthesizers entry point")
+        raise KeyError(f"unknown model '{name}'; valid choices: {', '.join(sorted(SYNTHESIZERS))} ({hint})")
     return SYNTHESIZERS[name]
 
 
@@ -60,7 +65,7 @@ def build_synthesizer(name: str, **params: Any) -> "Synthesizer":
 class Synthesizer:
     """Base class of every generator.
 
-    Contract (DESIGN.md §3): `__init__` only stores JSON-serialisable hyperparameters; `fit(data, trainer)`
+    Contract (docs/contracts.md §3): `__init__` only stores JSON-serialisable hyperparameters; `fit(data, trainer)`
     learns state in attributes ending in `_` and returns self; `sample(n, seed)` returns an (n, d) float32
     array whose binary columns are exactly 0/1; `save(dir)` writes config.json + state.pt (tensors only);
     `Synthesizer.load(dir)` rebuilds it.
@@ -106,15 +111,36 @@ class Synthesizer:
 
     @property
     def n_params(self) -> int:
-        return 0
+        """Learned numbers: the elements of the learned state that save() writes (0 before fit)."""
+        if not hasattr(self, "n_features_"):
+            return 0
+        return int(sum(t.numel() for t in self.state_tensors().values()))
 
     # ---- persistence -----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Learned state as a flat dict of tensors (what state.pt holds)."""
-        raise NotImplementedError
+        """Learned state as a flat dict of tensors (what state.pt holds).
+
+        Default: every learned attribute (name ending in `_`, other than n_features_/kinds_/columns_) that is a
+        numpy array, a tensor or a number. Override this and load_state_tensors for any other state."""
+        state = {}
+        for key, value in vars(self).items():
+            if not key.endswith("_") or key.startswith("_") or key in _SHAPE_KEYS:
+                continue
+            if isinstance(value, torch.Tensor):
+                state[key] = value.detach().cpu()
+            elif isinstance(value, (np.ndarray, np.number, int, float, bool)) and np.asarray(value).dtype != object:
+                state[key] = torch.from_numpy(np.array(value))
+            else:
+                raise TypeError(f"{self.name}.save: learned attribute '{key}' is a {type(value).__name__}; the default "
+                                "save stores numpy arrays, tensors and numbers only, so override state_tensors() and "
+                                "load_state_tensors() (docs/plugins.md)")
+        return state
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Default: set each saved attribute back (numpy arrays; 0-d values as Python numbers)."""
+        for key, t in state.items():
+            a = t.numpy()
+            setattr(self, key, a.item() if a.ndim == 0 else a)
 
     def save(self, directory: str | os.PathLike) -> None:
         self._check_fitted()

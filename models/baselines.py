@@ -15,6 +15,7 @@ class Independent(Synthesizer):
     is the floor every generator must beat on correlation-aware metrics."""
 
     reference = True  # a reference point, not a competitor: leaderboards show it beside the ranking, unranked
+    n_params = 0      # references hold data summaries, not trained parameters
 
     def __init__(self) -> None:
         pass
@@ -50,6 +51,7 @@ class Real(Synthesizer):
     its fidelity is the ceiling, its membership-inference risk the worst case."""
 
     reference = True  # shown beside the ranking, never ranked (see Independent)
+    n_params = 0      # holds the training records, not trained parameters
 
     def __init__(self) -> None:
         pass

@@ -99,7 +99,7 @@ def edm_sigma_steps(num_steps: int, sigma_min: float, sigma_max: float, rho: flo
 # Yuan, Zhou & Yu, "EHRDiff: Exploring Realistic EHR Synthesis with Diffusion Models", TMLR 2024 (official v2 code).
 @register_synthesizer("ehrdiff")
 class EHRDiff(TorchSynthesizer):
-    """EHRDiff with the paper defaults of configs/mimic/train_edm.yaml (see research/ehrdiff.md §1).
+    """EHRDiff with the paper defaults of configs/mimic/train_edm.yaml (official repository, configs/mimic/train_edm.yaml).
 
     `epochs` x ceil(N / batch_size) optimiser steps (205,000 for MIMIC); the trainer may compress that schedule
     (trainer.max_steps) for CPU runs without changing the method. The CinC setting (configs/cinc/train_edm.yaml)

@@ -85,8 +85,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 
 
 # Zhang, Yan, Mesa, Sun & Malin, "Ensuring electronic medical record simulation through better training,
-# modeling, and evaluation", JAMIA 2020; official TF2 code allhailjustice/EMR-WGAN new_emrwgan.py
-# (research/peers.md §1.3).
+# modeling, and evaluation", JAMIA 2020; official TF2 code allhailjustice/EMR-WGAN new_emrwgan.py.
 @register_synthesizer("emrwgan")
 class EMRWGAN(TorchSynthesizer):
     """EMR-WGAN, unlabelled mode: WGAN-GP (lambda 10) on the raw record, no autoencoder, z 128, generator and critic
@@ -100,7 +99,7 @@ class EMRWGAN(TorchSynthesizer):
     bernoulli` draws them instead. Continuous columns (scaled to [0, 1]) are the sigmoid output.
 
     Deviations: label conditioning (generator PointWise embedding per label, projection critic) is reduced to the
-    single-category case the code runs without labels (labels are ordinary columns here, DESIGN.md §2); batches
+    single-category case the code runs without labels (labels are ordinary columns here, docs/contracts.md §2); batches
     come from the trainer's per-epoch permutation and the last partial batch is kept (the TF dataset shuffles with
     a 10,000-record buffer and drops the remainder).
     """

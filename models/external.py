@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import EHRData, check_matrix
+from ehrbench.data import EHRData, check_matrix, split_fingerprint
 
 from .base import Synthesizer, register_synthesizer
 
@@ -68,8 +68,12 @@ class ExternalSynthesizer(Synthesizer):
     replacement kept in file order. No parameters are learned (n_params 0); save/load store the matrix.
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    n_params = 0  # the samples come from another tool; nothing is trained here
+
+    def __init__(self, path: str | None = None, label: str = "external", fingerprint: str | None = None) -> None:
         self.path = path
+        self.label = label              # display name: the leaderboard's model column and the run directory
+        self.fingerprint = fingerprint  # of the split the tool trained on (data/export.py); checked when given
 
     def fit(self, data: EHRData | np.ndarray, trainer: Any = None) -> "ExternalSynthesizer":
         if self.path is None:
@@ -88,6 +92,11 @@ class ExternalSynthesizer(Synthesizer):
         if len(M) == 0:
             raise ValueError(f"{where}: the file holds no records")
         M = M.astype(np.float32, copy=False)
+        claimed = self.fingerprint or _npz_fingerprint(self.path)
+        if claimed is not None and isinstance(data, EHRData) and claimed != split_fingerprint(data):
+            raise ValueError(f"{where}: made from a training split with fingerprint {claimed}, but this run's "
+                             f"training split is {split_fingerprint(data)} (export the split with the same data "
+                             "settings: python run_benchmark.py data=... export.dir=DIR)")
         if names is not None and isinstance(data, EHRData):
             M = _align(M, names, list(columns), where)
         elif M.shape[1] != len(columns):
@@ -113,6 +122,14 @@ class ExternalSynthesizer(Synthesizer):
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         self.X_ = state["X"].numpy().astype(np.float32, copy=False)
+
+
+def _npz_fingerprint(path: str | Path) -> str | None:
+    """The `fingerprint` array of an .npz file (the split the tool trained on), if it has one."""
+    if Path(path).suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return str(z["fingerprint"]) if "fingerprint" in z.files else None
 
 
 def _align(M: np.ndarray, names: list[str], columns: list[str], where: str) -> np.ndarray:

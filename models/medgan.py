@@ -93,7 +93,7 @@ def l2_penalty(params, scale: float) -> torch.Tensor:
 
 
 # Choi, Biswal, Malin, Duke, Stewart & Sun, "Generating Multi-label Discrete Patient Records using Generative
-# Adversarial Networks", MLHC 2017; defaults of the official mp2893/medgan medgan.py CLI (research/peers.md §1.1).
+# Adversarial Networks", MLHC 2017; defaults of the official mp2893/medgan medgan.py CLI.
 @register_synthesizer("medgan")
 class MedGAN(TorchSynthesizer):
     """medGAN: phase "pretrain" fits the autoencoder (keys ["ae"]), phase "gan" trains discriminator and generator

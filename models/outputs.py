@@ -1,4 +1,4 @@
-"""Output rules of the probability-output generators (VAE, medGAN, EMR-WGAN): DESIGN.md §3's binarisation rule."""
+"""Output rules of the probability-output generators (VAE, medGAN, EMR-WGAN): docs/contracts.md §3's binarisation rule."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,7 +31,7 @@ def check_unit_interval(X: np.ndarray, kinds: Sequence[str], columns: Sequence[s
 def binarize(out: torch.Tensor, binary_mask: np.ndarray, rule: str, generator: torch.Generator) -> np.ndarray:
     """Turn generator outputs into records: binary columns by `rule`, every other column left as it is.
 
-    `bernoulli`: x ~ Bernoulli(clip(p, 0, 1)) with uniforms drawn from the seeded `generator` (DESIGN.md §3: a
+    `bernoulli`: x ~ Bernoulli(clip(p, 0, 1)) with uniforms drawn from the seeded `generator` (docs/contracts.md §3: a
     0.5 threshold collapses rare codes); `threshold`: x = 1[p >= 0.5] (the CorGAN-repo and medGAN rule).
     """
     out = out.detach().to("cpu", torch.float32)

@@ -38,7 +38,7 @@ def _step_seed(seed: int, phase: str, step: int) -> int:
 
 
 class Trainer:
-    """Runs TorchSynthesizer training phases (DESIGN.md §3).
+    """Runs TorchSynthesizer training phases (docs/contracts.md §3).
 
     Budget (models/budget.py, one rule for every generator and phase): `paper` runs each phase's paper steps;
     `fraction` runs round(f x paper steps) of every phase; `compute` gives every generator the same training FLOPs

@@ -45,7 +45,7 @@ def vae_loss(net: VAENet, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 # Kingma & Welling 2014 VAE in the configuration of the CorGAN repository's MIMIC baseline (Torfi & Fox 2020,
-# astorfi/cor-gan Generative/VAE/MIMIC/vae.py; research/peers.md §1.2, §1.8).
+# astorfi/cor-gan Generative/VAE/MIMIC/vae.py).
 @register_synthesizer("vae")
 class VAE(TorchSynthesizer):
     """d -> 256 -> 128 latent -> 256 -> d Bernoulli-decoder VAE, BCE + KL, Adam 1e-3, batch 512, 1000 epochs.
@@ -53,7 +53,7 @@ class VAE(TorchSynthesizer):
     Deviations from the repo (each also noted where it happens): the trainer draws batches by a seeded
     per-epoch permutation of all training rows (the repo samples with replacement, drop_last=True, after
     holding out 10% of rows for a test loss we do not need: EHRData has its own holdout); sampling draws
-    Bernoulli outputs by default (the repo thresholds at 0.5: `binarize: threshold`), see DESIGN.md §3.
+    Bernoulli outputs by default (the repo thresholds at 0.5: `binarize: threshold`), see docs/contracts.md §3.
     Continuous columns (scaled to [0, 1]) are modelled with the same BCE and sampled as the decoder mean
     (the sigmoid output), never binarised.
     """

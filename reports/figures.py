@@ -61,7 +61,7 @@ def load_real(rs: RunSet, path: str, cache: dict[str, Any]) -> Any:
     key = json.dumps(cfg, sort_keys=True, default=str)
     if key not in cache:
         try:
-            import data as data_pkg
+            import ehrbench.data as data_pkg
 
             cache[key] = data_pkg.load_dataset(cfg["name"], **{k: v for k, v in cfg.items() if k not in RESERVED_DATA_KEYS})
         except Exception as e:  # the figure is skipped with this reason; the tables do not need the data

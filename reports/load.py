@@ -25,7 +25,7 @@ RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the
 # of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
 # out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
 # device is recorded per run and shown in the reports).
-NON_SETTINGS = ("seed", "rerun", "tag", "paths", "trainer.device", "trainer.progress", "trainer.log_every",
+NON_SETTINGS = ("seed", "rerun", "tag", "paths", "export", "trainer.device", "trainer.progress", "trainer.log_every",
                 "trainer.checkpoint_every")
 
 
@@ -114,7 +114,8 @@ def _identity(rel: str, config: dict | None) -> dict:
     if config:
         ident["tag"] = config.get("tag", ident["tag"])
         ident["data"] = (config.get("data") or {}).get("name", ident["data"])
-        ident["model"] = (config.get("model") or {}).get("name", ident["model"])
+        model = config.get("model") or {}
+        ident["model"] = model.get("label") or model.get("name", ident["model"])  # external tools: their label
         ident["seed"] = config.get("seed", ident["seed"])
     return ident
 

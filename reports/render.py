@@ -266,7 +266,7 @@ def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict
     notes += fig_notes
     header = describe(rs, str(runs_dir))
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
-    from data.cache import atomic_path  # every file is written under a temporary name, then renamed
+    from ehrbench.data.cache import atomic_path  # every file is written under a temporary name, then renamed
 
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(to_markdown(tables, rs.failures, figs, notes, header))

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.machinery
+import importlib.util
+import sys
+
 import pytest
 import torch
 
-from data import load_dataset
-
 REPO = Path(__file__).resolve().parents[1]
+if "ehrbench" not in sys.modules:  # the tests test the checkout they sit in (`ehrbench.models` = REPO/models)
+    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
+    _spec.submodule_search_locations = [str(REPO)]
+    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
+
+from ehrbench.data import load_dataset  # noqa: E402
+
 CONFIG_DIR = str(REPO / "benchmarks")
 
 torch.set_num_threads(1)
@@ -36,5 +45,10 @@ def compose(overrides: list[str] | None = None):
     """Compose benchmarks/config.yaml exactly as run_benchmark.py does (no Hydra runtime needed)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    from ehrbench.models import plugin_searchpath
+
+    overrides = list(overrides or [])
+    if plugin_searchpath() and not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides.append(f"hydra.searchpath=[{','.join(plugin_searchpath())}]")  # installed plugins' configs
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [])
+        return hydra_compose(config_name="config", overrides=overrides)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import SYNTHESIZERS, Trainer, build_synthesizer
-from models.base import TorchSynthesizer
-from models.budget import ema_decay_product
+from ehrbench.models import SYNTHESIZERS, Trainer, build_synthesizer
+from ehrbench.models.base import TorchSynthesizer
+from ehrbench.models.budget import ema_decay_product
 from tests.conftest import TINY_PARAMS
 
 TORCH_MODELS = sorted(n for n in TINY_PARAMS if issubclass(SYNTHESIZERS[n], TorchSynthesizer))
@@ -76,7 +76,7 @@ def test_equal_compute_gives_the_same_flops_within_one_step(tiny_data, tmp_path,
 
 def test_flops_are_counted_by_torch_not_by_hand(tiny_data):
     """One EHRDiff step at batch B: forward 2 B (in x out) per Linear, backward twice that (FlopCounterMode)."""
-    from models.budget import Phase, step_flops
+    from ehrbench.models.budget import Phase, step_flops
 
     m = build_synthesizer("ehrdiff", **TINY_PARAMS["ehrdiff"])
     d = tiny_data.n_features
@@ -94,7 +94,7 @@ def test_flops_are_counted_by_torch_not_by_hand(tiny_data):
 def test_reference_budget_is_the_reference_generators_flops(tiny_data):
     """budget=compute with reference=ehrdiff, reference_steps=2: a tiny VAE gets the FLOPs of two paper-default
     EHRDiff steps on this data (measured separately here), within one of its own steps."""
-    from models.budget import Phase, step_flops
+    from ehrbench.models.budget import Phase, step_flops
 
     X = torch.as_tensor(tiny_data.train, dtype=torch.float32)
     ref = build_synthesizer("ehrdiff")

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from data import DATASETS
-from metrics import METRICS
-from models import SYNTHESIZERS, Trainer, build_synthesizer
+from ehrbench.data import DATASETS
+from ehrbench.metrics import METRICS
+from ehrbench.models import SYNTHESIZERS, Trainer, build_synthesizer
 from tests.conftest import REPO, compose
 
 GROUPS = {g: sorted(p.stem for p in (REPO / "benchmarks" / g).glob("*.yaml")) for g in ("data", "model", "trainer",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CONFIG_DIR, compose
-from data import DATASETS
+from ehrbench.data import DATASETS
 
 NAMES = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 

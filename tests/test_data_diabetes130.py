@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import load_dataset
-from data.diabetes130 import CSV_SHA256
+from ehrbench.data import load_dataset
+from ehrbench.data.diabetes130 import CSV_SHA256
 from test_data_mimic3 import in_file_order
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "diabetes130"

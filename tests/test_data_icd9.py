@@ -5,8 +5,8 @@ import zipfile
 import pandas as pd
 import pytest
 
-from data.cache import atomic_path, ensure_cached, extract_member, fetch, read_csv_strict, sha256_file
-from data.icd9 import bad_code_message, truncate_icd10, truncate_icd9
+from ehrbench.data.cache import atomic_path, ensure_cached, extract_member, fetch, read_csv_strict, sha256_file
+from ehrbench.data.icd9 import bad_code_message, truncate_icd10, truncate_icd9
 
 # (input, MIMIC style, UCI zero-padded style); None = unknown format
 DIAG_CASES = [

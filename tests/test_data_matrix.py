@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import load_dataset
-from data.matrix import minmax_inverse
+from ehrbench.data import load_dataset
+from ehrbench.data.matrix import minmax_inverse
 from test_data_mimic3 import in_file_order
 
 CSV = "pid,D_1,D_2,AGE,DEATH\n7,1,0,54.5,0\n8,0,1,71,1\n9,1,1,33,0\n10,0,0,80,1\n"

@@ -4,7 +4,7 @@ import gzip
 import numpy as np
 import pytest
 
-from data import load_dataset, split_indices
+from ehrbench.data import load_dataset, split_indices
 
 DIAG = '''"ROW_ID","SUBJECT_ID","HADM_ID","SEQ_NUM","ICD9_CODE"
 1,10,100,1,"E8782"

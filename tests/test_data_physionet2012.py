@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import load_dataset
-from data.physionet2012 import to_clinical_units
+from ehrbench.data import load_dataset
+from ehrbench.data.physionet2012 import to_clinical_units
 from test_data_mimic3 import in_file_order
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import DATASETS, EHRData, load_dataset, split_indices
+from ehrbench.data import DATASETS, EHRData, load_dataset, split_indices
 
 
 def test_simulator_looks_like_diagnosis_data():

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import build_synthesizer
-from models.ehrdiff import EHRDiff, edm_coefficients, edm_sigma_steps, sinusoidal_embedding
+from ehrbench.models import build_synthesizer
+from ehrbench.models.ehrdiff import EHRDiff, edm_coefficients, edm_sigma_steps, sinusoidal_embedding
 
 
 @pytest.mark.parametrize("sigma, c_skip, c_out, c_in, c_noise", [
-    # research/ehrdiff.md §1.2 table for sigma_data = 0.14, and exact values at sigma = sigma_data
+    # the EDM preconditioning table for sigma_data = 0.14, and exact values at sigma = sigma_data
     (0.02, 0.98, 0.0198, 7.07, -0.978),
     (0.14, 0.5, 0.14 * 0.14 / math.sqrt(2 * 0.14 ** 2), 1 / math.sqrt(2 * 0.14 ** 2), math.log(0.14) / 4),
     (1.0, 0.019, 0.139, 0.99, 0.0),
@@ -103,7 +103,7 @@ def test_random_fourier_features_by_hand():
 
     import torch
 
-    from models.ehrdiff import LinearModel, RandomFourierFeatures
+    from ehrbench.models.ehrdiff import LinearModel, RandomFourierFeatures
 
     torch.manual_seed(0)
     rff = RandomFourierFeatures(32)
@@ -118,7 +118,7 @@ def test_random_fourier_features_by_hand():
 
 
 def test_warmup_fraction_is_a_share_of_the_run():
-    from models import build_synthesizer
+    from ehrbench.models import build_synthesizer
 
     m = build_synthesizer("ehrdiff", warmup_fraction=0.25)
     assert m.lr_scale(0, 65000) == 0.0 and m.lr_scale(8125, 65000) == pytest.approx(0.5)

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import load_dataset
-from models.base import Synthesizer, build_synthesizer
-from models.external import ExternalSynthesizer  # noqa: F401  (registers "external")
+from ehrbench.data import load_dataset
+from ehrbench.models.base import Synthesizer, build_synthesizer
+from ehrbench.models.external import ExternalSynthesizer  # noqa: F401  (registers "external")
 
 
 @pytest.fixture(scope="module")

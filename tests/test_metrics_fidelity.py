@@ -5,9 +5,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from data import from_matrix, load_dataset
-from metrics import METRICS
-from metrics.fidelity import wasserstein_columns
+from ehrbench.data import from_matrix, load_dataset
+from ehrbench.metrics import METRICS
+from ehrbench.metrics.fidelity import wasserstein_columns
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +191,8 @@ def test_precision_recall_density_coverage_naive(data, synth):
 def test_constant_continuous_column_has_zero_correlations(mixed):
     """A constant continuous column (HR fixed at 80, away from the real mean) correlates 0 with every other
     column, as documented; version 1's float32 Gram gave it a variance of 5.5e-9 and correlations of ~0.009."""
-    from metrics.fidelity import correlation_matrix
-    from metrics.neighbors import encode
+    from ehrbench.metrics.fidelity import correlation_matrix
+    from ehrbench.metrics.neighbors import encode
 
     rng = np.random.default_rng(3)
     S = mixed.train[rng.integers(0, len(mixed.train), 5000)].copy()
@@ -210,7 +210,7 @@ def test_constant_continuous_column_has_zero_correlations(mixed):
 def test_near_copies_of_continuous_records_keep_their_distance():
     """True squared distance 1e-4 between z-scaled continuous records must not round to 0 (it did in 53 % of
     cases with float32 |a|^2 - 2ab + |b|^2); the distance engine computes such data in float64."""
-    from metrics.neighbors import encode, knn
+    from ehrbench.metrics.neighbors import encode, knn
 
     rng = np.random.default_rng(0)
     X = rng.normal(120, 30, (400, 3))

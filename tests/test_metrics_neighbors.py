@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import metrics.neighbors as nb
+import ehrbench.metrics.neighbors as nb
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def test_gram_sparse_and_dense():
 
 
 def test_encode_keeps_binary_and_zscores_continuous():
-    from data import from_matrix
+    from ehrbench.data import from_matrix
 
     rng = np.random.default_rng(4)
     X = np.c_[_binary(rng, 300, 4, 0.3), rng.normal(5, 2, (300, 2)).astype(np.float32)]

@@ -4,8 +4,8 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score
 
-from data import from_matrix, load_dataset
-from metrics import METRICS
+from ehrbench.data import from_matrix, load_dataset
+from ehrbench.metrics import METRICS
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from data import from_matrix, load_dataset
-from data.synthetic import simulate
-from metrics import METRICS, evaluate
+from ehrbench.data import from_matrix, load_dataset
+from ehrbench.data.synthetic import simulate
+from ehrbench.metrics import METRICS, evaluate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "metrics"
 # Same definitions as default.yaml, sized for a 1,200-row train split in seconds.
@@ -205,8 +205,8 @@ def test_metric_configs_name_registered_metrics_and_valid_kwargs(path):
 
 
 def test_not_applicable_metric_is_a_visible_na_row():
-    from data import load_dataset
-    from metrics import evaluate
+    from ehrbench.data import load_dataset
+    from ehrbench.metrics import evaluate
 
     d = load_dataset("synthetic", n_patients=200, n_codes=20)
     rows = {r["metric"]: r for r in evaluate(d, d.train, ["continuous_wd", "prevalence_mae"])}
@@ -215,7 +215,7 @@ def test_not_applicable_metric_is_a_visible_na_row():
 
 
 def test_register_metric_rejects_unknown_goal_and_accepts_info(mixed):
-    from metrics.registry import register_metric
+    from ehrbench.metrics.registry import register_metric
 
     with pytest.raises(ValueError, match="goal must be one of max, min, target, info; got 'best'"):
         register_metric("x_unknown_goal", goal="best", family="utility")

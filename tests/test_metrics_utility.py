@@ -6,9 +6,9 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from data import load_dataset
-from metrics import METRICS
-from metrics.learners import auroc_columns
+from ehrbench.data import load_dataset
+from ehrbench.metrics import METRICS
+from ehrbench.metrics.learners import auroc_columns
 
 
 @pytest.fixture(scope="module")

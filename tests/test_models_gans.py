@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 import run_benchmark
-from data import EHRData
-from models import Synthesizer, Trainer, TrainingDiverged, build_synthesizer
-from models.emrwgan import EMRWGAN, gradient_penalty
-from models.medgan import MedGAN, MinibatchDiscriminator, ResidualGenerator
-from models.outputs import binarize
-from models.vae import VAE, vae_loss
+from ehrbench.data import EHRData
+from ehrbench.models import Synthesizer, Trainer, TrainingDiverged, build_synthesizer
+from ehrbench.models.emrwgan import EMRWGAN, gradient_penalty
+from ehrbench.models.medgan import MedGAN, MinibatchDiscriminator, ResidualGenerator
+from ehrbench.models.outputs import binarize
+from ehrbench.models.vae import VAE, vae_loss
 from tests.conftest import TINY_PARAMS, compose
 
 GANS = ("medgan", "vae", "emrwgan")

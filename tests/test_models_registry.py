@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import SYNTHESIZERS, Synthesizer, Trainer, build_synthesizer
+from ehrbench.models import SYNTHESIZERS, Synthesizer, Trainer, build_synthesizer, check_synthesizer, load_entry_points
 from tests.conftest import TINY_PARAMS
 
+load_entry_points()  # generators installed in the environment (ehrbench.synthesizers entry points) are tested too
 NAMES = sorted(n for n in SYNTHESIZERS if n != "external")
 
 
@@ -16,29 +17,18 @@ def fitted(name, data, tmp_path=None):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fit_sample_exact_binary(name, tiny_data):
-    m = fitted(name, tiny_data)
-    S = m.sample(123, seed=0)
-    assert S.shape == (123, tiny_data.n_features) and S.dtype == np.float32
-    assert set(np.unique(S)) <= {0.0, 1.0}
+def test_check_synthesizer(name):
+    """The public contract check (shape, dtype, exact 0/1, continuous range, seeds, save/load in a fresh process,
+    bad input, n_params) for every registered generator, installed plugins included."""
+    report = check_synthesizer(name, TINY_PARAMS.get(name))
+    assert report["fresh_process"] and len(report["checks"]) >= 10
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_seed_determinism(name, tiny_data):
+def test_seed_determinism_of_the_weights(name, tiny_data):
     a, b = fitted(name, tiny_data), fitted(name, tiny_data)
     for k, v in a.state_tensors().items():
         assert torch.equal(v, b.state_tensors()[k]), k
-    assert np.array_equal(a.sample(200, seed=5), b.sample(200, seed=5))
-    assert not np.array_equal(a.sample(200, seed=5), a.sample(200, seed=6))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_save_load_round_trip(name, tiny_data, tmp_path):
-    m = fitted(name, tiny_data)
-    m.save(tmp_path / "s")
-    back = Synthesizer.load(tmp_path / "s")
-    assert type(back) is type(m) and back.get_params() == m.get_params()
-    assert np.array_equal(back.sample(150, seed=2), m.sample(150, seed=2))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,7 +53,7 @@ def test_unknown_names_list_valid_choices():
 
 
 def test_load_of_another_model_is_a_clear_error(tiny_data, tmp_path):
-    from models.ehrdiff import EHRDiff
+    from ehrbench.models.ehrdiff import EHRDiff
 
     fitted("independent", tiny_data).save(tmp_path / "ind")
     with pytest.raises(TypeError, match="holds a 'independent' synthesizer, not 'ehrdiff'"):
@@ -81,7 +71,7 @@ def test_independent_matches_training_prevalence(tiny_data):
 def test_independent_continuous_columns_use_empirical_marginal():
     rng = np.random.default_rng(0)
     X = np.c_[rng.random((500, 1)) < 0.3, rng.gamma(2.0, size=(500, 1))].astype(np.float32)
-    from data import EHRData
+    from ehrbench.data import EHRData
 
     m = build_synthesizer("independent")
     d = EHRData(X, X[:10], X[:10], ("c", "v"), ("binary", "continuous"), name="t")

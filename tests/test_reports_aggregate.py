@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.aggregate import (PROFILES, aggregate_cells, best_mask, build_tables, parse_profile, rank_metric,
+from ehrbench.reports.aggregate import (PROFILES, aggregate_cells, best_mask, build_tables, parse_profile, rank_metric,
                                summarise)
-from reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
+from ehrbench.reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
 
 
 def rows(model, metric, values, goal="max", family="fidelity", version=1, errors=0):

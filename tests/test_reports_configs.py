@@ -5,8 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from data import DATASETS
-from models import SYNTHESIZERS
+from ehrbench.data import DATASETS
+from ehrbench.models import SYNTHESIZERS
 from tests.conftest import CONFIG_DIR, REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "benchmarks" / "experiment").glob("*.yaml"))
@@ -68,7 +68,7 @@ def test_leaderboards_use_equal_compute_and_draw_curves():
         assert cfg.trainer.budget == "compute" and list(cfg.curve.eval_at) == [0.1, 0.25, 0.5, 1.0]
 
 
-# The official values (research/ehrdiff.md sections 1.3-1.6: configs/mimic/train_edm.yaml, configs/cinc/train_edm.yaml).
+# The official values (EHRDiff's configs/mimic/train_edm.yaml and configs/cinc/train_edm.yaml).
 OFFICIAL = {
     "paper_mimic3": dict(model="ehrdiff", data="mimic3", n_samples=41000, sigma_data=0.14, batch_size=1024,
                          time_dim=384, unit_dims=[1024, 384, 384, 384, 1024], random_fourier_features=False,
@@ -83,7 +83,7 @@ SHARED = dict(lr=3e-4, weight_decay=0.0, epochs=5000, ema_decay=0.999, p_mean=-1
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_paper_suites_match_the_official_configs(name):
-    from models import build_synthesizer
+    from ehrbench.models import build_synthesizer
 
     o = OFFICIAL[name]
     cfg = hydra_compose([f"+experiment={name}", f"model={o['model']}"])

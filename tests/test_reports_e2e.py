@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import load_dataset
-from reports import load_runs, write_report
+from ehrbench.data import load_dataset
+from ehrbench.reports import load_runs, write_report
 from tests.conftest import REPO
 
 SWEEP = ["-m", "model=independent,ehrdiff", "trainer=debug", "metrics=fast", "data.n_patients=1000",

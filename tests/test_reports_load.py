@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import load_dataset
-from reports import build_tables, find_run_dirs, load_runs
+from ehrbench.data import load_dataset
+from ehrbench.reports import build_tables, find_run_dirs, load_runs
 
 TINY = {"name": "synthetic", "n_patients": 200, "n_codes": 20, "seed": 0}
 FAMILY = {"auc": ("utility", "max"), "mae": ("fidelity", "min"), "pearson": ("fidelity", "max"),
@@ -126,7 +126,7 @@ def test_find_run_dirs_and_bad_root(tmp_path):
 def test_not_applicable_rows_are_neither_values_nor_failures(tmp_path):
     import json
 
-    from reports.load import load_runs
+    from ehrbench.reports.load import load_runs
 
     d = tmp_path / "t" / "synthetic" / "independent" / "seed_0"
     d.mkdir(parents=True)

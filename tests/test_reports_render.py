@@ -6,10 +6,10 @@ import statistics
 import pandas as pd
 import pytest
 
-from reports import build_tables, load_runs, write_report
-from reports.__main__ import main
-from reports.load import FAILURE_COLUMNS
-from reports.render import failures_frame, fmt_cell, sections
+from ehrbench.reports import build_tables, load_runs, write_report
+from ehrbench.reports.__main__ import main
+from ehrbench.reports.load import FAILURE_COLUMNS
+from ehrbench.reports.render import failures_frame, fmt_cell, sections
 from tests.test_reports_load import make_run
 
 KINDS = ["prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import run_benchmark
-from models import SYNTHESIZERS
+from ehrbench.models import SYNTHESIZERS, load_entry_points
 from tests.conftest import REPO, TINY_PARAMS, compose
 
 TINY_DATA = ["data.n_patients=300", "data.n_codes=30"]
@@ -20,6 +20,9 @@ TINY_DATA = ["data.n_patients=300", "data.n_codes=30"]
 
 def tiny_overrides(name: str) -> list[str]:
     return [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_PARAMS.get(name, {}).items()]
+
+
+load_entry_points()  # installed plugins get the same end-to-end test (their configs: conftest.compose)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SYNTHESIZERS if n != "external"))

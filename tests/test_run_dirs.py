@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import run_benchmark
-from models import Trainer, TrainingDiverged, build_synthesizer
-from reports import build_tables, load_runs
+from ehrbench.models import Trainer, TrainingDiverged, build_synthesizer
+from ehrbench.reports import build_tables, load_runs
 from tests.conftest import REPO, TINY_PARAMS, compose
 
 TINY = ["trainer=debug", "metrics=fast", "data.n_patients=300", "data.n_codes=20"]
@@ -288,7 +288,7 @@ def test_run_json_that_is_not_an_object(finished):
 
 
 def test_external_npz_with_object_columns(tmp_path):
-    from models.external import read_matrix
+    from ehrbench.models.external import read_matrix
 
     p = tmp_path / "s.npz"
     np.savez(p, X=np.zeros((3, 2)), columns=np.array(["a", None], dtype=object))
@@ -320,7 +320,7 @@ def test_skip_writes_nothing(finished, monkeypatch):
 
 
 def test_matrix_stray_value_reported(tmp_path, caplog):
-    from data import load_dataset
+    from ehrbench.data import load_dataset
 
     X = (np.random.default_rng(0).random((50, 3)) < 0.5).astype(float)
     X[7, 1] = 2.0

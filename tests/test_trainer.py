@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import Trainer, TrainingDiverged, build_synthesizer, resolve_device
+from ehrbench.models import Trainer, TrainingDiverged, build_synthesizer, resolve_device
 from tests.conftest import TINY_PARAMS
 
 
@@ -103,7 +103,7 @@ def test_compressed_schedule_reaches_zero_lr(tiny_data):
 
 def test_peak_memory_window_resets_between_runs():
     """A sweep worker runs many cells: each cell's peak must not include an earlier cell's (Linux VmHWM reset)."""
-    from models.trainer import peak_memory_mb, reset_peak_memory
+    from ehrbench.models.trainer import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     if reset_peak_memory() != "run":
