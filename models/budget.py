@@ -56,8 +56,10 @@ def phase_steps(budget: str, fraction: float | None, max_steps: int | None, phas
         return min(phase.total_steps, max_steps)
     steps = round(fraction * phase.total_steps)
     if steps < 1:
+        share = "trainer.fraction" if budget == "fraction" else "its share of trainer.flops"
         raise ValueError(f"{model}: the budget gives phase '{phase.name}' {fraction:.3g} x {phase.total_steps:,} paper "
-                         f"steps = {fraction * phase.total_steps:.3g} steps, fewer than one; raise the budget")
+                         f"steps = {fraction * phase.total_steps:.3g} steps, fewer than one (budget={budget}, "
+                         f"{fraction:.3g} = {share}); raise the budget")
     return steps
 
 

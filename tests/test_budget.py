@@ -119,11 +119,16 @@ def test_bad_budgets_fail_in_one_sentence(kw, match):
         Trainer(device="cpu", **kw)
 
 
-def test_a_budget_below_one_step_names_the_generator_and_numbers(tiny_data, tmp_path):
-    m = build_synthesizer("medgan", **TINY_PARAMS["medgan"])
-    t = Trainer(device="cpu", progress=False, workdir=tmp_path, budget="fraction", fraction=1e-4)
-    with pytest.raises(ValueError, match=r"medgan: the budget gives phase 'pretrain' 0.0001 x \d+ paper steps = .* "
-                                         "fewer than one; raise the budget"):
+@pytest.mark.parametrize("name, phase", [("medgan", "pretrain"), ("ehrdiff", "train"), ("vae", "train"),
+                                         ("emrwgan", "train")])
+@pytest.mark.parametrize("mode", ["fraction", "compute"])
+def test_a_budget_below_one_step_names_the_generator_and_numbers(name, phase, mode, tiny_data, tmp_path):
+    m = build_synthesizer(name, **TINY_PARAMS[name])
+    kw = dict(fraction=1e-6) if mode == "fraction" else dict(flops=1.0)
+    t = Trainer(device="cpu", progress=False, workdir=tmp_path, budget=mode, **kw)
+    share = "trainer.fraction" if mode == "fraction" else "its share of trainer.flops"
+    with pytest.raises(ValueError, match=rf"{name}: the budget gives phase '{phase}' .* x [\d,]+ paper steps = .* "
+                                         rf"fewer than one \(budget={mode}, .* = {share}\); raise the budget"):
         m.fit(tiny_data, t)
     assert not (tmp_path / "train_stats.jsonl").exists() or not (tmp_path / "train_stats.jsonl").read_text()
 
