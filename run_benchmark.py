@@ -169,7 +169,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         info["evaluate_seconds"] = time.perf_counter() - t0
         common = {"run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed}
         extra = {"git_commit": info["git_commit"], "device": info["device"], "config_hash": config_hash,
-                 "settings_hash": settings_key}
+                 "settings_hash": settings_key, "epsilon": info.get("epsilon")}  # spent epsilon; None = not private
         with atomic_path(run_dir / "results.jsonl") as tmp:
             tmp.write_text("".join(json.dumps({**common, **r, **extra}) + "\n" for r in rows))
         info["peak_memory_mb"] = models_pkg.trainer.peak_memory_mb(trainer.device)
@@ -293,6 +293,10 @@ def validate(cfg: DictConfig) -> dict:
     if budget == "compute" and tcfg.get("flops") is None and tcfg.get("reference") not in models_pkg.SYNTHESIZERS:
         raise ValueError(f"unknown trainer.reference {tcfg.get('reference')!r}; valid choices: "
                          f"{', '.join(sorted(models_pkg.SYNTHESIZERS))}")
+    if models_pkg.dp.dp_config(tcfg.get("dp"), tcfg.get("precision", "fp32")) is not None and not (
+            issubclass(cls, models_pkg.TorchSynthesizer) or getattr(cls, "supports_dp", False)):
+        raise ValueError(f"model '{mname}' trains nothing under trainer.dp (it is not private); run it without "
+                         "trainer.dp, or with trainer.dp.epsilon=inf")
     if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
                          f"{', '.join(models_pkg.trainer.PRECISIONS)}")

@@ -88,6 +88,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 # modeling, and evaluation", JAMIA 2020; official TF2 code allhailjustice/EMR-WGAN new_emrwgan.py.
 @register_synthesizer("emrwgan")
 class EMRWGAN(TorchSynthesizer):
+
     """EMR-WGAN, unlabelled mode: WGAN-GP (lambda 10) on the raw record, no autoencoder, z 128, generator and critic
     of 6 residual dense blocks of 384 with layer norm, sigmoid generator output, RMSprop 1e-5 (G) / 2e-5 (D),
     batch 1000, one critic step per generator step, 50,000 epochs (new_emrwgan.py's loop; far beyond a CPU run:
@@ -103,6 +104,9 @@ class EMRWGAN(TorchSynthesizer):
     come from the trainer's per-epoch permutation and the last partial batch is kept (the TF dataset shuffles with
     a 10,000-record buffer and drops the remainder).
     """
+    private_keys = ("d",)  # DP (trainer.dp): the critic reads records, the generator only the critic (DP-GAN)
+    dp_vmap = False        # the gradient penalty differentiates inside the loss: per-record gradients by a loop
+
 
     def __init__(self, z_dim: int = 128, generator_dims: tuple[int, ...] = (384,) * 6,
                  critic_dims: tuple[int, ...] = (384,) * 6, gp_weight: float = 10.0, lr_g: float = 1e-5,

@@ -112,6 +112,10 @@ class MedGAN(TorchSynthesizer):
     thresholded at 0.5 (`binarize: threshold`, the paper's rule; the original code saves probabilities) or
     drawn (`binarize: bernoulli`).
     """
+    # DP (trainer.dp) is refused: DP-SGD needs a loss that is a mean of per-record terms
+    dp_refusal = ("its discriminator's minibatch averaging (the batch mean concatenated to every record) and its "
+                  "generator's batch norm ('gen.norms') couple the records of a batch, so its gradients have no "
+                  "per-record form for DP-SGD; use emrwgan (DP on the critic), vae or ehrdiff for private runs")
 
     def __init__(self, data_type: str = "binary", embedding_dim: int = 128, noise_dim: int = 128,
                  generator_dims: tuple[int, ...] = (128, 128), discriminator_dims: tuple[int, ...] = (256, 128),

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import TorchSynthesizer
+from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_step
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
 from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
 
@@ -56,7 +57,7 @@ class Trainer:
                  workdir: str | os.PathLike | None = None, max_abs_loss: float | None = MAX_ABS_LOSS,
                  max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
                  fraction: float | None = None, flops: float | None = None, reference: str | None = None,
-                 reference_steps: int | None = None) -> None:
+                 reference_steps: int | None = None, dp: dict | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{precision}'; valid choices: {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -66,6 +67,10 @@ class Trainer:
             raise ValueError(f"trainer.max_steps must be a positive integer or null, got {max_steps}")
         budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
         check_budget(budget, fraction, flops, max_steps, reference, reference_steps)
+        self.dp = dp_config(dp, precision)  # None: not private (the code path below is then unchanged)
+        self.dp_sigma_: float | None = None
+        self.dp_history_: list[tuple[float, int]] = []
+        self.dp_external_: dict | None = None
         self.budget, self.fraction, self.flops = budget, fraction, flops
         self.reference, self.reference_steps = reference, reference_steps
         self.phases_: dict[str, dict] = {}  # per phase: paper_steps, steps, flops_per_step (budget_report)
@@ -197,6 +202,7 @@ class Trainer:
         n = len(Xd)
         batch_size = min(batch_size, n)
         per_epoch = math.ceil(n / batch_size)  # drop_last=False, as in the official loaders
+        private = set(private_keys(synth, keys)) if self.dp is not None else set()
         loss_fns = {k: synth.loss for k in keys}
         if self.compile:
             loss_fns = {k: torch.compile(synth.loss) for k in keys}
@@ -214,9 +220,14 @@ class Trainer:
         try:
             for step in range(start, steps):
                 torch.manual_seed(_step_seed(self.seed, phase, step))
-                scale = synth.lr_scale(int(step * total_steps / steps), total_steps)
+                # the official DP path has no lr schedule (constant lr)
+                scale = 1.0 if self.dp is not None else synth.lr_scale(int(step * total_steps / steps), total_steps)
                 losses = {}
                 for i, key in enumerate(keys):
+                    if self.dp is not None and key in private:
+                        losses[key] = losses.get(key, 0.0) + self._private_step(synth, Xd, key, i, step, phase,
+                                                                                batch_size, scale)
+                        continue
                     # each loss call gets the next batch of a seeded per-epoch permutation (medGAN's two
                     # discriminator updates per step each see their own batch, as in the original code)
                     epoch, j = divmod(step * len(keys) + i, per_epoch)
@@ -276,6 +287,27 @@ class Trainer:
         synth.modules_.eval()
         return synth
 
+    # ---- differential privacy (models/dp.py) -------------------------------------------------------
+    def _private_step(self, synth: TorchSynthesizer, Xd: torch.Tensor, key: str, i: int, step: int, phase: str,
+                      batch_size: int, scale: float) -> float:
+        """One DP-SGD update of `key` on a Poisson batch seeded by (seed, phase, step, call)."""
+        g = torch.Generator().manual_seed(_step_seed(self.seed, f"{phase}/dp/{i}", step))
+        value = private_step(synth, key, Xd, batch_size, scale, self.dp, self.dp_sigma_, g)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{synth.name}: the '{key}' loss became {value} at step {step} of phase "
+                                   f"'{phase}'; training stopped, {self._last_good()}")
+        return value
+
+    def dp_report(self) -> dict:
+        """epsilon spent by the DP steps taken (the accountant's value) and the DP settings; None when not private."""
+        if self.dp_external_ is not None:  # a non-torch DP generator accounted for itself (record_privacy)
+            return self.dp_external_
+        return privacy_report(self.dp, self.dp_sigma_, self.dp_history_)
+
+    def record_privacy(self, epsilon: float, **details: Any) -> None:
+        """For generators trained without Trainer.run (e.g. dp_independent): the epsilon they spent."""
+        self.dp_external_ = {"epsilon": float(epsilon), "dp": details}
+
     @staticmethod
     @torch.no_grad()
     def _update_ema(synth: TorchSynthesizer, stride: float = 1.0) -> None:
@@ -310,6 +342,8 @@ class Trainer:
             for p, c in zip(phases, flops):
                 steps = phase_steps(self.budget, self.fraction_, self.max_steps, p, synth.name)
                 self.phases_[p.name] = {"paper_steps": p.total_steps, "steps": steps, "flops_per_step": c}
+            if self.dp is not None:
+                self.dp_history_, self.dp_sigma_ = plan_privacy(synth, self.dp, len(Xd), phases, self.phases_)
         return self.phases_[phase.name]["steps"]
 
     def _flops_so_far(self, phase: str, done: int) -> float:
@@ -344,7 +378,7 @@ class Trainer:
                 "budget_reference": f"{self.reference_steps} x {self.reference}" if self.budget == "compute"
                 and self.flops is None else None, "max_steps": self.max_steps, "phases": self.phases_,
                 "train_flops": float(train), "paper_flops": float(paper),
-                "fraction_of_paper": train / paper if paper else None}
+                "fraction_of_paper": train / paper if paper else None, **self.dp_report()}
 
     @property
     def steps_per_second(self) -> float:

@@ -267,6 +267,38 @@ def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
                        "changes along x depends on the budget.", p)], []
 
 
+EPSILON_METRICS = ("tstr_auroc", "cooccurrence_pearson", "prevalence_pearson", "cmd", "mia_auc", "dcr")
+
+
+def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    """Privacy-utility tradeoff (trainer.dp runs): utility, fidelity and attack metrics against the spent epsilon,
+    one line per generator; non-private runs sit at the right end, marked ∞."""
+    runs = t.runs.assign(epsilon=pd.to_numeric(t.runs.get("epsilon"), errors="coerce"))
+    if not runs["epsilon"].notna().any():
+        return [], []
+    v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(EPSILON_METRICS)]
+    v = v.merge(runs[["path", "epsilon"]], on="path")
+    target = pd.to_numeric(v["model"].str.extract(r" \(ε=([^)]*)\)$")[0], errors="coerce")  # the label's epsilon
+    inf_x = float(target.max()) * 4 if target.notna().any() else 1.0
+    v = v.assign(x=target.fillna(inf_x), generator=v["model"].str.replace(r" \(ε=[^)]*\)$", "", regex=True))
+    metrics = [m for m in EPSILON_METRICS if m in set(v["metric"])]
+    fig, axes = _grid(len(metrics), 3, 3.8)
+    for i, (ax, m) in enumerate(zip(axes, metrics)):
+        sns.lineplot(data=v[v["metric"] == m], x="x", y="value", hue="generator", estimator="mean", errorbar="sd",
+                     marker="o", ax=ax, legend=i == 0)
+        goal = v.loc[v["metric"] == m, "goal"].iloc[0] if "goal" in v else ""
+        ticks = sorted(set(v["x"]))
+        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="target epsilon", ylabel="")
+        ax.set_xticks(ticks, [("∞" if x == inf_x else f"{x:.3g}") for x in ticks])
+        ax.minorticks_off()
+    p = out / f"{t.slug}__privacy.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
+                       "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
+                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: an attack far "
+                       "above what epsilon allows would be a bug.", p)], []
+
+
 def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list[FigureInfo], list[str]]:
     """Draw every figure of every table into out/; returns the figures and one note per skipped figure."""
     out = Path(out)
@@ -277,8 +309,8 @@ def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list
         steps: list[Callable[[], Any]] = [
             lambda: fig_scatter(rs, t, out, cache, "prevalence"), lambda: fig_scatter(rs, t, out, cache, "cooccurrence"),
             lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
-            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out)]
-        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves")
+            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out), lambda: fig_epsilon(t, out)]
+        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves", "privacy")
         for kind, step in zip(kinds, steps):
             try:
                 f, n = step()

@@ -14,7 +14,7 @@ import pandas as pd
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
                "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference",
-               "budget", "budget_steps", "train_flops", "fraction_of_paper"]
+               "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
@@ -58,9 +58,20 @@ def data_key(data_cfg: dict | None) -> str:
     return hashlib.sha1(json.dumps({"name": data_cfg.get("name"), **kw}, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+# keys added after runs were recorded, at their neutral value: absent and neutral are the same setting
+ADDED_SETTINGS = {"trainer.dp": None}
+
+
 def settings(config: dict) -> dict:
     """The resolved configuration minus NON_SETTINGS (JSON-normalised): what two runs must share to be comparable."""
     out = json.loads(json.dumps(config, default=str))
+    for key, neutral in ADDED_SETTINGS.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            node.pop(leaf)
     for key in NON_SETTINGS:
         *parents, leaf = key.split(".")
         node = out
@@ -167,7 +178,7 @@ def budget_columns(info: dict, config: dict) -> dict:
     if mode is None:
         cap = trainer.get("max_steps")
         return {"budget": f"steps ≤ {cap} (legacy)" if cap else "paper (legacy)", "budget_steps": None,
-                "train_flops": None, "fraction_of_paper": None}
+                "train_flops": None, "fraction_of_paper": None, "epsilon": _float(info.get("epsilon"))}
     label = {"fraction": f"fraction {info.get('budget_fraction')}", "steps": f"steps ≤ {info.get('max_steps')}",
              "compute": f"compute {info.get('budget_reference') or format(float(info.get('budget_flops') or 0), '.3g')}"
              }.get(mode, mode)
@@ -175,7 +186,15 @@ def budget_columns(info: dict, config: dict) -> dict:
     steps = ", ".join(f"{k} {v.get('steps'):,}/{v.get('paper_steps'):,}" for k, v in phases.items()
                       if isinstance(v, dict) and isinstance(v.get("steps"), int) and isinstance(v.get("paper_steps"), int))
     return {"budget": label, "budget_steps": steps or "no training", "train_flops": _float(info.get("train_flops")),
-            "fraction_of_paper": _float(info.get("fraction_of_paper"))}
+            "fraction_of_paper": _float(info.get("fraction_of_paper")), "epsilon": _float(info.get("epsilon"))}
+
+
+def dp_target(config: dict | None) -> float | None:
+    """The target epsilon of a private run (trainer.dp.epsilon), None for a non-private one (no dp, or inf)."""
+    trainer = (config or {}).get("trainer")
+    dp = trainer.get("dp") if isinstance(trainer, dict) else None
+    eps = _float(dp.get("epsilon")) if isinstance(dp, dict) else math.nan
+    return eps if math.isfinite(eps) else None
 
 
 def load_runs(root: str | Path) -> RunSet:
@@ -196,6 +215,8 @@ def load_runs(root: str | Path) -> RunSet:
         ident = _identity(rel, config)
         if info:
             ident.update({k: info[k] for k in ("tag", "data", "model", "seed") if info.get(k) is not None})
+        if dp_target(config) is not None:  # a private run is its own row: "vae (ε=3)" beside "vae"
+            ident["model"] = f"{ident['model']} (ε={dp_target(config):g})"
         if config:
             configs[rel] = config
         dkey = data_key((config or {}).get("data"))

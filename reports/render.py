@@ -78,7 +78,7 @@ def summary_frame(t: Table) -> pd.DataFrame:
     out["budget"] = s["budget"].fillna("").to_numpy() if "budget" in s else ""
     out["steps / paper steps"] = s["budget_steps"].fillna("").to_numpy() if "budget_steps" in s else ""
     names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params",
-             "train_flops": "train FLOPs", "fraction_of_paper": "share of paper"}
+             "train_flops": "train FLOPs", "fraction_of_paper": "share of paper", "epsilon": "ε spent"}
     for col in EFFICIENCY:
         fmt = (lambda v: f"{v:.3g}") if col == "train_flops" else (lambda v: fmt_num(v, 3))
         out[names[col]] = s[col].map(lambda v: fmt(v) if v == v else "—").to_numpy()

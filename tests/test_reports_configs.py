@@ -23,18 +23,24 @@ def hydra_compose(overrides):
             return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+DP_SUITES = ("dp_tradeoff_diabetes130", "dp_tradeoff_synthetic", "paper_cinc2012_dp", "paper_mimic3_dp")
+DP_ONLY = {"dp_independent"}  # the DP floor: in the DP suites, not in the non-private leaderboards
+
+
 def sweep(cfg):
     p = cfg.hydra.sweeper.params
-    assert set(p) == {"model", "seed"}, f"unexpected sweep keys {set(p)}"
+    allowed = {"model", "seed"} | ({"trainer.dp.epsilon"} if cfg.tag.startswith("dp_tradeoff") else set())
+    assert set(p) == allowed, f"unexpected sweep keys {set(p)}"
     return str(p.model).split(","), [int(s) for s in str(p.seed).split(",")]
 
 
 def test_the_four_suites_exist():
-    assert EXPERIMENTS == ["leaderboard_diabetes130", "leaderboard_physionet2012", "leaderboard_synthetic",
-                           "paper_cinc2012", "paper_mimic3"]
+    assert EXPERIMENTS == sorted(["leaderboard_diabetes130", "leaderboard_physionet2012", "leaderboard_synthetic",
+                                  "paper_cinc2012", "paper_mimic3", *DP_SUITES])
 
 
-SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029]}  # the paper's seed first
+SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029],  # the paper's seed first
+         "paper_mimic3_dp": [2024, 2025, 2026], "paper_cinc2012_dp": [2023, 2024, 2025]}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -47,12 +53,18 @@ def test_experiment_composes_and_names_registered_objects(name):
     assert not unknown, f"{name}: the sweep names generators without a model YAML: {unknown}"
     names = {}
     for m in models:
-        one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2"])
+        eps = ["trainer.dp.epsilon=3"] if name.startswith("dp_tradeoff") else []
+        one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2", *eps])
         assert one.model.name in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
         names[m] = one.model.name
         # the cell lands in runs/<tag>/<data>/<model name>/seed_<n>, the layout the reports and the resume skip read
-        assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{one.model.name}/seed_2"
-    everyone = {hydra_compose([f"model={m}"]).model.name for m in MODEL_YAMLS}
+        # (an epsilon sweep: <model name>_eps<epsilon>, so that each epsilon has its own run directory)
+        model_dir = f"{one.model.name}_eps3" if eps else one.model.name
+        assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{model_dir}/seed_2"
+    if name in DP_SUITES:
+        assert "dp_independent" in names and "medgan" not in names and one.trainer.dp.epsilon > 0
+        return
+    everyone = {hydra_compose([f"model={m}"]).model.name for m in MODEL_YAMLS} - DP_ONLY
     assert everyone <= set(names.values()), f"{name}: the sweep misses {sorted(everyone - set(names.values()))}"
     assert len(set(names.values())) == len(names), f"{name}: two YAMLs of one generator would share run dirs"
 
