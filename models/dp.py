@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import torch
@@ -30,8 +31,9 @@ def dp_config(options: dict | None, precision: str = "fp32") -> DPConfig | None:
     """Validate trainer.dp (None = off); one sentence per problem, before anything is trained."""
     if options is None:
         return None
-    if not isinstance(options, dict):
+    if not isinstance(options, Mapping):
         raise ValueError(f"trainer.dp must be null or a mapping of options, got {options!r}")
+    options = dict(options)
     valid = list(DPConfig.__dataclass_fields__)
     unknown = sorted(set(options) - set(valid))
     if unknown:

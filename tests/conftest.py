@@ -32,6 +32,10 @@ TINY_PARAMS = {
     "vae": {"hidden_dim": 32, "latent_dim": 8, "batch_size": 64, "epochs": 2, "sample_batch_size": 64},
     "emrwgan": {"z_dim": 16, "generator_dims": [32, 32], "critic_dims": [32, 32], "batch_size": 64, "epochs": 2,
                 "sample_batch_size": 64},
+    "tabddpm": {"d_layers": [32, 32], "dim_t": 16, "num_timesteps": 20, "batch_size": 64, "steps": 4,
+                "sample_batch_size": 64},
+    "corgan": {"latent_dim": 32, "n_channels_base": 1, "discriminator_dims": [16, 16], "batch_size": 64, "epochs": 2,
+               "d_updates": 2, "warmup_d_updates": 3, "warmup_steps": 2},
 }
 
 

@@ -1,0 +1,268 @@
+"""TabDDPM (Kotelnikov et al., ICML 2023): Gaussian diffusion on continuous columns, multinomial on binary codes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import TorchSynthesizer, register_synthesizer
+from .budget import Phase
+from .outputs import check_unit_interval
+
+LOG_ZERO_CLAMP = 1e-30  # index_to_log_onehot clamps one-hot zeros to 1e-30 before the log (log = -69.08)
+
+
+def beta_schedule(name: str, T: int, max_beta: float = 0.999) -> np.ndarray:
+    """Betas in float64: `cosine` (Nichol & Dhariwal 2021, alpha_bar(s) = cos^2((s + 0.008)/1.008 pi/2), each
+    beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), 0.999)) or `linear` (Ho et al., 1e-4..0.02 at T=1000)."""
+    if name == "cosine":
+        s = np.arange(T + 1, dtype=np.float64) / T
+        f = np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        return np.minimum(1.0 - f[1:] / f[:-1], max_beta)
+    if name == "linear":
+        scale = 1000 / T
+        return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+    raise ValueError(f"tabddpm: unknown scheduler {name!r}; valid choices: cosine, linear")
+
+
+# The schedule tables of GaussianMultinomialDiffusion.__init__ (float64, stored as float32 buffers like the official
+# ones) and the column layout; no trainable parameters. Saved with the weights, rebuilt identically from the config.
+class DiffusionTables(nn.Module):
+    def __init__(self, T: int, scheduler: str, kinds: tuple[str, ...]) -> None:
+        super().__init__()
+        betas = beta_schedule(scheduler, T)
+        alphas = 1.0 - betas
+        log_a = np.log(alphas)
+        log_ac = np.cumsum(log_a)
+        ac = np.cumprod(alphas)
+        ac_prev = np.append(1.0, ac[:-1])
+        post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+        tables = {
+            "log_alpha": log_a, "log_1m_alpha": np.log(1.0 - np.exp(log_a) + 1e-40),
+            "log_cumprod": log_ac, "log_1m_cumprod": np.log(1.0 - np.exp(log_ac) + 1e-40),
+            "sqrt_ac": np.sqrt(ac), "sqrt_1m_ac": np.sqrt(1.0 - ac),
+            "sqrt_recip_ac": np.sqrt(1.0 / ac), "sqrt_recipm1_ac": np.sqrt(1.0 / ac - 1.0),
+            "coef1": betas * np.sqrt(ac_prev) / (1.0 - ac), "coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
+            # p(x_{t-1}|x_t) variance: the posterior variance at t=1 for t=0, then beta_t (gaussian_p_mean_variance)
+            "model_log_var": np.log(np.append(post_var[1], betas[1:])),
+        }
+        for k, v in tables.items():
+            self.register_buffer(k, torch.tensor(v, dtype=torch.float32))
+        binary = np.asarray([k == "binary" for k in kinds], dtype=bool)  # once per build, not per step
+        self.register_buffer("num_idx", torch.as_tensor(np.flatnonzero(~binary), dtype=torch.long))
+        self.register_buffer("bin_idx", torch.as_tensor(np.flatnonzero(binary), dtype=torch.long))
+
+    @property
+    def T(self) -> int:
+        return self.log_alpha.shape[0]
+
+    # ---- multinomial part on (batch, n_binary, 2) log-probabilities; t is (batch,) --------------------------
+    def q_pred(self, log_x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log q(x_t | x_0) = log(alpha_bar_t x_0 + (1 - alpha_bar_t) / K), K = 2."""
+        return torch.logaddexp(log_x0 + self.log_cumprod[t][:, None, None],
+                               self.log_1m_cumprod[t][:, None, None] - math.log(2.0))
+
+    def q_pred_one_timestep(self, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.logaddexp(log_xt + self.log_alpha[t][:, None, None], self.log_1m_alpha[t][:, None, None] - math.log(2.0))
+
+    def q_posterior(self, log_x0: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log q(x_{t-1} | x_t, x_0), normalised over each variable's 2 categories; x_0 itself at t = 0."""
+        prev = self.q_pred(log_x0, (t - 1).clamp(min=0))
+        prev = torch.where((t == 0)[:, None, None], log_x0, prev)
+        un = prev + self.q_pred_one_timestep(log_xt, t)
+        return un - torch.logsumexp(un, dim=-1, keepdim=True)
+
+    def p_pred(self, logits: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0-parametrisation: q_posterior with x_0 replaced by the network's softmax."""
+        return self.q_posterior(F.log_softmax(logits, dim=-1), log_xt, t)
+
+
+def log_onehot(cat: torch.Tensor) -> torch.Tensor:
+    """(batch, n) category indices in {0, 1} -> (batch, n, 2) log one-hot, zeros clamped to 1e-30 (as official)."""
+    return F.one_hot(cat.long(), 2).float().clamp(min=LOG_ZERO_CLAMP).log()
+
+
+def gumbel_argmax(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Categorical draw by Gumbel-max from uniforms u (log_sample_categorical): argmax(log p - log(-log u))."""
+    g = -torch.log(-torch.log(u + 1e-30) + 1e-30)
+    return (g + log_probs).argmax(dim=-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half), k < half = dim // 2; an odd dim gets a zero column."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return F.pad(torch.cat([args.cos(), args.sin()], dim=-1), (0, dim % 2))
+
+
+# tab_ddpm/modules.py MLPDiffusion (is_y_cond=False): proj d_in -> dim_t, plus time MLP (Linear, SiLU, Linear) of the
+# sinusoidal embedding, then the rtdl baseline MLP: [Linear -> ReLU -> Dropout] per d_layers, Linear head -> d_in.
+class MLPDiffusion(nn.Module):
+    def __init__(self, d_in: int, d_layers: tuple[int, ...], dropout: float, dim_t: int) -> None:
+        super().__init__()
+        self.dim_t = dim_t
+        self.proj = nn.Linear(d_in, dim_t)
+        self.time_embed = nn.Sequential(nn.Linear(dim_t, dim_t), nn.SiLU(), nn.Linear(dim_t, dim_t))
+        layers, width = [], dim_t
+        for d in d_layers:
+            layers += [nn.Linear(width, d), nn.ReLU(), nn.Dropout(dropout)]
+            width = d
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, d_in))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.proj(x.float()) + self.time_embed(timestep_embedding(t, self.dim_t)))
+
+
+def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin: torch.Tensor, t: torch.Tensor,
+               noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """GaussianMultinomialDiffusion.mixed_loss with its randomness passed in (t uniform in [0, T), pt = 1/T).
+
+    Gaussian: mean over columns of (eps - eps_hat)^2. Multinomial (vb_stochastic): at t > 0 KL(q(x_{t-1}|x_t,x_0) ||
+    p(x_{t-1}|x_t)), at t = 0 -log p(x_0|x_1), summed over variables, divided by pt, plus KL(q(x_T|x_0) || uniform),
+    all divided by the number of categorical variables. Both batch means, summed (scripts/train.py)."""
+    B, n_num, n_bin = len(t), x_num.shape[1], x_bin.shape[1]
+    x_num_t = tab.sqrt_ac[t][:, None] * x_num + tab.sqrt_1m_ac[t][:, None] * noise
+    log_x0 = log_onehot(x_bin)
+    log_xt = log_onehot(gumbel_argmax(tab.q_pred(log_x0, t), u))
+    # the network sees the log one-hot of x_t ({0, -69.08}), exactly as the official x_in
+    out = net(torch.cat([x_num_t, log_xt.reshape(B, -1)], dim=1), t)
+    loss = out.new_zeros(())
+    if n_num:
+        loss = loss + ((noise - out[:, :n_num]) ** 2).mean(dim=1).mean()
+    if n_bin:
+        log_true = tab.q_posterior(log_x0, log_xt, t)
+        log_model = tab.p_pred(out[:, n_num:].reshape(B, n_bin, 2), log_xt, t)
+        kl = (log_true.exp() * (log_true - log_model)).sum(dim=(1, 2))
+        nll = -(log_x0.exp() * log_model).sum(dim=(1, 2))
+        lt = torch.where(t == 0, nll, kl)
+        log_qT = tab.q_pred(log_x0, torch.full_like(t, tab.T - 1))
+        prior = (log_qT.exp() * (log_qT + math.log(2.0))).sum(dim=(1, 2))
+        pt = torch.full((B,), 1.0 / tab.T, device=t.device)
+        loss = loss + ((lt / pt + prior) / n_bin).mean()
+    return loss
+
+
+# Kotelnikov, Baranchuk, Rubachev & Babenko, "TabDDPM: Modelling Tabular Data with Diffusion Models", ICML 2023
+# (official code: github.com/yandex-research/tab-ddpm, MIT).
+@register_synthesizer("tabddpm")
+class TabDDPM(TorchSynthesizer):
+    """TabDDPM with MLPDiffusion, defaults of the official base config exp/<dataset>/config.toml (the same in all 16
+    datasets; the starting point of scripts/tune_ddpm.py): d_layers [256, 256], dropout 0, dim_t 128 (MLPDiffusion
+    default), num_timesteps 1000, cosine schedule, mse Gaussian loss, AdamW lr 1e-3, weight_decay 1e-5, batch 4096,
+    1000 steps, lr annealed linearly to 0 (scripts/train.py), sampling batch 10000.
+
+    Each binary column is one 2-category variable of the multinomial diffusion (all binaries as one (batch, n, 2)
+    tensor); continuous columns are the Gaussian part. Deviations from the official code (each also noted where it
+    happens): continuous columns are diffused as given (ehrbench scales them to [0, 1]) and the sampled values are
+    clipped to [0, 1], where the official code quantile-normalises them and inverts the QuantileTransformer; labels
+    are ordinary columns (the official is_y_cond=False path; no class-conditional sampling); sampling draws its noise
+    from a generator seeded by `seed` on the model's device (the official code uses the global RNG); the official
+    NaN-row check of sample_all is not ported. Not ported: gaussian_loss_type='kl', importance-sampled timesteps,
+    DDIM sampling and the ResNet denoiser (none used by the paper's configs). The official trainer keeps an EMA
+    (0.999) but its pipeline samples from the raw weights (model.pt), so `ema_decay` is None by default; a number
+    makes the ehrbench trainer keep an EMA (with its warm-up) and sample from it.
+    """
+
+    def __init__(self, d_layers: tuple[int, ...] = (256, 256), dropout: float = 0.0, dim_t: int = 128,
+                 num_timesteps: int = 1000, scheduler: str = "cosine", lr: float = 1e-3, weight_decay: float = 1e-5,
+                 batch_size: int = 4096, steps: int = 1000, ema_decay: float | None = None,
+                 sample_batch_size: int = 10000) -> None:
+        self.d_layers = d_layers
+        self.dropout = dropout
+        self.dim_t = dim_t
+        self.num_timesteps = num_timesteps
+        self.scheduler = scheduler
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.steps = steps
+        self.ema_decay = ema_decay
+        self.sample_batch_size = sample_batch_size
+
+    # ---- TorchSynthesizer hooks ------------------------------------------------------------------
+    def build(self, n_features: int) -> nn.ModuleDict:
+        tab = DiffusionTables(int(self.num_timesteps), self.scheduler, self.kinds_)
+        d_in = len(tab.num_idx) + 2 * len(tab.bin_idx)  # n_num + sum of category counts, as official d_in
+        net = MLPDiffusion(d_in, tuple(self.d_layers), float(self.dropout), int(self.dim_t))
+        return nn.ModuleDict({"net": net, "diffusion": tab})
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": torch.optim.AdamW(self.modules_["net"].parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+
+    def lr_scale(self, step: int, total: int) -> float:
+        """scripts/train.py anneals after each step to lr (1 - step/steps), so step s >= 1 runs at 1 - (s-1)/steps."""
+        return 1.0 - max(step - 1, 0) / max(1, total)
+
+    def loss(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        """t, Gaussian noise and the Gumbel uniforms of q_sample from torch's global RNG (seeded per step)."""
+        tab = self.modules_["diffusion"]
+        x_num, x_bin = x[:, tab.num_idx], x[:, tab.bin_idx]
+        t = torch.randint(0, tab.T, (len(x),), device=x.device)
+        noise = torch.randn_like(x_num)
+        u = torch.rand(len(x), x_bin.shape[1], 2, device=x.device)
+        return mixed_loss(self.modules_["net"], tab, x_num, x_bin, t, noise, u)
+
+    def plan(self, n_rows: int) -> list[Phase]:
+        """One phase of `steps` optimiser steps (the official trainer counts steps, not epochs)."""
+        return [Phase("train", int(self.steps), self.batch_size, ("net",))]
+
+    # ---- fit / sample ----------------------------------------------------------------------------
+    def fit(self, data, trainer=None) -> "TabDDPM":
+        from .trainer import Trainer
+
+        X = self._prepare_fit(data)
+        check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")  # the [0, 1] clip needs [0, 1] data
+        trainer = trainer or Trainer()
+        self.init_training(self.n_features_, trainer.seed)
+        self.run_plan(X, trainer)
+        return self
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ancestral sampling (GaussianMultinomialDiffusion.sample): x_T ~ N(0, I) x uniform categories, then for
+        t = T-1..0 a Gaussian p_sample (eps-parametrised mean, fixed variance, no noise at t = 0) and a categorical
+        draw from p(x_{t-1}|x_t). Returns the continuous part (unclipped) and the category indices."""
+        self._check_fitted()
+        mods = self.sampling_modules()
+        net, tab = mods["net"].eval(), mods["diffusion"]
+        device = tab.log_alpha.device
+        # Deviation: a generator on the model's device (seeded by `seed` only): drawing T x batch x 2 n_binary
+        # uniforms on the CPU and copying them would dominate GPU sampling. Same seed, same device -> same samples.
+        g = torch.Generator(device=device).manual_seed(int(seed))
+        n_num, n_bin = len(tab.num_idx), len(tab.bin_idx)
+        nums, cats = [], []
+        for start in range(0, n, self.sample_batch_size):
+            b = min(self.sample_batch_size, n - start)
+            z = torch.randn(b, n_num, generator=g, device=device)
+            cat = gumbel_argmax(torch.zeros(b, n_bin, 2, device=device), torch.rand(b, n_bin, 2, generator=g, device=device))
+            for i in reversed(range(tab.T)):
+                t = torch.full((b,), i, dtype=torch.long, device=device)
+                log_z = log_onehot(cat)
+                out = net(torch.cat([z, log_z.reshape(b, -1)], dim=1), t)
+                x0 = tab.sqrt_recip_ac[i] * z - tab.sqrt_recipm1_ac[i] * out[:, :n_num]
+                mean = tab.coef1[i] * x0 + tab.coef2[i] * z
+                eps = torch.randn(b, n_num, generator=g, device=device)
+                z = mean + (i > 0) * torch.exp(0.5 * tab.model_log_var[i]) * eps
+                log_p = tab.p_pred(out[:, n_num:].reshape(b, n_bin, 2), log_z, t)
+                cat = gumbel_argmax(log_p, torch.rand(b, n_bin, 2, generator=g, device=device))
+            nums.append(z.cpu())
+            cats.append(cat.cpu())
+        if not nums:
+            return torch.zeros(0, n_num), torch.zeros(0, n_bin, dtype=torch.long)
+        return torch.cat(nums), torch.cat(cats)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Binary columns: the sampled category (0/1); continuous columns: clip(x, 0, 1).
+
+        Deviation: the official code inverts its QuantileTransformer on the Gaussian part; ehrbench's continuous
+        columns are min-max scaled to [0, 1], so the Gaussian output is clipped to that range instead."""
+        z, cat = self.generate(n, seed)
+        tab = self.sampling_modules()["diffusion"]
+        X = np.zeros((n, self.n_features_), dtype=np.float32)
+        X[:, tab.num_idx.cpu().numpy()] = np.clip(z.numpy(), 0.0, 1.0)
+        X[:, tab.bin_idx.cpu().numpy()] = cat.numpy().astype(np.float32)
+        return self._finish(X)

@@ -1,0 +1,137 @@
+"""TabDDPM against independent numbers: cosine schedule, denoiser size, one mixed loss by numpy, lr annealing, width."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ehrbench.models.tabddpm  # noqa: F401  (registers "tabddpm" until models/__init__.py imports it)
+from ehrbench.models import Trainer, build_synthesizer, check_synthesizer
+from ehrbench.models.tabddpm import DiffusionTables, TabDDPM, mixed_loss
+
+TINY = {"d_layers": [32, 32], "dim_t": 16, "num_timesteps": 20, "batch_size": 64, "steps": 4, "sample_batch_size": 64}
+
+
+def official_cosine(T):
+    """betas_for_alpha_bar of the official code, scalar by scalar: beta_i = min(1 - f((i+1)/T) / f(i/T), 0.999)."""
+    f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+    return betas, np.cumprod(1 - betas)
+
+
+def test_contract():
+    report = check_synthesizer("tabddpm", params=TINY)
+    assert report["fresh_process"] and "save/load" in report["checks"]
+
+
+def test_cosine_alphas_cumprod():
+    T = 1000
+    tab = DiffusionTables(T, "cosine", ("binary",))
+    f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    idx = np.array([0, 99, 249, 499, 749, 998])
+    closed = f((idx + 1) / T) / f(0.0)  # the product telescopes until the 0.999 clip at the last step
+    np.testing.assert_allclose(closed[[0, 3]], [0.9999587, 0.4938436], rtol=1e-6)  # f(1e-3)/f(0), f(0.5)/f(0), by hand
+    np.testing.assert_allclose(tab.sqrt_ac.double().numpy()[idx] ** 2, closed, rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(np.exp(tab.log_cumprod.double().numpy()[idx]), closed, rtol=1e-5, atol=1e-10)
+    betas, ac = official_cosine(T)
+    assert betas[-1] == 0.999 and ac[-1] == pytest.approx(ac[-2] * 1e-3)
+    np.testing.assert_allclose(np.exp(tab.log_alpha.double().numpy()), 1 - betas, rtol=1e-6)
+    np.testing.assert_allclose(tab.sqrt_1m_ac.double().numpy(), np.sqrt(1 - ac), rtol=1e-5)
+
+
+def test_denoiser_parameter_count():
+    """MLPDiffusion at d_in = 2 + 2 x 1000 (two continuous, 1000 binary columns), dim_t 128, d_layers [256, 256]."""
+    kinds = ("continuous",) * 2 + ("binary",) * 1000
+    m = build_synthesizer("tabddpm")
+    m.n_features_, m.kinds_, m.columns_ = len(kinds), kinds, tuple(f"c{j}" for j in range(len(kinds)))
+    m.init_modules(len(kinds))
+    d = 2002
+    by_hand = (d * 128 + 128) + 2 * (128 * 128 + 128) + (128 * 256 + 256) + (256 * 256 + 256) + (256 * d + d)
+    assert by_hand == 902_738
+    assert m.n_params == by_hand
+
+
+def test_lr_anneal_matches_official_loop():
+    """scripts/train.py: step s runs at the lr set after step s-1, lr = lr0 (1 - (s-1)/steps)."""
+    steps, lr, seen = 50, 1.0, []
+    for s in range(steps):
+        seen.append(lr)
+        lr = 1.0 * (1 - s / steps)
+    np.testing.assert_allclose([TabDDPM().lr_scale(s, steps) for s in range(steps)], seen, rtol=1e-12)
+
+
+def test_mixed_loss_against_numpy():
+    T, kinds = 1000, ("binary", "continuous", "binary", "binary")
+    tab = DiffusionTables(T, "cosine", kinds)
+    rng = np.random.default_rng(0)
+    B, n_bin = 4, 3
+    x_num = rng.random((B, 1))
+    x_bin = rng.integers(0, 2, (B, n_bin))
+    t = np.array([0, 1, 500, 999])
+    noise, u = rng.standard_normal((B, 1)), rng.random((B, n_bin, 2))
+    out = rng.standard_normal((B, 1 + 2 * n_bin))
+    seen = {}
+
+    def net(x_in, tt):
+        seen["x"] = x_in.double().numpy()
+        return torch.tensor(out, dtype=torch.float32)
+
+    f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    got = float(mixed_loss(net, tab, f32(x_num), f32(x_bin), torch.tensor(t), f32(noise), f32(u)))
+
+    # numpy, in probability space, from the official formulas
+    betas, ac = official_cosine(T)
+    alpha = 1 - betas
+    ac_prev = lambda s: ac[s - 1] if s > 0 else 1.0  # noqa: E731
+    x0 = np.eye(2)[x_bin]                                             # (B, n, 2) one-hot
+    q = lambda p, a: a * p + (1 - a) / 2  # noqa: E731              # one multinomial noising step by a factor a
+    qt = np.stack([q(x0[b], ac[t[b]]) for b in range(B)])
+    xt = np.argmax(-np.log(-np.log(u + 1e-30) + 1e-30) + np.log(qt), axis=-1)
+    x_num_t = np.sqrt(ac[t])[:, None] * x_num + np.sqrt(1 - ac[t])[:, None] * noise
+    np.testing.assert_allclose(seen["x"], np.c_[x_num_t, np.log(np.maximum(np.eye(2)[xt], 1e-30)).reshape(B, -1)],
+                               rtol=1e-5, atol=1e-6)
+
+    def posterior(p0, b):
+        prev = p0 if t[b] == 0 else q(p0, ac_prev(t[b]))
+        un = prev * q(np.eye(2)[xt[b]], alpha[t[b]])
+        return un / un.sum(-1, keepdims=True)
+
+    logits = out[:, 1:].reshape(B, n_bin, 2)
+    x0_hat = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    multi = []
+    for b in range(B):
+        true, model = posterior(x0[b], b), posterior(x0_hat[b], b)
+        lt = -(x0[b] * np.log(model)).sum() if t[b] == 0 else (true * np.log(true / model)).sum()
+        qT = q(x0[b], ac[T - 1])
+        prior = (qT * np.log(qT / 0.5)).sum()
+        multi.append((lt * T + prior) / n_bin)
+    gauss = ((noise - out[:, :1]) ** 2).mean()
+    assert got == pytest.approx(np.mean(multi) + gauss, rel=1e-4)
+
+
+@pytest.mark.parametrize("bias, value", [(20.0, 1.0), (-20.0, 0.0)])
+def test_sampled_category_is_the_column_value(bias, value):
+    """A network certain of category 1 (or 0) for every code gives all-1 (all-0) binary columns."""
+    kinds = ("binary", "continuous", "binary")
+    m = TabDDPM(d_layers=(8,), dim_t=8, num_timesteps=5)
+    m.n_features_, m.kinds_, m.columns_ = 3, kinds, ("a", "b", "c")
+    m.init_modules(3)
+    head = m.modules_["net"].mlp[-1]
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([0.0, -bias, bias, -bias, bias]))  # [eps, (k0, k1) per code]
+    S = m.sample(40, seed=0)
+    assert (S[:, [0, 2]] == value).all() and ((S[:, 1] >= 0) & (S[:, 1] <= 1)).all()
+
+
+def test_fit_and_sample_at_width_1000():
+    rng = np.random.default_rng(1)
+    X = (rng.random((256, 1000)) < rng.random(1000) * 0.2).astype(np.float32)
+    m = TabDDPM(**{**TINY, "num_timesteps": 10})
+    trainer = Trainer(device="cpu", budget="steps", max_steps=3, progress=False, checkpoint_every=10**9, log_every=3)
+    calls = []
+    m.fit(X, trainer)
+    m.modules_["net"].register_forward_hook(lambda *a: calls.append(1))
+    S = m.sample(100, seed=0)
+    assert S.shape == (100, 1000) and set(np.unique(S)) <= {0.0, 1.0}
+    assert len(calls) == 2 * 10  # one network call per timestep per sampling batch: no loop over columns
