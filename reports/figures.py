@@ -259,6 +259,7 @@ def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
                      errorbar="sd", marker="o", ax=ax, legend=i == 0)
         goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
         ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="training FLOPs", ylabel="")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
     p = out / f"{t.slug}__curves.png"
     _save(fig, p)
     return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
