@@ -35,7 +35,7 @@ TINY_PARAMS = {
     "tabddpm": {"d_layers": [32, 32], "dim_t": 16, "num_timesteps": 20, "batch_size": 64, "steps": 4,
                 "sample_batch_size": 64},
     "corgan": {"latent_dim": 32, "n_channels_base": 1, "discriminator_dims": [16, 16], "batch_size": 64, "epochs": 2,
-               "d_updates": 2, "warmup_d_updates": 3, "warmup_steps": 2},
+               "d_updates": 2, "warmup_d_updates": 3, "warmup_steps": 20},
 }
 
 
