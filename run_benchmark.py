@@ -136,7 +136,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.manual_seed(seed)
         data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
         data = load_data(dname, data_kw)
-        model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"}
+        model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"
+                    and (k != "label" or "label" in inspect.signature(models_pkg.get_synthesizer(key)).parameters)}
         synth = models_pkg.build_synthesizer(key, **model_kw)
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         info["provider"] = models_pkg.provider(type(synth))  # module, distribution and version of the generator
@@ -270,12 +271,13 @@ def validate(cfg: DictConfig) -> dict:
         cls = models_pkg.get_synthesizer(str(mname))
     except KeyError as e:
         raise ValueError(one_sentence(e)) from None
-    check_options(f"model '{mname}'", "model", cls.__init__, {k: v for k, v in mcfg.items() if k != "name"})
+    # model.label: a display name (the model column and the run directory) that any model may carry
+    check_options(f"model '{mname}'", "model", cls.__init__, {k: v for k, v in mcfg.items() if k not in ("name", "label")})
     label = mcfg.get("label")
     if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w.+-]+", label)):
         raise ValueError(f"model.label must be a name of letters, digits, '.', '+', '-' or '_', got {label!r}")
     if label is not None and label != mname and label in models_pkg.SYNTHESIZERS:
-        raise ValueError(f"model.label {label!r} is the name of a registered generator; give the outside tool "
+        raise ValueError(f"model.label {label!r} is the name of a registered generator; give the model "
                          "another display name")
     export = config.get("export") or {}
     if export.get("dir") is not None and export.get("format") not in data_pkg.export.FORMATS:

@@ -51,22 +51,24 @@ def test_experiment_composes_and_names_registered_objects(name):
     assert cfg.data.name in DATASETS, f"{name}: dataset {cfg.data.name!r} is not registered"
     unknown = [m for m in models if m not in MODEL_YAMLS]
     assert not unknown, f"{name}: the sweep names generators without a model YAML: {unknown}"
-    names = {}
+    names, dirs = {}, {}
     for m in models:
         eps = ["trainer.dp.epsilon=3"] if name.startswith("dp_tradeoff") else []
         one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2", *eps])
         assert one.model.name in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
         names[m] = one.model.name
-        # the cell lands in runs/<tag>/<data>/<model name>/seed_<n>, the layout the reports and the resume skip read
-        # (an epsilon sweep: <model name>_eps<epsilon>, so that each epsilon has its own run directory)
-        model_dir = f"{one.model.name}_eps3" if eps else one.model.name
+        # the cell lands in runs/<tag>/<data>/<model label or name>/seed_<n>, the layout the reports and the resume
+        # skip read (an epsilon sweep: <model name>_eps<epsilon>, so that each epsilon has its own run directory)
+        row = one.model.get("label") or one.model.name
+        model_dir = f"{one.model.name}_eps3" if eps else row
+        dirs[m] = model_dir
         assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{model_dir}/seed_2"
     if name in DP_SUITES:
         assert "dp_independent" in names and "medgan" not in names and one.trainer.dp.epsilon > 0
         return
     everyone = {hydra_compose([f"model={m}"]).model.name for m in MODEL_YAMLS} - DP_ONLY
     assert everyone <= set(names.values()), f"{name}: the sweep misses {sorted(everyone - set(names.values()))}"
-    assert len(set(names.values())) == len(names), f"{name}: two YAMLs of one generator would share run dirs"
+    assert len(set(dirs.values())) == len(dirs), f"{name}: two YAMLs would share run dirs (give one a model.label)"
 
 
 def test_leaderboards_use_equal_compute_and_draw_curves():
