@@ -59,7 +59,7 @@ def data_key(data_cfg: dict | None) -> str:
 
 
 # keys added after runs were recorded, at their neutral value: absent and neutral are the same setting
-ADDED_SETTINGS = {"trainer.dp": None}
+ADDED_SETTINGS = {"trainer.dp": None, "trainer.fast": False}
 
 
 def settings(config: dict) -> dict:
