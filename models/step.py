@@ -71,11 +71,11 @@ class LossGuard:
 
     Immediate (the fp32 default): each loss is read on the host before its optimiser step (`observe` returns the
     float and `problem` is set at once). Deferred (trainer.fast): nothing in the step waits for the device. Each
-    loss's bad flag is computed on the device and its update is skipped there: fused Adam(W) takes it as
-    `found_inf` (the mechanism GradScaler uses: the kernel leaves weights, moments and step count untouched); any
-    other optimiser gets its gradients zeroed, so nothing derived from the bad loss reaches the weights. The losses
-    stay on the device until `flush()`, which the trainer calls before every log row, weight check, checkpoint,
-    curve evaluation and the end of a phase: one host read of all of them, and `problem` names the first bad one.
+    loss's bad flag is computed on the device and its update skipped there (skip_update: fused Adam(W) takes it as
+    `found_inf`, the mechanism GradScaler uses, and leaves weights, moments and step count untouched; other
+    optimisers get its gradients zeroed), so nothing derived from a bad loss reaches the weights. The losses stay
+    on the device until `flush()`, which the trainer calls before every log row, weight check, checkpoint, curve
+    evaluation and the end of a phase: one host read of all of them, and `problem` names the first bad one.
     """
 
     def __init__(self, model: str, limit: float | None, deferred: bool) -> None:
@@ -92,9 +92,8 @@ class LossGuard:
             self.problem = self.problem or loss_problem(self.model, key, v, step, phase, self.limit)
             return v
         value = value.float()
-        bad = ~torch.isfinite(value)
-        if self.limit is not None:
-            bad |= value.abs() > self.limit
+        # NaN compares false, so one comparison flags NaN, inf and runaway values alike
+        bad = ~torch.isfinite(value) if self.limit is None else ~(value.abs() <= self.limit)
         skip_update(opt, bad, fused_skip)
         self.pending.append((step, key, phase, value))
         return value
@@ -111,14 +110,26 @@ class LossGuard:
 
 
 def skip_update(opt: torch.optim.Optimizer, bad: torch.Tensor, fused_skip: bool = True) -> None:
-    """Make `opt`'s coming step ignore this loss where `bad` (a 0-d bool on the device) holds, without a host read."""
+    """Make `opt`'s coming step ignore this loss where `bad` (a 0-d bool) holds. On a GPU without a host read:
+    fused Adam(W) gets it as `found_inf` and skips the whole update in its kernel; other optimisers get the loss's
+    gradients zeroed on the device. On a CPU, where reading it waits for nothing, the step is skipped outright
+    (no gradients: the optimiser leaves those weights and its state alone)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
     if fused_skip and all(g.get("fused") for g in opt.param_groups):
-        opt.found_inf = bad.to(torch.float32)  # read by the fused kernel: a skipped step changes nothing
-        return
-    for g in opt.param_groups:
-        for p in g["params"]:
-            if p.grad is not None:
-                p.grad.masked_fill_(bad, 0.0)
+        opt.found_inf = bad.to(torch.float32)
+    elif bad.device.type == "cpu":
+        if bool(bad):
+            for p in params:
+                p.grad = None
+    else:
+        zero_grads_where(params, bad)
+
+
+def zero_grads_where(params: list[torch.Tensor], bad: torch.Tensor) -> None:
+    """Zero every gradient where the 0-d bool `bad` holds, on its device (a NaN gradient becomes 0 too)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.masked_fill_(bad, 0.0)
 
 
 def use_fused(opts: dict[str, torch.optim.Optimizer], device: torch.device) -> None:

@@ -89,7 +89,7 @@ def test_foreach_ema_matches_the_per_parameter_loop():
 
 
 def test_nothing_of_a_bad_loss_reaches_the_weights_or_moments():
-    """Plain optimisers (CPU): the bad loss's gradients are zeroed on the device before the step."""
+    """CPU: the bad loss's step is skipped outright (no gradients, so AdamW leaves weights and state alone)."""
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1)
     loss = (p * float("nan")).sum()
@@ -97,9 +97,26 @@ def test_nothing_of_a_bad_loss_reaches_the_weights_or_moments():
     guard = step_mod.LossGuard("m", 1e9, deferred=True)
     guard.observe(loss, opt, 0, "k", "train")
     opt.step()
-    torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 0.1 * 0.01))  # AdamW's decoupled decay only
-    assert torch.isfinite(opt.state[p]["exp_avg"]).all() and torch.isfinite(opt.state[p]["exp_avg_sq"]).all()
+    assert torch.equal(p.detach(), torch.ones(3)) and not opt.state[p]
     assert guard.flush() and "the 'k' loss became nan at step 0 of phase 'train'" in guard.problem
+
+
+def test_gpu_style_skip_zeroes_the_gradients_on_the_device():
+    """Non-fused optimisers on CUDA: gradients zeroed where the device flag is set, left alone where it is not."""
+    grads = [torch.full((2, 2), float("nan")), torch.tensor([1.0, float("inf")])]
+    kept = [_with_grad(g) for g in grads]
+    step_mod.zero_grads_where(kept, torch.tensor(False))
+    for p, g in zip(kept, grads):
+        torch.testing.assert_close(p.grad, g, equal_nan=True)
+    zeroed = [_with_grad(g) for g in grads]
+    step_mod.zero_grads_where(zeroed, torch.tensor(True))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in zeroed)
+
+
+def _with_grad(g: torch.Tensor) -> torch.nn.Parameter:
+    p = torch.nn.Parameter(torch.zeros_like(g))
+    p.grad = g.clone()
+    return p
 
 
 @pytest.mark.parametrize("factor,message", [(float("nan"), "became nan"), (1e12, "ran away to")])
