@@ -1,4 +1,4 @@
-"""Training and sampling speed of every torch generator at its paper configuration, trainer=default (fp32) vs trainer=fast.
+"""Training and sampling speed of every torch generator at its paper configuration: trainer=default vs trainer=fast.
 
 Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_speed.py [--rows 41868] [--cols 1782]
        [--models ehrdiff,medgan,...] [--steps 200] [--warmup 20] [--rounds 2] [--samples 4096] [--device auto]

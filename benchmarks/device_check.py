@@ -1,4 +1,4 @@
-"""Issue 16's goal figures on one GPU: EHRDiff training and sampling speed at the paper configuration, and CPU-vs-CUDA agreement of the dense distance path.
+"""Issue 16's goal figures on one GPU: EHRDiff paper-config training and sampling speed, CPU-vs-CUDA distance agreement.
 
 Usage: python benchmarks/device_check.py [--quick] [--out check.json]
 Installs nothing beyond the project and runs in under 8 minutes on one GPU. Without CUDA it says that no GPU was

@@ -1,4 +1,4 @@
-"""One training step's machinery: the divergence guard (immediate, or deferred on the device), compiled forward+backward with an eager fallback, fused Adam on CUDA, the foreach EMA."""
+"""One training step's machinery: the divergence guard (immediate or deferred), compiled forward+backward, fused Adam, foreach EMA."""
 from __future__ import annotations
 
 import math
