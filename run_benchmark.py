@@ -295,13 +295,18 @@ def validate(cfg: DictConfig) -> dict:
     if budget == "compute" and tcfg.get("flops") is None and tcfg.get("reference") not in models_pkg.SYNTHESIZERS:
         raise ValueError(f"unknown trainer.reference {tcfg.get('reference')!r}; valid choices: "
                          f"{', '.join(sorted(models_pkg.SYNTHESIZERS))}")
-    if models_pkg.dp.dp_config(tcfg.get("dp"), tcfg.get("precision", "fp32")) is not None and not (
+    precision = tcfg.get("precision", "fp32")
+    if precision == "auto":  # as the trainer resolves it: bf16 autocast on CUDA, fp32 elsewhere
+        precision = "bf16" if tcfg.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "fp32"
+    if models_pkg.dp.dp_config(tcfg.get("dp"), precision) is not None and not (
             issubclass(cls, models_pkg.TorchSynthesizer) or getattr(cls, "supports_dp", False)):
         raise ValueError(f"model '{mname}' trains nothing under trainer.dp (it is not private); run it without "
                          "trainer.dp, or with trainer.dp.epsilon=inf")
     if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
                          f"{', '.join(models_pkg.trainer.PRECISIONS)}")
+    if tcfg.get("compile", False) not in ("auto", True, False) or type(tcfg.get("compile", False)) not in (bool, str):
+        raise ValueError(f"unknown trainer.compile {tcfg.get('compile')!r}; valid choices: true, false, auto")
     if tcfg.get("progress", "auto") not in ("auto", True, False):
         raise ValueError(f"trainer.progress must be auto, true or false, got {tcfg.get('progress')!r}")
     try:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,21 +16,11 @@ from tqdm.auto import tqdm
 from .base import TorchSynthesizer
 from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_step
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
+from .checkpoint import last_good, load_checkpoint, restore_weights, roll_back, save_checkpoint, truncate_stats
 from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
-
-CHECKPOINT_KEYS = {"name", "params", "n_features", "phase", "step", "completed", "n_ema", "state", "optimizers"}
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-# Divergence limits (README "Divergence"): a loss beyond MAX_ABS_LOSS or a parameter beyond MAX_ABS_WEIGHT stops
-# training like a NaN loss does. The loss limit is far above the largest healthy summed loss (the VAE's batch-summed
-# BCE is about batch x width x ln 2, 6.3e5 at 512 x 1,782); weights of a healthy network stay within a few units.
-MAX_ABS_LOSS = 1e9
-MAX_ABS_WEIGHT = 1e6
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN, infinite or runaway, or a weight ran away; the last good checkpoint is kept."""
+from .step import (MAX_ABS_LOSS, MAX_ABS_WEIGHT, PRECISIONS, ForwardBackward, LossGuard,  # noqa: F401 (re-exported)
+                   TrainingDiverged, clear_skips, resolve_compile, resolve_precision, to_device, update_ema, use_fused,
+                   weight_problem)
 
 
 def _step_seed(seed: int, phase: str, step: int) -> int:
@@ -49,20 +39,23 @@ class Trainer:
     `step * total_steps / steps`, and each EMA update applies the decay of the paper updates it stands for
     (ema_decay_product: the official warm-up, first decay 2/11, and the 0.999 horizon, in paper time).
     `budget_report()` gives the mode, the steps and FLOPs per phase and the fraction of the paper schedule.
+
+    `fast` (trainer=fast, models/step.py): no host synchronisation inside a step (losses are checked on the device
+    and read at every log row and checkpoint, a bad loss's update skipped on the device), fused Adam(W) on CUDA.
+    `precision: auto` is bf16 autocast on CUDA, fp32 elsewhere; `compile: auto` compiles the step on CUDA only.
     """
 
-    def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool = False,
+    def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool | str = False,
                  max_steps: int | None = None, grad_clip: float | None = None, checkpoint_every: int = 500,
                  log_every: int = 50, progress: str | bool = "auto", seed: int = 0,
                  workdir: str | os.PathLike | None = None, max_abs_loss: float | None = MAX_ABS_LOSS,
                  max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
                  fraction: float | None = None, flops: float | None = None, reference: str | None = None,
-                 reference_steps: int | None = None, dp: dict | None = None) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision '{precision}'; valid choices: {', '.join(PRECISIONS)}")
+                 reference_steps: int | None = None, dp: dict | None = None, fast: bool = False) -> None:
         self.device = resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise ValueError(f"precision={precision} needs CUDA (autocast opt-in); this run is on {self.device.type}, use fp32")
+        precision, compile = resolve_precision(precision, self.device), resolve_compile(compile, self.device)
+        if not isinstance(fast, bool):
+            raise ValueError(f"trainer.fast must be true or false, got {fast!r}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"trainer.max_steps must be a positive integer or null, got {max_steps}")
         budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
@@ -80,7 +73,7 @@ class Trainer:
         self.eval_at: list[float] = []
         self.on_eval = None
         self.evals_done_: set[float] = set()
-        self.precision, self.compile, self.max_steps = precision, compile, max_steps
+        self.precision, self.compile, self.max_steps, self.fast = precision, compile, max_steps, fast
         self.grad_clip, self.checkpoint_every, self.log_every = grad_clip, checkpoint_every, max(1, log_every)
         self.progress, self.seed = progress, seed
         self.max_abs_loss, self.max_abs_weight = max_abs_loss, max_abs_weight
@@ -98,62 +91,23 @@ class Trainer:
         return self.workdir / "train_stats.jsonl" if self.workdir is not None else None
 
     def _save(self, synth: TorchSynthesizer, opts: dict, phase: str, step: int, completed: list[str]) -> None:
-        if self.checkpoint_path is None:
-            return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        ckpt = {"name": synth.name, "params": synth.get_params(), "n_features": synth.n_features_,
-                "phase": phase, "step": step, "completed": completed, "n_ema": getattr(synth, "n_ema_", 0),
-                "state": synth.state_tensors(), "optimizers": {k: o.state_dict() for k, o in opts.items()}}
-        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: a crash leaves the previous checkpoint intact
-
-    def _load(self, synth: TorchSynthesizer) -> dict | None:
-        if self.checkpoint_path is None or not self.checkpoint_path.exists():
-            return None
-        try:
-            ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-                raise ValueError("not an ehrbench trainer checkpoint")
-        except Exception as e:  # truncated zip, foreign pickle, wrong content: never torch's text or traceback
-            reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: truncated, corrupt or not a torch file"
-            raise ValueError(f"{self.checkpoint_path} is unreadable ({reason}); delete it, or pass rerun=true to "
-                             "run_benchmark.py, to start this run over") from None
-        if ckpt["name"] != synth.name or ckpt["n_features"] != synth.n_features_:
-            raise ValueError(f"{self.checkpoint_path} belongs to model '{ckpt['name']}' with {ckpt['n_features']} "
-                             f"features, not '{synth.name}' with {synth.n_features_}; delete it or use another run dir")
-        if ckpt["params"] != synth.get_params():
-            diff = sorted(k for k in ckpt["params"] if ckpt["params"][k] != synth.get_params().get(k))
-            raise ValueError(f"{self.checkpoint_path} was trained with other hyperparameters ({', '.join(diff)}); "
-                             "delete it or use another run dir")
-        return ckpt
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.checkpoint_path, synth, opts, phase, step, completed)
 
     def _last_good(self) -> str:
-        """The end of a divergence message: the last good checkpoint if one exists, else that there is none."""
-        p = self.checkpoint_path
-        if p is not None and p.exists():
-            return f"the last good checkpoint is {p}"
-        return "no checkpoint had been written yet"
+        return last_good(self.checkpoint_path)
 
-    @torch.no_grad()
-    def _check_weights(self, synth: TorchSynthesizer, phase: str, step: int) -> None:
-        """TrainingDiverged if any parameter holds a non-finite value or one beyond max_abs_weight."""
-        if self.max_abs_weight is None:
+    def _check(self, synth: TorchSynthesizer, guard: LossGuard, phase: str, done: int) -> None:
+        """Before any log row, checkpoint or evaluation: TrainingDiverged if a loss so far was bad or the weights ran
+        away. A deferred guard reads the held losses here, and the model is rolled back to the last checkpoint."""
+        problem = guard.problem if guard.flush() else weight_problem(
+            synth.name, synth.modules_.named_parameters(), self.max_abs_weight, done, phase)
+        if problem is None:
             return
-        for name, p in synth.modules_.named_parameters():
-            top = float(p.detach().abs().max()) if p.numel() else 0.0
-            if not math.isfinite(top) or top > self.max_abs_weight:
-                raise TrainingDiverged(f"{synth.name}: the weights ran away (max |w| {top:.4g} in '{name}', limit "
-                                       f"{self.max_abs_weight:g}) by step {step} of phase '{phase}'; training "
-                                       f"stopped (try a smaller model.lr), {self._last_good()}")
-
-    def _truncate_stats(self, phase: str, step: int) -> None:
-        """Drop log rows written after the checkpoint we resume from (they will be replayed)."""
-        if self.stats_path is None or not self.stats_path.exists():
-            return
-        rows = [json.loads(l) for l in self.stats_path.read_text().splitlines() if l.strip()]
-        keep = [r for r in rows if not (r["phase"] == phase and r["step"] > step)]
-        self.stats_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        if not guard.deferred:
+            raise TrainingDiverged(f"{problem}, {self._last_good()}")
+        raise TrainingDiverged(f"{problem} (found at the check after step {done}), "
+                               f"{roll_back(self.checkpoint_path, synth, self.device)}")
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, synth: TorchSynthesizer, X: np.ndarray | torch.Tensor, *, total_steps: int, batch_size: int,
@@ -183,11 +137,9 @@ class Trainer:
                 g.setdefault("initial_lr", g["lr"])
 
         start, completed = 0, []
-        ckpt = self._load(synth)
+        ckpt = load_checkpoint(self.checkpoint_path, synth)
         if ckpt is not None:
-            synth.load_state_tensors(ckpt["state"])
-            synth.to(self.device)
-            synth.n_ema_ = ckpt["n_ema"]
+            restore_weights(synth, ckpt, self.device)
             completed = list(ckpt["completed"])
             if phase in completed:
                 synth.modules_.eval()
@@ -196,18 +148,19 @@ class Trainer:
                 for k, o in opts.items():
                     o.load_state_dict(ckpt["optimizers"][k])
                 start = ckpt["step"]
-                self._truncate_stats(phase, start)
+                truncate_stats(self.stats_path, phase, start)
+        if self.fast:
+            use_fused(opts, self.device)  # after loading: a checkpoint's optimiser state says how it was saved
         synth.to(self.device)
         synth.modules_.train()
         n = len(Xd)
         batch_size = min(batch_size, n)
         per_epoch = math.ceil(n / batch_size)  # drop_last=False, as in the official loaders
         private = set(private_keys(synth, keys)) if self.dp is not None else set()
-        loss_fns = {k: synth.loss for k in keys}
-        if self.compile:
-            loss_fns = {k: torch.compile(synth.loss) for k in keys}
         scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        passes = {k: ForwardBackward(synth, k, scaler, dtype, self.device, self.compile) for k in dict.fromkeys(keys)}
+        guard = LossGuard(synth.name, self.max_abs_loss, deferred=self.fast)
         show = sys.stderr.isatty() if self.progress == "auto" else bool(self.progress)
         bar = tqdm(total=steps, initial=start, desc=f"{synth.name}:{phase}", disable=not show, dynamic_ncols=True)
         perm, perm_epoch = None, -1
@@ -233,23 +186,17 @@ class Trainer:
                     epoch, j = divmod(step * len(keys) + i, per_epoch)
                     if epoch != perm_epoch:
                         g = torch.Generator().manual_seed(_step_seed(self.seed, phase + "/perm", epoch))
-                        perm, perm_epoch = torch.randperm(n, generator=g).to(self.device), epoch
+                        perm, perm_epoch = to_device(torch.randperm(n, generator=g), self.device, self.fast), epoch
                     x = Xd[perm[j * batch_size:(j + 1) * batch_size]]
                     opt = opts[key]
                     for gr in opt.param_groups:
                         gr["lr"] = gr["initial_lr"] * scale
-                    with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                        loss = loss_fns[key](x, key)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(f"{synth.name}: the '{key}' loss became {value} at step {step} of "
-                                               f"phase '{phase}'; training stopped, {self._last_good()}")
-                    if self.max_abs_loss is not None and abs(value) > self.max_abs_loss:
-                        raise TrainingDiverged(f"{synth.name}: the '{key}' loss ran away to {value:.3g} (limit "
-                                               f"{self.max_abs_loss:g}) at step {step} of phase '{phase}'; training "
-                                               f"stopped (try a smaller model.lr), {self._last_good()}")
                     opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                    # forward + backward; the guard reads the loss now (fp32 default) or skips a bad one's update on
+                    # the device and reads it at the next check (fast): never a step on a bad loss either way
+                    value = guard.observe(passes[key](x), opt, step, key, phase, not scaler.is_enabled())
+                    if guard.problem is not None:
+                        raise TrainingDiverged(f"{guard.problem}, {self._last_good()}")
                     if self.grad_clip:
                         scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], self.grad_clip)
@@ -261,8 +208,9 @@ class Trainer:
                 bar.update(1)
                 done = step + 1
                 if done % self.log_every == 0 or done == steps or done % self.checkpoint_every == 0:
-                    self._check_weights(synth, phase, done)  # before any checkpoint: it only keeps good weights
+                    self._check(synth, guard, phase, done)  # before any checkpoint: it only keeps good weights
                 if done % self.log_every == 0 or done == steps:
+                    losses = {k: float(v) for k, v in losses.items()}
                     now = time.perf_counter()
                     row = {"phase": phase, "step": done, "loss": losses,
                            "lr": {k: opts[k].param_groups[0]["lr"] for k in dict.fromkeys(keys)},
@@ -274,13 +222,16 @@ class Trainer:
                         log_f.write(json.dumps(row) + "\n")
                         log_f.flush()
                 if self.on_eval is not None and self.eval_at:
-                    t_phase += self._maybe_eval(synth, phase, done, self.train_seconds + time.perf_counter() - t_phase)
+                    t_phase += self._maybe_eval(synth, phase, done, self.train_seconds + time.perf_counter() - t_phase,
+                                                lambda: self._check(synth, guard, phase, done))
                 if done % self.checkpoint_every == 0 and done < steps:
                     self._save(synth, opts, phase, done, completed)
             self.steps_done += steps - start
             self.train_seconds += time.perf_counter() - t_phase
             self._save(synth, opts, phase, steps, completed + [phase])
         finally:
+            for o in opts.values():
+                clear_skips(o)
             bar.close()
             if log_f is not None:
                 log_f.close()
@@ -309,17 +260,12 @@ class Trainer:
         self.dp_external_ = {"epsilon": float(epsilon), "dp": details}
 
     @staticmethod
-    @torch.no_grad()
     def _update_ema(synth: TorchSynthesizer, stride: float = 1.0) -> None:
         """EMA in paper time: the n-th update (n = 1, 2, ...) of a run whose optimiser steps each stand for `stride`
         paper steps applies the decay of paper updates ((n-1) stride, n stride] (ema_decay_product); at stride 1 it
-        is the official min(ema_decay, (1 + n) / (10 + n)), first decay 2/11."""
+        is the official min(ema_decay, (1 + n) / (10 + n)), first decay 2/11. One foreach lerp (models/step.py)."""
         n = getattr(synth, "n_ema_", 0)
-        decay = ema_decay_product(n * stride, (n + 1) * stride, synth.ema_decay)
-        for e, p in zip(synth.ema_.parameters(), synth.modules_.parameters()):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(synth.ema_.buffers(), synth.modules_.buffers()):
-            e.copy_(b)
+        update_ema(synth.ema_, synth.modules_, ema_decay_product(n * stride, (n + 1) * stride, synth.ema_decay))
         synth.n_ema_ = n + 1
 
     # ---- budget ----------------------------------------------------------------------------------
@@ -355,13 +301,17 @@ class Trainer:
     def _total_flops(self) -> float:
         return sum(p["steps"] * p["flops_per_step"] for p in self.phases_.values())
 
-    def _maybe_eval(self, synth: TorchSynthesizer, phase: str, done: int, seconds: float) -> float:
-        """Call on_eval for every eval_at share the training FLOPs have reached; returns the seconds it took, which
-        the caller leaves out of the training time."""
+    def _maybe_eval(self, synth: TorchSynthesizer, phase: str, done: int, seconds: float,
+                    before: Callable[[], None] | None = None) -> float:
+        """Call on_eval for every eval_at share the training FLOPs have reached (after `before`, the divergence
+        check); returns the seconds it took, which the caller leaves out of the training time."""
         t0 = time.perf_counter()
         flops, total = self._flops_so_far(phase, done), self._total_flops()
         for q in sorted(set(self.eval_at) - self.evals_done_):
             if flops >= q * total * (1 - 1e-12):
+                if before is not None:
+                    before()
+                    before = None
                 self.evals_done_.add(q)
                 rng = torch.random.get_rng_state()
                 self.on_eval(synth, {"fraction": q, "phase": phase, "step": done, "train_flops": flops,
