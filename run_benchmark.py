@@ -273,6 +273,9 @@ def validate(cfg: DictConfig) -> dict:
         raise ValueError(one_sentence(e)) from None
     # model.label: a display name (the model column and the run directory) that any model may carry
     check_options(f"model '{mname}'", "model", cls.__init__, {k: v for k, v in mcfg.items() if k not in ("name", "label")})
+    missing = getattr(cls, "unavailable", lambda: None)()  # an optional dependency (mst: the dp extra)
+    if missing:
+        raise ValueError(missing)
     label = mcfg.get("label")
     if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[\w.+-]+", label)):
         raise ValueError(f"model.label must be a name of letters, digits, '.', '+', '-' or '_', got {label!r}")

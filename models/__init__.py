@@ -2,8 +2,8 @@
 from .base import (SYNTHESIZERS, Synthesizer, TorchSynthesizer, build_synthesizer, get_synthesizer,
                    load_entry_points, register_synthesizer)
 from .trainer import Trainer, TrainingDiverged, resolve_device
-from . import (baselines, corgan, dp_independent, ehrdiff, emrwgan, external, medgan, tabddpm,  # noqa: F401
-               vae)  # register the generators
+from . import (baselines, corgan, dp_independent, ehrdiff, emrwgan, external, medgan, mst, tabddpm,  # noqa: F401
+               vae)  # register the generators (mst imports mbi, its optional extra, only when it fits)
 from . import dp  # noqa: F401  (trainer.dp, models/dp.py)
 from .check import ContractError, check_data, check_synthesizer
 from .plugins import plugin_searchpath, provider

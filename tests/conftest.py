@@ -36,7 +36,18 @@ TINY_PARAMS = {
                 "sample_batch_size": 64},
     "corgan": {"latent_dim": 32, "n_channels_base": 1, "discriminator_dims": [16, 16], "batch_size": 64, "epochs": 2,
                "d_updates": 2, "warmup_d_updates": 3, "warmup_steps": 20},
+    "mst": {"iters": 200},
 }
+
+
+def skip_unavailable(name: str) -> None:
+    """Skip a test of a generator whose optional dependency is missing (its `unavailable()` says which, e.g. mst
+    without the dp extra); every other generator runs."""
+    from ehrbench.models import get_synthesizer
+
+    reason = getattr(get_synthesizer(name), "unavailable", lambda: None)()
+    if reason:
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ def hydra_compose(overrides):
 
 
 DP_SUITES = ("dp_tradeoff_diabetes130", "dp_tradeoff_synthetic", "paper_cinc2012_dp", "paper_mimic3_dp")
-DP_ONLY = {"dp_independent"}  # the DP floor: in the DP suites, not in the non-private leaderboards
+DP_ONLY = {"dp_independent", "mst"}  # the DP floor and MST: in the DP suites, not in the non-private leaderboards
 
 
 def sweep(cfg):

@@ -13,7 +13,7 @@ import torch
 
 import run_benchmark
 from ehrbench.models import SYNTHESIZERS, load_entry_points
-from tests.conftest import REPO, TINY_PARAMS, compose
+from tests.conftest import REPO, TINY_PARAMS, compose, skip_unavailable
 
 TINY_DATA = ["data.n_patients=300", "data.n_codes=30"]
 
@@ -27,6 +27,7 @@ load_entry_points()  # installed plugins get the same end-to-end test (their con
 
 @pytest.mark.parametrize("name", sorted(n for n in SYNTHESIZERS if n != "external"))
 def test_complete_run_directory(name, tmp_path):
+    skip_unavailable(name)
     cfg = compose([f"model={name}", "trainer=debug", "metrics=fast", *TINY_DATA, *tiny_overrides(name)])
     info = run_benchmark.run(cfg, tmp_path)
     assert info["status"] == "ok"
