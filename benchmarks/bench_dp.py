@@ -1,7 +1,7 @@
 """The wall-clock cost of DP-SGD (trainer.dp) per training step against the same step without DP.
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dp.py [--models ehrdiff,vae,emrwgan] [--paths ghost,vmap]
-       [--steps 5] [--vmap-steps 3] [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2] [--out results.json]
+Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dp.py [--models ehrdiff,vae,emrwgan]
+       [--paths ghost,vmap] [--steps 5] [--vmap-steps 3] [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2] [--out results.json]
 Data: load_dataset("synthetic") (20,000 patients -> 16,000 train x 1,005 columns by default). Models: their
 benchmarks/model/<name>.yaml (the papers' sizes and batches). Each round trains `steps` steps without DP, then with
 trainer.dp (epsilon 10, delta 1e-5, C 1, K 1; ehrdiff also K 4 by ghost clipping) once per per-record path

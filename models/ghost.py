@@ -78,7 +78,7 @@ def ghost_clipped_sum(synth: Any, key: str, x: torch.Tensor, params: list[nn.Par
         if not cs:
             raise GhostUnsupported(f"layer '{n}' was not called with gradients in the loss")
         for inp, iv, out, ov in cs:
-            if inp.shape[:1] != (M,) or out.shape[:1] != (M,):
+            if not isinstance(inp, torch.Tensor) or inp.shape[:1] != (M,) or out.shape[:1] != (M,):
                 raise GhostUnsupported(f"layer '{n}' saw an input whose first dimension is not the batch's rows")
             if inp._version != iv or out._version != ov:
                 raise GhostUnsupported(f"the input or output of layer '{n}' was changed in place")

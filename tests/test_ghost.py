@@ -66,7 +66,8 @@ def test_toy_norms_and_clipped_sums_equal_explicit_per_record_gradients(K, reduc
         assert close(ghost_norms, norms, 1e-5)
         factor = (C / (norms + 1e-6)).clamp(max=1.0)
         assert close(torch.cat([s.flatten() for s in sums]), factor @ per, 1e-5)
-        assert float(value) == pytest.approx(sum(float(toy.loss(X[r:r + 1].repeat(K, 1), "net").detach()) for r in range(9)))
+        records = [float(toy.loss(X[r:r + 1].repeat(K, 1), "net").detach()) for r in range(9)]
+        assert float(value) == pytest.approx(sum(records))
     s = len(X) if reduction == "mean" else 1  # C huge: nothing clipped, the sum is s x the batch gradient
     batch = torch.autograd.grad(toy.loss(X.repeat_interleave(K, 0), "net"), params)
     assert close(torch.cat([g.flatten() for g in sums]), s * torch.cat([g.flatten() for g in batch]), 1e-5)
