@@ -1,17 +1,22 @@
 """The wall-clock cost of DP-SGD (trainer.dp) per training step against the same step without DP.
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dp.py [--models ehrdiff,vae,emrwgan] [--steps 5]
-       [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2] [--out results.json]
+Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dp.py [--models ehrdiff,vae,emrwgan]
+       [--paths ghost,vmap] [--steps 5] [--vmap-steps 3] [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2] [--out results.json]
 Data: load_dataset("synthetic") (20,000 patients -> 16,000 train x 1,005 columns by default). Models: their
 benchmarks/model/<name>.yaml (the papers' sizes and batches). Each round trains `steps` steps without DP, then with
-trainer.dp (epsilon 10, delta 1e-5, C 1, K 1; ehrdiff also K 4), from fresh models, interleaved so that the
-machine's drift affects both alike; prints seconds per step (median over rounds) and the DP/non-DP ratio.
+trainer.dp (epsilon 10, delta 1e-5, C 1, K 1; ehrdiff also K 4 by ghost clipping) once per per-record path
+(trainer.dp.per_record: ghost, vmap; `--vmap-steps` for the slow one), from fresh models, interleaved so that the
+machine's drift affects all alike. A variant's time is the median seconds per step over its rounds' steps after
+the first (the first step holds the warm-up and ghost clipping's one-time exactness check); the ratio is to no DP.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,10 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if "ehrbench" not in sys.modules:  # this checkout's ehrbench, whichever copy is installed
+    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
+    _spec.submodule_search_locations = [str(ROOT)]
+    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
 
 from ehrbench.data import load_dataset  # noqa: E402
 from ehrbench.models import Trainer, build_synthesizer  # noqa: E402
@@ -34,16 +43,22 @@ def params(name: str) -> dict:
     return out
 
 
-def seconds_per_step(name: str, data, steps: int, dp: dict | None) -> float:
-    trainer = Trainer(device="cpu", budget="steps", max_steps=steps, progress=False, dp=dp)
-    build_synthesizer(name, **params(name)).fit(data, trainer)
-    return trainer.train_seconds / trainer.steps_done  # the training loop only (no FLOP count, no calibration)
+def seconds_per_step(name: str, data, steps: int, dp: dict | None) -> list[float]:
+    """Seconds of each training step after the first (train_stats.jsonl, one row per step)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(device="cpu", budget="steps", max_steps=steps, progress=False, dp=dp, log_every=1,
+                          workdir=tmp)
+        build_synthesizer(name, **params(name)).fit(data, trainer)
+        rows = [json.loads(line) for line in (Path(tmp) / "train_stats.jsonl").read_text().splitlines()]
+    return [r["seconds_per_step"] for r in rows if r["step"] > 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="ehrdiff,vae,emrwgan")
+    ap.add_argument("--paths", default="ghost,vmap", help="per-record paths to time (trainer.dp.per_record)")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--vmap-steps", type=int, default=None, help="steps per round for the vmap path (default --steps)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-patients", type=int, default=20000)
     ap.add_argument("--n-codes", type=int, default=1000)
@@ -53,18 +68,24 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     data = load_dataset("synthetic", n_patients=a.n_patients, n_codes=a.n_codes, seed=0)
     dp = {"epsilon": 10.0, "delta": 1e-5, "max_grad_norm": 1.0}
-    variants = [(m, "no DP", None) for m in a.models.split(",")]
-    variants += [(m, "DP K=1", dp) for m in a.models.split(",")]
-    variants += [("ehrdiff", "DP K=4", {**dp, "noise_multiplicity": 4})] if "ehrdiff" in a.models else []
-    times: dict[tuple[str, str], list[float]] = {(m, v): [] for m, v, _ in variants}
+    models, paths = a.models.split(","), a.paths.split(",")
+    variants = [(m, "no DP", None, a.steps) for m in models]
+    for path in paths:  # emrwgan's critic has no ghost path (gradient penalty): its DP run is the loop
+        variants += [(m, f"DP K=1 {path}", {**dp, "per_record": path}, a.steps if path == "ghost" else
+                      (a.vmap_steps or a.steps)) for m in models if not (m == "emrwgan" and path == "ghost")]
+    if "ehrdiff" in models and "ghost" in paths:
+        variants += [("ehrdiff", "DP K=4 ghost", {**dp, "noise_multiplicity": 4, "per_record": "ghost"}, a.steps)]
+    times: dict[tuple[str, str], list[float]] = {(m, v): [] for m, v, _, _ in variants}
     for r in range(a.rounds):
-        for m, v, cfg in variants:
-            times[(m, v)].append(seconds_per_step(m, data, a.steps, cfg))
-            print(f"round {r}: {m:8s} {v:7s} {times[(m, v)][-1]:.3f} s/step", flush=True)
-    print(f"\n{data.n_features} columns, {len(data.train):,} training rows, {a.threads} threads, {a.steps} steps x "
-          f"{a.rounds} rounds (medians)\n\n| model | variant | s/step | x no-DP |\n|---|---|---|---|")
+        for m, v, cfg, steps in variants:
+            t = seconds_per_step(m, data, steps, cfg)
+            times[(m, v)] += t
+            print(f"round {r}: {m:8s} {v:14s} {np.median(t):.3f} s/step", flush=True)
+    print(f"\n{data.n_features} columns, {len(data.train):,} training rows, {a.threads} threads, {a.steps} steps "
+          f"({a.vmap_steps or a.steps} for vmap) x {a.rounds} rounds (medians of steps 2..)\n\n"
+          "| model | variant | s/step | x no-DP |\n|---|---|---|---|")
     rows = []
-    for m, v, _ in variants:
+    for m, v, _, _ in variants:
         med, base = float(np.median(times[(m, v)])), float(np.median(times[(m, "no DP")]))
         rows.append({"model": m, "variant": v, "seconds_per_step": med, "ratio": med / base})
         print(f"| {m} | {v} | {med:.3f} | {med / base:.1f} |")

@@ -189,6 +189,9 @@ class TorchSynthesizer(Synthesizer):
     """
 
     ema_decay: float | None = None
+    # DP ghost clipping (models/ghost.py) needs loss(x) = mean ("mean") or sum ("sum") over the rows of x of per-row
+    # terms, row j's term a function of row j and its own draws only; None (unchecked) keeps the vmap path.
+    dp_row_reduction: str | None = None
 
     def build(self, n_features: int) -> nn.ModuleDict:
         raise NotImplementedError

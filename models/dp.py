@@ -10,13 +10,17 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from .ghost import GhostUnsupported, ghost_clipped_sum, ghost_refusal
+
 ACCOUNTANTS = ("rdp", "prv")
+PER_RECORD = ("auto", "vmap", "ghost")
 
 
 @dataclass(frozen=True)
 class DPConfig:
     """trainer.dp: the target (epsilon, delta), the clipping norm C, K noise draws per record, the accountant, and
-    the physical sub-batch cap (records per per-record-gradient chunk, further capped by memory_mb)."""
+    the physical sub-batch cap (records per per-record-gradient chunk, further capped by memory_mb), and how
+    per-record gradients are clipped (per_record: auto = ghost clipping where it applies, else vmap)."""
 
     epsilon: float
     delta: float
@@ -25,6 +29,7 @@ class DPConfig:
     accountant: str = "rdp"
     max_physical_batch: int = 256
     memory_mb: float = 2048.0
+    per_record: str = "auto"
 
 
 def dp_config(options: dict | None, precision: str = "fp32") -> DPConfig | None:
@@ -55,6 +60,8 @@ def dp_config(options: dict | None, precision: str = "fp32") -> DPConfig | None:
             raise ValueError(f"trainer.dp.{key} must be a positive integer, got {getattr(cfg, key)!r}")
     if cfg.accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown trainer.dp.accountant {cfg.accountant!r}; valid choices: {', '.join(ACCOUNTANTS)}")
+    if cfg.per_record not in PER_RECORD:
+        raise ValueError(f"unknown trainer.dp.per_record {cfg.per_record!r}; valid choices: {', '.join(PER_RECORD)}")
     if precision != "fp32":
         raise ValueError(f"trainer.dp needs precision fp32 (per-record clipping in {precision} loses the bound on "
                          "each record's gradient norm)")
@@ -124,20 +131,81 @@ class _Loss(nn.Module):
 
 
 def private_gradient(synth: Any, key: str, x: torch.Tensor, params: list[nn.Parameter], cfg: DPConfig, sigma: float,
-                     expected_batch: float, noise: torch.Generator) -> torch.Tensor:
-    """DP-SGD with noise multiplicity on a Poisson batch x; sets p.grad on `params` and returns the batch loss.
+                     expected_batch: float, noise: torch.Generator, paths: dict | None = None) -> torch.Tensor:
+    """DP-SGD with noise multiplicity on a Poisson batch x; sets p.grad on `params` and returns the batch loss
+    (`paths[key]` gets the per-record path that ran: ghost, vmap or loop).
 
-    For each record r: g_r = grad of the mean of its K-copy loss, L_r = loss(x_r repeated K times), i.e. the mean
-    of the K per-draw gradients (the DPDM/EHRDiff opacus fork averages before clipping); clipped to
-    g_r * min(1, C / ||g_r||) over all parameters at once (flat clipping); summed; Gaussian noise N(0, sigma^2 C^2)
-    added per coordinate; divided by the expected batch size q N. Each record changes the sum by at most C (L2),
-    so this is the subsampled Gaussian mechanism opacus accounts for; K only lowers the variance of g_r. The
-    per-record gradients come from torch.func (vmap of grad over records, each with its own random draws), in
-    chunks of at most max_physical_batch records and memory_mb of gradients.
+    For each record r: g_r = grad of its K-copy loss L_r = loss(x_r repeated K times), i.e. the mean of the K
+    per-draw gradients for a loss that averages its rows (the DPDM/EHRDiff opacus fork averages before
+    clipping); clipped to g_r * min(1, C / ||g_r||) over all parameters at once (flat clipping); summed; Gaussian
+    noise N(0, sigma^2 C^2) added per coordinate; divided by the expected batch size q N. Each record changes the
+    sum by at most C (L2), so this is the subsampled Gaussian mechanism opacus accounts for; K only lowers the
+    variance of g_r. Two ways to the clipped sum, in chunks of at most max_physical_batch records:
+
+    - vmap: per-record gradients from torch.func (vmap of grad over records, each with its own random draws),
+      also capped at memory_mb of gradients per chunk; `loop` (record by record) for losses that differentiate
+      inside (dp_vmap = False).
+    - ghost (models/ghost.py; Li et al. 2022, "Large language models can be strong differentially private
+      learners", ICLR; Bu et al. 2023, "Differentially private optimization on large model at small cost",
+      ICML): one batched forward and backward of the loss on the records repeated K times. For a loss that is a
+      mean (sum) over rows of per-row terms, record r's gradient of L_r is B (1) times the sum of its rows'
+      terms of the batched gradient, for a Linear weight s sum_j g_j a_j^T (g_j: the output gradient of row j,
+      a_j: its input). Its norm comes from the Gram identity ||sum_j g_j a_j^T||^2 = sum_ij (a_i.a_j)(g_i.g_j)
+      (LayerNorm and Embedding alike), the clipped sum from one matmul (c g)^T a. That is the same g_r, the same
+      norm, the same clip factor and the same noise as vmap, so the same mechanism with the same sensitivity C;
+      only the loss's random draws are drawn for the batch at once (the same distribution, other values).
     """
     wrapper = _Loss(synth)
     named = dict(wrapper.named_parameters())
     ids = {id(p) for p in params}
+    ordered = [p for p in named.values() if id(p) in ids]
+    path = per_record_path(synth, key, ordered, cfg.per_record)
+    if path == "ghost":
+        try:
+            total, value = _ghost(synth, key, x, ordered, cfg)
+        except GhostUnsupported as e:  # a run-time check failed: remembered, so later calls skip ghost
+            if cfg.per_record == "ghost":
+                raise ValueError(f"{synth.name}: trainer.dp.per_record=ghost cannot clip the '{key}' loss, because "
+                                 f"{e}; use per_record auto or vmap") from None
+            path = per_record_path(synth, key, ordered, "vmap")
+    if path != "ghost":
+        total, value = _vmap(synth, key, x, wrapper, named, ids, cfg)
+    if paths is not None:
+        paths[key] = path
+    for t, p in zip(total, ordered):
+        z = torch.randn(p.shape, generator=noise, dtype=torch.float32).to(p.device)
+        p.grad = (t + sigma * cfg.max_grad_norm * z) / expected_batch
+    return value
+
+
+def per_record_path(synth: Any, key: str, params: list[nn.Parameter], mode: str) -> str:
+    """ghost, vmap or loop for trainer.dp.per_record = mode (auto: ghost where ghost_refusal finds no reason)."""
+    fallback = "vmap" if getattr(synth, "dp_vmap", True) else "loop"
+    if mode == "vmap":
+        return fallback
+    reason = ghost_refusal(synth, key, params)
+    if reason is None:
+        return "ghost"
+    if mode == "ghost":
+        raise ValueError(f"{synth.name}: trainer.dp.per_record=ghost cannot clip the '{key}' loss, because {reason}; "
+                         "use per_record auto or vmap")
+    return fallback
+
+
+def _ghost(synth: Any, key: str, x: torch.Tensor, params: list[nn.Parameter], cfg: DPConfig):
+    """The clipped per-record sum by ghost clipping, chunk by chunk, and the mean of the records' losses."""
+    total = [torch.zeros_like(p) for p in params] if len(x) == 0 else []
+    value = torch.zeros(())
+    for s in range(0, len(x), cfg.max_physical_batch):
+        sums, v, _ = ghost_clipped_sum(synth, key, x[s:s + cfg.max_physical_batch], params,
+                                       cfg.noise_multiplicity, cfg.max_grad_norm)
+        total = sums if s == 0 else [t.add_(u) for t, u in zip(total, sums)]
+        value = value + v.cpu()
+    return total, value / len(x) if len(x) else value
+
+
+def _vmap(synth: Any, key: str, x: torch.Tensor, wrapper: nn.Module, named: dict, ids: set, cfg: DPConfig):
+    """The clipped per-record sum from materialised per-record gradients (vmap, or the loop), and the mean loss."""
     train = {n: p.detach() for n, p in named.items() if id(p) in ids}
     frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
     buffers = {n: b.detach() for n, b in wrapper.named_buffers()}
@@ -160,10 +228,7 @@ def private_gradient(synth: Any, key: str, x: torch.Tensor, params: list[nn.Para
         factor = (cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         for n, v in g.items():
             total[n] += torch.einsum("b,b...->...", factor, v)
-    for n, p in zip(train, (named[n] for n in train)):
-        z = torch.randn(p.shape, generator=noise, dtype=torch.float32).to(p.device)
-        p.grad = (total[n] + sigma * cfg.max_grad_norm * z) / expected_batch
-    return torch.cat(losses).mean() if losses else torch.zeros(())  # the batch loss (mean of the records' losses)
+    return list(total.values()), torch.cat(losses).mean() if losses else torch.zeros(())
 
 
 def _loop(synth: Any, key: str, K: int, params: list[nn.Parameter], names: list[str]):
@@ -205,8 +270,10 @@ def plan_privacy(synth: Any, cfg: DPConfig, n: int, phases: list, steps: dict) -
     multiplier that makes them spend exactly the target epsilon."""
     for p in phases:
         check_dp_data(cfg, n, p.batch_size, synth.name)
-    keys = [k for p in phases for k in (p.keys or synth.optimizers_)]
-    check_privatisable(synth, private_keys(synth, list(dict.fromkeys(keys))))
+    keys = private_keys(synth, list(dict.fromkeys(k for p in phases for k in (p.keys or synth.optimizers_))))
+    check_privatisable(synth, keys)
+    for k in keys:  # trainer.dp.per_record=ghost on a loss it cannot clip: refused before training
+        per_record_path(synth, k, [p for g in synth.optimizers_[k].param_groups for p in g["params"]], cfg.per_record)
     history = [(min(p.batch_size, n) / n, steps[p.name]["steps"] * len(private_keys(synth, list(p.keys or
                                                                                            synth.optimizers_))))
                for p in phases]
@@ -214,7 +281,7 @@ def plan_privacy(synth: Any, cfg: DPConfig, n: int, phases: list, steps: dict) -
 
 
 def private_step(synth: Any, key: str, Xd: torch.Tensor, batch_size: int, scale: float, cfg: DPConfig,
-                 sigma: float, g: torch.Generator) -> float:
+                 sigma: float, g: torch.Generator, paths: dict | None = None) -> float:
     """One DP-SGD update: a Poisson batch (each record in with probability q = B / N, from `g`), the private
     gradient (noise from `g` too), the optimizer step. EMA and logging stay with the trainer (one per step)."""
     n = len(Xd)
@@ -224,16 +291,17 @@ def private_step(synth: Any, key: str, Xd: torch.Tensor, batch_size: int, scale:
     for gr in opt.param_groups:
         gr["lr"] = gr["initial_lr"] * scale
     opt.zero_grad(set_to_none=True)
-    value = float(private_gradient(synth, key, x, params, cfg, sigma, float(batch_size), g))
+    value = float(private_gradient(synth, key, x, params, cfg, sigma, float(batch_size), g, paths))
     if math.isfinite(value):
         opt.step()
     return value
 
 
-def privacy_report(cfg: DPConfig | None, sigma: float | None, history: list) -> dict:
-    """run.json's privacy keys: epsilon (from the accountant for the DP steps taken) and the settings."""
+def privacy_report(cfg: DPConfig | None, sigma: float | None, history: list, paths: dict | None = None) -> dict:
+    """run.json's privacy keys: epsilon (from the accountant for the DP steps taken), the settings, and the
+    per-record path each loss key took (per_record_path: ghost, vmap or loop)."""
     if cfg is None or sigma is None:
         return {"epsilon": None}
     return {"epsilon": epsilon_spent(sigma, history, cfg.delta, cfg.accountant),
             "dp": {**cfg.__dict__, "noise_multiplier": sigma, "sample_rates": [q for q, _ in history],
-                   "dp_steps": [s for _, s in history]}}
+                   "dp_steps": [s for _, s in history], "per_record_path": dict(paths or {})}}

@@ -167,6 +167,8 @@ class TabDDPM(TorchSynthesizer):
     makes the ehrbench trainer keep an EMA (with its warm-up) and sample from it.
     """
 
+    dp_row_reduction = "mean"  # loss: row means of the Gaussian and multinomial terms (ghost clipping, models/ghost.py)
+
     def __init__(self, d_layers: tuple[int, ...] = (256, 256), dropout: float = 0.0, dim_t: int = 128,
                  num_timesteps: int = 1000, scheduler: str = "cosine", lr: float = 1e-3, weight_decay: float = 1e-5,
                  batch_size: int = 4096, steps: int = 1000, ema_decay: float | None = None,

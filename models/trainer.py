@@ -63,6 +63,7 @@ class Trainer:
         self.dp = dp_config(dp, precision)  # None: not private (the code path below is then unchanged)
         self.dp_sigma_: float | None = None
         self.dp_history_: list[tuple[float, int]] = []
+        self.dp_paths_: dict[str, str] = {}  # loss key -> the per-record path its DP steps took (ghost, vmap, loop)
         self.dp_external_: dict | None = None
         self.budget, self.fraction, self.flops = budget, fraction, flops
         self.reference, self.reference_steps = reference, reference_steps
@@ -243,7 +244,7 @@ class Trainer:
                       batch_size: int, scale: float) -> float:
         """One DP-SGD update of `key` on a Poisson batch seeded by (seed, phase, step, call)."""
         g = torch.Generator().manual_seed(_step_seed(self.seed, f"{phase}/dp/{i}", step))
-        value = private_step(synth, key, Xd, batch_size, scale, self.dp, self.dp_sigma_, g)
+        value = private_step(synth, key, Xd, batch_size, scale, self.dp, self.dp_sigma_, g, self.dp_paths_)
         if not math.isfinite(value):
             raise TrainingDiverged(f"{synth.name}: the '{key}' loss became {value} at step {step} of phase "
                                    f"'{phase}'; training stopped, {self._last_good()}")
@@ -253,7 +254,7 @@ class Trainer:
         """epsilon spent by the DP steps taken (the accountant's value) and the DP settings; None when not private."""
         if self.dp_external_ is not None:  # a non-torch DP generator accounted for itself (record_privacy)
             return self.dp_external_
-        return privacy_report(self.dp, self.dp_sigma_, self.dp_history_)
+        return privacy_report(self.dp, self.dp_sigma_, self.dp_history_, self.dp_paths_)
 
     def record_privacy(self, epsilon: float, **details: Any) -> None:
         """For generators trained without Trainer.run (e.g. dp_independent): the epsilon they spent."""

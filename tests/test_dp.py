@@ -65,6 +65,7 @@ def test_every_per_record_gradient_is_clipped_to_C(name, K, tiny_data):
 
 class Toy(TorchSynthesizer):
     """A deterministic per-record loss (mean squared error of a small MLP to a fixed target)."""
+    dp_row_reduction = "mean"
 
     def __init__(self) -> None:
         pass
@@ -79,7 +80,9 @@ class Toy(TorchSynthesizer):
         return ((self.modules_["net"](x).squeeze(1) - x.sum(1)) ** 2).mean()
 
 
-def test_with_one_draw_the_mechanism_equals_opacus_make_private():
+@pytest.mark.parametrize("per_record", ["vmap", "ghost"])
+def test_with_one_draw_the_mechanism_equals_opacus_make_private(per_record):
+    """The same clipped sum and, from the same seed, the same Gaussian noise (sigma 0.7) as opacus."""
     from opacus import PrivacyEngine
 
     torch.manual_seed(0)
@@ -92,13 +95,16 @@ def test_with_one_draw_the_mechanism_equals_opacus_make_private():
     theirs = Toy()
     theirs.init_training(5, seed=1)
     params = list(ours.modules_.parameters())
-    cfg = DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=0.5)
-    private_gradient(ours, "net", X, params, cfg, 0.0, float(len(X)), torch.Generator().manual_seed(0))
+    cfg = DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=0.5, per_record=per_record)
+    paths = {}
+    private_gradient(ours, "net", X, params, cfg, 0.7, float(len(X)), torch.Generator().manual_seed(0), paths)
+    assert paths == {"net": per_record}
     model = theirs.modules_["net"]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=len(X))
     model, opt, loader = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
-                                                      noise_multiplier=0.0, max_grad_norm=0.5, poisson_sampling=False)
+                                                      noise_multiplier=0.7, max_grad_norm=0.5, poisson_sampling=False,
+                                                      noise_generator=torch.Generator().manual_seed(0))
     opt.zero_grad()
     ((model(X).squeeze(1) - X.sum(1)) ** 2).mean().backward()
     opt.step()
@@ -116,6 +122,7 @@ def test_a_dp_run_trains_and_records_epsilon(tiny_data, tmp_path):
     report = t.budget_report()
     assert 4.95 <= report["epsilon"] <= 5.0 and report["dp"]["dp_steps"] == [8]
     assert report["dp"]["sample_rates"] == [64 / len(tiny_data.train)]
+    assert report["dp"]["per_record_path"] == {"vae": "ghost"}
     assert m.sample(10).shape == (10, tiny_data.n_features)
     assert [json.loads(l)["step"] for l in (tmp_path / "train_stats.jsonl").read_text().splitlines()][-1] == 8
 
@@ -137,6 +144,8 @@ def test_not_private_is_the_unchanged_code_path(tiny_data):
     ({"epsilon": 1}, "trainer.dp needs epsilon and delta"),
     ({"epsilon": 1, "delta": 1e-5, "sigma": 2}, "trainer.dp has no option 'sigma'; valid choices: epsilon, delta"),
     ({"epsilon": 1, "delta": 1e-5, "accountant": "gdp"}, "unknown trainer.dp.accountant 'gdp'; valid choices: rdp, prv"),
+    ({"epsilon": 1, "delta": 1e-5, "per_record": "opacus"},
+     "unknown trainer.dp.per_record 'opacus'; valid choices: auto, vmap, ghost"),
 ])
 def test_bad_dp_options_are_one_sentence(dp, match):
     with pytest.raises(ValueError, match=match):
