@@ -18,7 +18,7 @@ from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_s
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
 from .checkpoint import last_good, load_checkpoint, restore_weights, roll_back, save_checkpoint, truncate_stats
 from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
-from .distributed import DataParallel, local_device, setup
+from .distributed import DataParallel, local_device, setup, world_size
 from .step import (MAX_ABS_LOSS, MAX_ABS_WEIGHT, PRECISIONS, ForwardBackward, LossGuard,  # noqa: F401 (re-exported)
                    TrainingDiverged, clear_skips, resolve_compile, resolve_precision, to_device, update_ema, use_fused,
                    weight_problem)
@@ -57,8 +57,7 @@ class Trainer:
                  max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
                  fraction: float | None = None, flops: float | None = None, reference: str | None = None,
                  reference_steps: int | None = None, dp: dict | None = None, fast: bool = False) -> None:
-        world = setup()  # joins torchrun's process group when WORLD_SIZE > 1
-        self.device = local_device(resolve_device(device))
+        self.device = local_device(resolve_device(device))  # cuda:LOCAL_RANK under torchrun
         precision, compile = resolve_precision(precision, self.device), resolve_compile(compile, self.device)
         if not isinstance(fast, bool):
             raise ValueError(f"trainer.fast must be true or false, got {fast!r}")
@@ -67,10 +66,11 @@ class Trainer:
         budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
         check_budget(budget, fraction, flops, max_steps, reference, reference_steps)
         self.dp = dp_config(dp, precision)  # None: not private (the code path below is then unchanged)
-        if world > 1 and self.dp is not None:
+        if world_size() > 1 and self.dp is not None:
             raise ValueError("trainer.dp cannot run under torchrun (WORLD_SIZE > 1): DP-SGD's Poisson batches and "
                              "per-record noise are not split across processes; run it in one process")
-        self.ddp: DataParallel | None = DataParallel() if world > 1 else None
+        # under torchrun: join the process group (waits for every rank)
+        self.ddp: DataParallel | None = DataParallel() if setup() > 1 else None
         self.dp_sigma_: float | None = None
         self.dp_history_: list[tuple[float, int]] = []
         self.dp_external_: dict | None = None

@@ -114,6 +114,12 @@ def test_row_draws_slice_the_single_process_numbers():
         assert torch.equal(whole[-1], part[-1])  # not a per-row draw: made whole, the same on every rank
 
 
+def test_dp_refused_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="trainer.dp cannot run under torchrun"):
+        Trainer(device="cpu", dp={"epsilon": 10.0, "delta": 1e-5})
+
+
 def test_two_processes_match_one(tmp_path):
     t0 = time.perf_counter()
     ranks = spawn(tmp_path / "ddp", EXACT + ["medgan"])
