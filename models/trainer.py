@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -71,6 +72,11 @@ class Trainer:
                              "per-record noise are not split across processes; run it in one process")
         # under torchrun: join the process group (waits for every rank)
         self.ddp: DataParallel | None = DataParallel() if setup() > 1 else None
+        if self.ddp is not None and compile:
+            warnings.warn("trainer.compile is off under torchrun: a compiled step bypasses the per-row slicing of the "
+                          "loss's random draws (models/distributed.py), so the step runs eagerly", RuntimeWarning,
+                          stacklevel=2)
+            compile = False
         self.dp_sigma_: float | None = None
         self.dp_history_: list[tuple[float, int]] = []
         self.dp_external_: dict | None = None

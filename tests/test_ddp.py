@@ -165,7 +165,8 @@ def test_torchrun_run_benchmark(tmp_path):
                    env=env, check=True, capture_output=True)
     ddp, one = (next((tmp_path / d).glob("*/*/*/seed_0")) for d in ("ddp", "one"))
     info = json.loads((ddp / "run.json").read_text())
-    assert info["status"] == "ok" and not (ddp / "run.lock").exists() and not (ddp / "checkpoint.pt").exists()
+    assert info["status"] == "ok" and info["world_size"] == 2
+    assert not (ddp / "run.lock").exists() and not (ddp / "checkpoint.pt").exists()
     assert_same_losses(losses(ddp), losses(one))
     n_results = len((one / "results.jsonl").read_text().splitlines())
     assert len((ddp / "results.jsonl").read_text().splitlines()) == n_results
