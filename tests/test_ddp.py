@@ -137,7 +137,7 @@ def test_two_processes_match_one(tmp_path):
     print(f"2-process run of {len(EXACT) + 1} generators and references: {time.perf_counter() - t0:.1f} s")
 
 
-@pytest.mark.slow  # two more 2-process starts: ~40 s on the 2-core box
+@pytest.mark.slow  # two more 2-process starts: 20-40 s on the 2-core box
 def test_resume_after_a_kill(tmp_path):
     """A 2-process run killed after its step-2 checkpoint and started again ends where an uninterrupted 1-process
     run does (steps 3-4 and the final weights)."""
