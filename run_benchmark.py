@@ -53,6 +53,7 @@ from omegaconf.errors import OmegaConfBaseException
 import ehrbench.data as data_pkg
 import ehrbench.metrics as metrics_pkg
 import ehrbench.models as models_pkg
+from ehrbench.models import distributed
 from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
 from ehrbench.models import plugins
@@ -61,6 +62,13 @@ from ehrbench.models.rundir import RunDirError, RunLock, clear_outputs, decide, 
 from ehrbench.reports.load import settings, settings_diff, settings_hash
 
 REPO = Path(__file__).resolve().parent
+# ${ehrbench_repo:} in configs: this checkout's root (the Ray launcher puts it on its workers' PYTHONPATH)
+OmegaConf.register_new_resolver("ehrbench_repo", lambda: str(REPO), replace=True)
+
+
+def bind_worker() -> None:
+    """Ray's worker_process_setup_hook (benchmarks/hydra/launcher/ray.yaml): importing this module has bound
+    `ehrbench` to this checkout before the worker unpickles a sweep cell."""
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
@@ -118,6 +126,28 @@ def load_data(dname: str, data_kw: dict) -> data_pkg.EHRData:
         raise
 
 
+def prepare(config: dict, run_dir: Path) -> tuple[data_pkg.EHRData, Any, Any]:
+    """The data, the untrained generator and its Trainer of one cell (every torchrun rank builds the same)."""
+    key, seed = config["model"]["name"], int(config["seed"])
+    torch.manual_seed(seed)
+    data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
+    data = load_data(config["data"]["name"], data_kw)
+    model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"
+                and (k != "label" or "label" in inspect.signature(models_pkg.get_synthesizer(key)).parameters)}
+    synth = models_pkg.build_synthesizer(key, **model_kw)
+    return data, synth, models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
+
+
+def follow(cfg: DictConfig, run_dir: Path) -> None:
+    """A torchrun rank above 0: once rank 0 has checked and locked the run directory, train in step with it
+    (models/distributed.py) and return; rank 0 alone writes the directory, samples and scores."""
+    if not distributed.decide():  # rank 0 skipped, refused or failed before training
+        return
+    data, synth, trainer = prepare(validate(cfg), run_dir)
+    if isinstance(synth, models_pkg.TorchSynthesizer):  # others train without the Trainer: nothing to share
+        synth.fit(data, trainer)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Execute one benchmark cell into run_dir and return run.json's content."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -133,16 +163,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     write_json(run_json, info)
     try:
         info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
-        torch.manual_seed(seed)
-        data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
-        data = load_data(dname, data_kw)
-        model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"
-                    and (k != "label" or "label" in inspect.signature(models_pkg.get_synthesizer(key)).parameters)}
-        synth = models_pkg.build_synthesizer(key, **model_kw)
+        data, synth, trainer = prepare(config, run_dir)
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         info["provider"] = models_pkg.provider(type(synth))  # module, distribution and version of the generator
-        trainer = models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
-        info.update(device=str(trainer.device), n_train=len(data.train), n_features=data.n_features)
+        info.update(device=str(trainer.device), world_size=distributed.world_size(), n_train=len(data.train),
+                    n_features=data.n_features)
 
         curve = config.get("curve") or {}
         if curve.get("eval_at"):
@@ -371,8 +396,9 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
             OmegaConf.save(node, tmp)
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> None:
-    """Validate, decide from the directory's record (skip / refuse / run), lock, then run and print the summary."""
+def execute(cfg: DictConfig, run_dir: Path, go: Callable[[bool], Any] = lambda ok: ok) -> None:
+    """Validate, decide from the directory's record (skip / refuse / run), lock, then run and print the summary;
+    `go` hears whether the run goes ahead (under torchrun it tells the other ranks)."""
     config = validate(cfg)
 
     def verdict(first: bool) -> str:
@@ -385,6 +411,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> None:
 
     if verdict(True) == "skip":  # read-only: a finished directory is never touched (not even when read-only)
         print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
+        go(False)
         return
     with RunLock(run_dir) as lock:
         if lock.stale_pid:
@@ -392,10 +419,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> None:
                   file=sys.stderr)
         if verdict(False) == "skip":  # another process finished it while we waited
             print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
+            go(False)
             return
         if cfg.rerun:
             clear_outputs(run_dir)
         save_hydra_files(run_dir, cfg)
+        go(True)
         info = run(cfg, run_dir)
     print_summary(info, run_dir)
 
@@ -442,12 +471,23 @@ def prepare_argv(argv: list[str]) -> list[str]:
 @hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    told = []  # under torchrun: whether rank 0 has told the other ranks if the run goes ahead
+
+    def go(ok: bool) -> None:
+        if distributed.setup() > 1 and not told:
+            told.append(distributed.decide(ok))
+
     try:
+        if distributed.setup() > 1 and distributed.rank() > 0:
+            return follow(cfg, run_dir)
+        if distributed.setup() > 1 and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise ValueError("torchrun runs one cell, not a sweep (-m): start one torchrun per cell, e.g. from a "
+                             "launcher job")
         if cfg.get("export") and cfg.export.get("dir"):
             export(cfg)
             remove_empty(run_dir, Path(cfg.paths.runs))  # the folders Hydra made: an export makes no run
             return
-        execute(cfg, run_dir)
+        execute(cfg, run_dir, go)
     except KeyboardInterrupt:
         print(f"interrupted: {run_dir} keeps its last checkpoint; run the same command again to resume",
               file=sys.stderr)
@@ -462,6 +502,10 @@ def main(cfg: DictConfig) -> None:
             raise
         print(msg, file=sys.stderr)  # one sentence, exit code 1; run.json keeps the traceback of a started run
         raise SystemExit(1) from None
+    finally:
+        if distributed.rank() == 0:
+            go(False)  # a rank-0 failure before training: the other ranks stop waiting
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_s
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
 from .checkpoint import last_good, load_checkpoint, restore_weights, roll_back, save_checkpoint, truncate_stats
 from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
+from .distributed import DataParallel, local_device, setup, world_size
 from .step import (MAX_ABS_LOSS, MAX_ABS_WEIGHT, PRECISIONS, ForwardBackward, LossGuard,  # noqa: F401 (re-exported)
                    TrainingDiverged, clear_skips, resolve_compile, resolve_precision, to_device, update_ema, use_fused,
                    weight_problem)
@@ -43,6 +45,10 @@ class Trainer:
     `fast` (trainer=fast, models/step.py): no host synchronisation inside a step (losses are checked on the device
     and read at every log row and checkpoint, a bad loss's update skipped on the device), fused Adam(W) on CUDA.
     `precision: auto` is bf16 autocast on CUDA, fp32 elsewhere; `compile: auto` compiles the step on CUDA only.
+
+    Under torchrun (WORLD_SIZE > 1, models/distributed.py) every rank draws the same global batch and computes its
+    own rows of it, the gradients are all-reduced into the single-process gradient of the global batch's loss, and
+    every rank takes the same optimiser step; only rank 0 writes checkpoints and train_stats.jsonl.
     """
 
     def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool | str = False,
@@ -52,7 +58,7 @@ class Trainer:
                  max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
                  fraction: float | None = None, flops: float | None = None, reference: str | None = None,
                  reference_steps: int | None = None, dp: dict | None = None, fast: bool = False) -> None:
-        self.device = resolve_device(device)
+        self.device = local_device(resolve_device(device))  # cuda:LOCAL_RANK under torchrun
         precision, compile = resolve_precision(precision, self.device), resolve_compile(compile, self.device)
         if not isinstance(fast, bool):
             raise ValueError(f"trainer.fast must be true or false, got {fast!r}")
@@ -61,6 +67,16 @@ class Trainer:
         budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
         check_budget(budget, fraction, flops, max_steps, reference, reference_steps)
         self.dp = dp_config(dp, precision)  # None: not private (the code path below is then unchanged)
+        if world_size() > 1 and self.dp is not None:
+            raise ValueError("trainer.dp cannot run under torchrun (WORLD_SIZE > 1): DP-SGD's Poisson batches and "
+                             "per-record noise are not split across processes; run it in one process")
+        # under torchrun: join the process group (waits for every rank)
+        self.ddp: DataParallel | None = DataParallel() if setup() > 1 else None
+        if self.ddp is not None and compile:
+            warnings.warn("trainer.compile is off under torchrun: a compiled step bypasses the per-row slicing of the "
+                          "loss's random draws (models/distributed.py), so the step runs eagerly", RuntimeWarning,
+                          stacklevel=2)
+            compile = False
         self.dp_sigma_: float | None = None
         self.dp_history_: list[tuple[float, int]] = []
         self.dp_paths_: dict[str, str] = {}  # loss key -> the per-record path its DP steps took (ghost, vmap, loop)
@@ -91,8 +107,13 @@ class Trainer:
     def stats_path(self) -> Path | None:
         return self.workdir / "train_stats.jsonl" if self.workdir is not None else None
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes files: always, except torchrun ranks above 0."""
+        return self.ddp is None or self.ddp.rank == 0
+
     def _save(self, synth: TorchSynthesizer, opts: dict, phase: str, step: int, completed: list[str]) -> None:
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.writes:
             save_checkpoint(self.checkpoint_path, synth, opts, phase, step, completed)
 
     def _last_good(self) -> str:
@@ -138,6 +159,8 @@ class Trainer:
                 g.setdefault("initial_lr", g["lr"])
 
         start, completed = 0, []
+        if self.ddp is not None:
+            self.ddp.barrier()  # rank 0's last checkpoint is on disk before any rank reads it
         ckpt = load_checkpoint(self.checkpoint_path, synth)
         if ckpt is not None:
             restore_weights(synth, ckpt, self.device)
@@ -149,11 +172,15 @@ class Trainer:
                 for k, o in opts.items():
                     o.load_state_dict(ckpt["optimizers"][k])
                 start = ckpt["step"]
-                truncate_stats(self.stats_path, phase, start)
+                if self.writes:
+                    truncate_stats(self.stats_path, phase, start)
         if self.fast:
             use_fused(opts, self.device)  # after loading: a checkpoint's optimiser state says how it was saved
         synth.to(self.device)
         synth.modules_.train()
+        if self.ddp is not None:
+            self.ddp.summed = set(getattr(synth, "summed_losses", ()))
+            self.ddp.broadcast(synth.modules_)  # every rank starts from rank 0's weights
         n = len(Xd)
         batch_size = min(batch_size, n)
         per_epoch = math.ceil(n / batch_size)  # drop_last=False, as in the official loaders
@@ -167,9 +194,9 @@ class Trainer:
         perm, perm_epoch = None, -1
         t_last, step_last = time.perf_counter(), start
         t_phase = time.perf_counter()
-        if self.workdir is not None:
+        if self.workdir is not None and self.writes:
             self.workdir.mkdir(parents=True, exist_ok=True)
-        log_f = open(self.stats_path, "a") if self.stats_path is not None else None
+        log_f = open(self.stats_path, "a") if self.stats_path is not None and self.writes else None
         self.evals_done_ |= {q for q in self.eval_at if self._flops_so_far(phase, start) >= q * self._total_flops()}
         try:
             for step in range(start, steps):
@@ -188,14 +215,19 @@ class Trainer:
                     if epoch != perm_epoch:
                         g = torch.Generator().manual_seed(_step_seed(self.seed, phase + "/perm", epoch))
                         perm, perm_epoch = to_device(torch.randperm(n, generator=g), self.device, self.fast), epoch
-                    x = Xd[perm[j * batch_size:(j + 1) * batch_size]]
+                    idx = perm[j * batch_size:(j + 1) * batch_size]
                     opt = opts[key]
                     for gr in opt.param_groups:
                         gr["lr"] = gr["initial_lr"] * scale
                     opt.zero_grad(set_to_none=True)
                     # forward + backward; the guard reads the loss now (fp32 default) or skips a bad one's update on
                     # the device and reads it at the next check (fast): never a step on a bad loss either way
-                    value = guard.observe(passes[key](x), opt, step, key, phase, not scaler.is_enabled())
+                    if self.ddp is None:
+                        loss = passes[key](Xd[idx])
+                    else:  # this rank's rows, then the gradients and loss of the whole batch (models/distributed.py)
+                        loss = self.ddp.forward_backward(passes[key], Xd, idx, key,
+                                                         [p for gr in opt.param_groups for p in gr["params"]])
+                    value = guard.observe(loss, opt, step, key, phase, not scaler.is_enabled())
                     if guard.problem is not None:
                         raise TrainingDiverged(f"{guard.problem}, {self._last_good()}")
                     if self.grad_clip:
@@ -204,6 +236,8 @@ class Trainer:
                     scaler.step(opt)
                     scaler.update()
                     losses[key] = losses.get(key, 0.0) + value
+                if self.ddp is not None:
+                    self.ddp.broadcast(synth.modules_, buffers_only=True)  # batch-norm statistics: rank 0's
                 if synth.ema_ is not None:
                     self._update_ema(synth, stride)
                 bar.update(1)
