@@ -188,6 +188,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         passes = {k: ForwardBackward(synth, k, scaler, dtype, self.device, self.compile) for k in dict.fromkeys(keys)}
+        synth.compile_sampler = self.compile  # a runtime switch for samplers that compile (EHRDiff), never saved
         guard = LossGuard(synth.name, self.max_abs_loss, deferred=self.fast)
         show = sys.stderr.isatty() if self.progress == "auto" else bool(self.progress)
         bar = tqdm(total=steps, initial=start, desc=f"{synth.name}:{phase}", disable=not show, dynamic_ncols=True)

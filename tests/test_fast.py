@@ -225,3 +225,42 @@ def test_run_benchmark_checks_the_fast_options_before_any_work():
         run_benchmark.validate(compose(["trainer=fast", "trainer.compile=sometimes"]))
     if not torch.cuda.is_available():  # auto is fp32 on a CPU, which DP accepts
         assert run_benchmark.validate(compose(["trainer=fast", "trainer.dp={epsilon:10,delta:1e-5}"]))
+
+
+def _tiny_ehrdiff(tiny_data):
+    return tiny().fit(tiny_data, Trainer(device="cpu", max_steps=3, progress=False))
+
+
+def test_compiled_sampler_matches_the_eager_one(tiny_data, monkeypatch):
+    """trainer.compile reaches the sampler (compile_sampler); the compiled network call (aot_eager here, inductor on
+    CUDA) gives the eager Heun sampler's output, float64 state included."""
+    m = _tiny_ehrdiff(tiny_data)
+    assert m.compile_sampler is False
+    eager = m.generate(300, seed=3)
+    monkeypatch.setattr(step_mod, "COMPILE_BACKEND", "aot_eager")
+    m.compile_sampler = True
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or real(fn, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+        compiled = m.generate(300, seed=3)
+    assert calls and calls[0]["backend"] == "aot_eager"
+    assert compiled.dtype == np.float64
+    np.testing.assert_allclose(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_sampler_compile_failure_warns_and_samples_eagerly(tiny_data, monkeypatch):
+    m = _tiny_ehrdiff(tiny_data)
+    eager = m.generate(200, seed=1)
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("no compiler here")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    m.compile_sampler = True
+    with pytest.warns(RuntimeWarning, match="torch.compile failed for the sampler"):
+        out = m.generate(200, seed=1)
+    np.testing.assert_array_equal(out, eager)
