@@ -29,15 +29,7 @@ def cdp_rho(eps: float, delta: float) -> float:
     """The largest rho whose rho-zCDP implies (eps, delta)-DP (bisection on cdp_delta, which grows with rho)."""
     if not (eps > 0 and 0 < delta < 1):
         raise ValueError(f"cdp_rho needs eps > 0 and delta in (0, 1), got eps={eps}, delta={delta}")
-    lo, hi = 0.0, eps + 1.0  # cdp_delta(lo) <= delta < cdp_delta(hi)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if cdp_delta(mid, eps) <= delta:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-15 * hi:
-            break
+    lo, _ = _bisect(lambda rho: cdp_delta(rho, eps) <= delta, 0.0, eps + 1.0)  # holds at 0, fails at eps + 1
     return lo * (1 - 1e-12)  # a hair below the bound, so that rounding never reports an epsilon above the target
 
 
@@ -45,16 +37,23 @@ def cdp_eps(rho: float, delta: float) -> float:
     """The smallest eps such that rho-zCDP implies (eps, delta)-DP (the epsilon a run reports as spent)."""
     if rho <= 0:
         return 0.0
-    lo, hi = 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta))  # the standard bound: cdp_delta(rho, hi) <= delta
+    # the standard bound rho + 2 sqrt(rho log(1/delta)) satisfies cdp_delta <= delta; 0 does not
+    _, hi = _bisect(lambda eps: cdp_delta(rho, eps) > delta, 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta)))
+    return hi
+
+
+def _bisect(holds, lo: float, hi: float) -> tuple[float, float]:
+    """The bracket [lo, hi] around the point where a monotone `holds` turns from true (at lo) to false (at hi),
+    narrowed to a relative width of 1e-15."""
     for _ in range(200):
         mid = (lo + hi) / 2
-        if cdp_delta(rho, mid) <= delta:
-            hi = mid
-        else:
+        if holds(mid):
             lo = mid
+        else:
+            hi = mid
         if hi - lo <= 1e-15 * hi:
             break
-    return hi
+    return lo, hi
 
 
 def budget_split(rho: float, d: int) -> tuple[float, float, float]:
