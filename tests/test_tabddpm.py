@@ -135,3 +135,23 @@ def test_fit_and_sample_at_width_1000():
     S = m.sample(100, seed=0)
     assert S.shape == (100, 1000) and set(np.unique(S)) <= {0.0, 1.0}
     assert len(calls) == 2 * 10  # one network call per timestep per sampling batch: no loop over columns
+
+
+def test_the_two_category_closed_forms_equal_the_generic_kernels():
+    """log_softmax2, the K = 2 logsumexp of q_posterior, log_onehot and gumbel_argmax against torch's generic
+    log_softmax / one_hot / argmax on values from tiny to extreme, ties included."""
+    from ehrbench.models.tabddpm import LOG_ZERO_CLAMP, gumbel_argmax, log_onehot, log_softmax2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(500, 7, 2, generator=g) * s for s in (1e-3, 1.0, 30.0, 100.0)])
+    x[:5, :, 1] = x[:5, :, 0]                                       # ties
+    # float32 rounding only: |x| reaches ~400, where one unit in the last place is 3e-5
+    torch.testing.assert_close(log_softmax2(x), torch.nn.functional.log_softmax(x, dim=-1), rtol=1e-6, atol=3e-5)
+    cat = (torch.rand(300, 11, generator=g) < 0.4).long()
+    old = torch.nn.functional.one_hot(cat, 2).float().clamp(min=LOG_ZERO_CLAMP).log()
+    assert torch.equal(log_onehot(cat), old)
+    u = torch.rand(x.shape, generator=g)
+    gumbel = -torch.log(-torch.log(u + 1e-30) + 1e-30)
+    assert torch.equal(gumbel_argmax(x, u), (gumbel + x).argmax(dim=-1))
+    tie = torch.zeros(4, 3, 2)
+    assert torch.equal(gumbel_argmax(tie, torch.full((4, 3, 2), 0.5)), tie.argmax(dim=-1))
