@@ -161,11 +161,15 @@ def _one_pass(compile: bool, x: torch.Tensor) -> tuple[float, list[torch.Tensor]
 def _compiled_matches_eager(monkeypatch, backend: str) -> None:
     pytest.importorskip("torch._dynamo")
     monkeypatch.setattr(step_mod, "COMPILE_BACKEND", backend)
-    monkeypatch.setattr("torch._inductor.config.fallback_random", True)  # compiled randn = eager randn
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
     x = (torch.rand(64, 12, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     eager_loss, eager_grads, _ = _one_pass(False, x)
-    comp_loss, comp_grads, compiled = _one_pass(True, x)
+    # compiled randn = eager randn; config.patch restores the setting (monkeypatch's undo deleted it, which broke
+    # every later torch.compile in the process)
+    with inductor_config.patch(fallback_random=True):
+        comp_loss, comp_grads, compiled = _one_pass(True, x)
     if not compiled:  # the fallback to eager ran (tested below): nothing compiled to compare
         pytest.skip(f"torch.compile with backend {backend} is unavailable here")
     assert comp_loss == pytest.approx(eager_loss, rel=1e-5)
