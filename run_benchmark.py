@@ -57,6 +57,7 @@ from ehrbench.models import distributed
 from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
 from ehrbench.models import plugins
+from ehrbench.models.check import check_options
 from ehrbench.models.budget import check_budget
 from ehrbench.models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
 from ehrbench.reports.load import settings, settings_diff, settings_hash
@@ -69,6 +70,8 @@ OmegaConf.register_new_resolver("ehrbench_repo", lambda: str(REPO), replace=True
 def bind_worker() -> None:
     """Ray's worker_process_setup_hook (benchmarks/hydra/launcher/ray.yaml): importing this module has bound
     `ehrbench` to this checkout before the worker unpickles a sweep cell."""
+
+
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
@@ -235,41 +238,6 @@ def one_sentence(e: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-def _accepts(annotation: str, value: Any) -> bool:
-    """Whether `value` (a YAML/CLI scalar, list or mapping) fits a signature annotation such as 'int | None'."""
-    heads, depth, cur = [], 0, ""
-    for ch in annotation + "|":  # top-level alternatives only: 'Sequence[str]' must not accept a str
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "|" and depth == 0:
-            heads.append(cur.split("[")[0].strip().split(".")[-1])
-            cur = ""
-        else:
-            cur += ch
-    kinds = {"None": (type(None),), "Optional": (type(None),), "bool": (bool,), "int": (int,), "float": (int, float),
-             "str": (str,), "list": (list,), "tuple": (list,), "Sequence": (list,), "dict": (dict,),
-             "Mapping": (dict,)}
-    if any(h not in kinds for h in heads):  # Any, Path, ... : not checked here
-        return True
-    ok = tuple(t for h in heads for t in kinds[h])
-    return isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
-
-
-def check_options(where: str, prefix: str, fn: Callable, options: dict, skip: tuple[str, ...] = ()) -> None:
-    """Every option must be a parameter of fn (unless it takes **kwargs) and fit the parameter's annotation."""
-    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", *skip)
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    for k, v in options.items():
-        if k not in params:
-            if open_ended:
-                continue
-            raise ValueError(f"{where} has no option '{k}'; valid choices: {', '.join(params) or 'none'}")
-        ann = params[k].annotation
-        if ann is not inspect.Parameter.empty and not _accepts(str(ann), v):
-            raise ValueError(f"{prefix}.{k} must be {ann}, got {v!r}")
-
-
 def validate(cfg: DictConfig) -> dict:
     """Check the whole configuration (types, ranges, names and options of data, model, trainer, metrics) before
     any work; returns it resolved. Each problem is a ValueError of one sentence."""
@@ -333,8 +301,7 @@ def validate(cfg: DictConfig) -> dict:
     if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
                          f"{', '.join(models_pkg.trainer.PRECISIONS)}")
-    if tcfg.get("compile", False) not in ("auto", True, False) or type(tcfg.get("compile", False)) not in (bool, str):
-        raise ValueError(f"unknown trainer.compile {tcfg.get('compile')!r}; valid choices: true, false, auto")
+    models_pkg.step.resolve_compile(tcfg.get("compile", False), torch.device("cpu"))  # one sentence if unknown
     if tcfg.get("progress", "auto") not in ("auto", True, False):
         raise ValueError(f"trainer.progress must be auto, true or false, got {tcfg.get('progress')!r}")
     try:

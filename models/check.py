@@ -1,13 +1,14 @@
 """check_synthesizer: the contract check every generator, built in or plugin, must pass (docs/plugins.md)."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -215,3 +216,39 @@ def _fresh_process(cls: type[Synthesizer], name: str, directory: Path, S: np.nda
 
 
 __all__ = ["ContractError", "check_data", "check_synthesizer"]
+
+
+# ---- configuration options against a signature (run_benchmark.py validates every config section with it) ----
+def _accepts(annotation: str, value: Any) -> bool:
+    """Whether `value` (a YAML/CLI scalar, list or mapping) fits a signature annotation such as 'int | None'."""
+    heads, depth, cur = [], 0, ""
+    for ch in annotation + "|":  # top-level alternatives only: 'Sequence[str]' must not accept a str
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            heads.append(cur.split("[")[0].strip().split(".")[-1])
+            cur = ""
+        else:
+            cur += ch
+    kinds = {"None": (type(None),), "Optional": (type(None),), "bool": (bool,), "int": (int,), "float": (int, float),
+             "str": (str,), "list": (list,), "tuple": (list,), "Sequence": (list,), "dict": (dict,),
+             "Mapping": (dict,)}
+    if any(h not in kinds for h in heads):  # Any, Path, ... : not checked here
+        return True
+    ok = tuple(t for h in heads for t in kinds[h])
+    return isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
+
+
+def check_options(where: str, prefix: str, fn: Callable, options: dict, skip: tuple[str, ...] = ()) -> None:
+    """Every option must be a parameter of fn (unless it takes **kwargs) and fit the parameter's annotation."""
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", *skip)
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    for k, v in options.items():
+        if k not in params:
+            if open_ended:
+                continue
+            raise ValueError(f"{where} has no option '{k}'; valid choices: {', '.join(params) or 'none'}")
+        ann = params[k].annotation
+        if ann is not inspect.Parameter.empty and not _accepts(str(ann), v):
+            raise ValueError(f"{prefix}.{k} must be {ann}, got {v!r}")
