@@ -186,15 +186,15 @@ class TorchSynthesizer(Synthesizer):
     paper steps, batch size, loss keys per step), so the trainer can size every phase of every method by one
     budget rule (trainer.budget=compute needs it); `run_plan` runs them. `ema_decay` (a hyperparameter, or None)
     makes the trainer keep an EMA copy `ema_`, which `sampling_modules()` returns for sampling.
-    `summed_losses` names the loss keys that sum over the batch's rows (the others are means over rows): under
-    torchrun the ranks' losses and gradients are then added, not averaged (models/distributed.py).
+    `row_reduction` says how its losses reduce over the batch's rows: "mean" or "sum" of per-row terms, row j's
+    term a function of row j and its own random draws only, or None (undeclared). One fact, three readers: ghost
+    clipping needs it declared (models/ghost.py); DP noise multiplicity averages a record's K copies, so a "sum"
+    loss is divided by K there (models/dp.py); under torchrun the ranks' "sum" losses and gradients are added, the
+    others averaged by rows (models/distributed.py).
     """
 
     ema_decay: float | None = None
-    # DP ghost clipping (models/ghost.py) needs loss(x) = mean ("mean") or sum ("sum") over the rows of x of per-row
-    # terms, row j's term a function of row j and its own draws only; None (unchecked) keeps the vmap path.
-    dp_row_reduction: str | None = None
-    summed_losses: tuple[str, ...] = ()
+    row_reduction: str | None = None  # "mean" | "sum" of per-row terms, or None (undeclared: no ghost clipping)
 
     def build(self, n_features: int) -> nn.ModuleDict:
         raise NotImplementedError

@@ -119,7 +119,7 @@ class RowDraws(TorchFunctionMode):
 class DataParallel:
     """One rank of a data-parallel job. Every rank draws the same global batch, takes its own contiguous rows, and
     the gradients are summed over the ranks weighted so that the result is one process's gradient of the global
-    batch's loss: rows/batch for a mean over rows, 1 for keys in `summed_losses` (a sum over rows). The loss is
+    batch's loss: rows/batch for a mean over rows, 1 for a sum over rows (`row_reduction` "sum"). The loss is
     combined the same way, so every rank steps on the same gradient and logs the global loss."""
 
     def __init__(self, summed: tuple[str, ...] = ()) -> None:

@@ -135,9 +135,9 @@ def private_gradient(synth: Any, key: str, x: torch.Tensor, params: list[nn.Para
     """DP-SGD with noise multiplicity on a Poisson batch x; sets p.grad on `params` and returns the batch loss
     (`paths[key]` gets the per-record path that ran: ghost, vmap or loop).
 
-    For each record r: g_r = grad of its K-copy loss L_r = loss(x_r repeated K times), i.e. the mean of the K
-    per-draw gradients for a loss that averages its rows (the DPDM/EHRDiff opacus fork averages before
-    clipping); clipped to g_r * min(1, C / ||g_r||) over all parameters at once (flat clipping); summed; Gaussian
+    For each record r: g_r = grad of its K-copy loss L_r = loss(x_r repeated K times), divided by K for a loss that
+    sums its rows (`row_reduction` "sum"), i.e. always the mean of the K per-draw gradients (the DPDM/EHRDiff
+    opacus fork averages before clipping); clipped to g_r * min(1, C / ||g_r||) over all parameters at once (flat clipping); summed; Gaussian
     noise N(0, sigma^2 C^2) added per coordinate; divided by the expected batch size q N. Each record changes the
     sum by at most C (L2), so this is the subsampled Gaussian mechanism opacus accounts for; K only lowers the
     variance of g_r. Two ways to the clipped sum, in chunks of at most max_physical_batch records:
@@ -210,9 +210,10 @@ def _vmap(synth: Any, key: str, x: torch.Tensor, wrapper: nn.Module, named: dict
     frozen = {n: p.detach() for n, p in named.items() if id(p) not in ids}
     buffers = {n: b.detach() for n, b in wrapper.named_buffers()}
     K = cfg.noise_multiplicity
+    per_copy = copy_weight(synth, K)
 
     def record_loss(theta: dict, xr: torch.Tensor) -> torch.Tensor:
-        return functional_call(wrapper, ({**theta, **frozen}, buffers), (xr.unsqueeze(0).expand(K, -1), key))
+        return functional_call(wrapper, ({**theta, **frozen}, buffers), (xr.unsqueeze(0).expand(K, -1), key)) * per_copy
 
     per_record = vmap(grad_and_value(record_loss), in_dims=(None, 0), randomness="different")
     if not getattr(synth, "dp_vmap", True):  # a loss that differentiates inside (a gradient penalty): record by record
@@ -234,11 +235,17 @@ def _vmap(synth: Any, key: str, x: torch.Tensor, wrapper: nn.Module, named: dict
 def _loop(synth: Any, key: str, K: int, params: list[nn.Parameter], names: list[str]):
     """Per-record gradients by ordinary autograd, one record at a time (slow; for losses torch.func cannot take)."""
     def per_record(_: dict, xs: torch.Tensor) -> dict[str, torch.Tensor]:
-        losses = [synth.loss(xr.unsqueeze(0).expand(K, -1), key) for xr in xs]
+        losses = [synth.loss(xr.unsqueeze(0).expand(K, -1), key) * copy_weight(synth, K) for xr in xs]
         rows = [torch.autograd.grad(v, params) for v in losses]
         return ({n: torch.stack([r[j] for r in rows]) for j, n in enumerate(names)},
                 torch.stack([v.detach() for v in losses]))
     return per_record
+
+
+def copy_weight(synth: Any, K: int) -> float:
+    """The factor that makes loss(x_r repeated K times) the mean of the K copies' terms: 1 / K for a loss that sums
+    over rows (`row_reduction` "sum"), 1 for a mean."""
+    return 1.0 / K if getattr(synth, "row_reduction", None) == "sum" else 1.0
 
 
 def check_privatisable(synth: Any, keys: list[str]) -> None:

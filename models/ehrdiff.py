@@ -160,7 +160,7 @@ class EHRDiff(TorchSynthesizer):
     unconditional one in the conditioning only.
     """
 
-    dp_row_reduction = "mean"  # loss: mean over rows of a per-row EDM term (ghost clipping, models/ghost.py)
+    row_reduction = "mean"  # loss: mean over rows of a per-row EDM term (ghost clipping, K copies, torchrun)
 
     def __init__(self, sigma_data: float = 0.14, p_mean: float = -1.2, p_std: float = 1.2,
                  unit_dims: tuple[int, ...] = (1024, 384, 384, 384, 1024), time_dim: int = 384,

@@ -24,13 +24,13 @@ def ghost_refusal(synth: Any, key: str, params: list[nn.Parameter]) -> str | Non
     run-time failure seen before).
 
     Needs: a loss that does not differentiate inside (dp_vmap), that the model declares a mean or a sum over rows
-    of per-row terms (`dp_row_reduction`; row j's term depends on row j's input and draws only, and every layer
+    of per-row terms (`row_reduction`; row j's term depends on row j's input and draws only, and every layer
     sees the rows along dim 0 in batch order), and every parameter in `params` owned by exactly one Linear,
     LayerNorm or Embedding (no max_norm, no scale_grad_by_freq)."""
     if not getattr(synth, "dp_vmap", True):
         return "its loss differentiates inside itself (a gradient penalty)"
-    if getattr(synth, "dp_row_reduction", None) not in ROW_REDUCTIONS:
-        return "it does not declare its loss a mean or sum of per-row terms (dp_row_reduction)"
+    if getattr(synth, "row_reduction", None) not in ROW_REDUCTIONS:
+        return "it does not declare its loss a mean or sum of per-row terms (row_reduction)"
     want, owner = {id(p) for p in params}, {}
     for name, m in synth.modules_.named_modules():
         for pn, p in m.named_parameters(recurse=False):
@@ -55,7 +55,9 @@ def ghost_clipped_sum(synth: Any, key: str, x: torch.Tensor, params: list[nn.Par
     check fails (a parameter without a layer call, a layer input whose dim 0 is not the rows, an in-place change
     of a saved tensor, or, on the first call per model and key, a gradient sum unequal to autograd's)."""
     B, M = len(x), len(x) * K
-    s = float(B) if synth.dp_row_reduction == "mean" else 1.0  # d(record loss)/d(batch loss) per row
+    # d(record loss)/d(batch loss) per row; a record's loss is the mean of its K copies' terms (DPDM), so a loss that
+    # sums over rows contributes 1/K per copy
+    s = float(B) if synth.row_reduction == "mean" else 1.0 / K
     want = {id(p) for p in params}
     mods = [(n, m) for n, m in synth.modules_.named_modules()
             if any(id(p) in want for p in m.parameters(recurse=False))]

@@ -178,7 +178,7 @@ class TabDDPM(TorchSynthesizer):
     makes the ehrbench trainer keep an EMA (with its warm-up) and sample from it.
     """
 
-    dp_row_reduction = "mean"  # loss: row means of the Gaussian and multinomial terms (ghost clipping, models/ghost.py)
+    row_reduction = "mean"  # loss: row means of the Gaussian and multinomial terms (ghost clipping, K copies, torchrun)
 
     def __init__(self, d_layers: tuple[int, ...] = (256, 256), dropout: float = 0.0, dim_t: int = 128,
                  num_timesteps: int = 1000, scheduler: str = "cosine", lr: float = 1e-3, weight_decay: float = 1e-5,

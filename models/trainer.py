@@ -179,7 +179,7 @@ class Trainer:
         synth.to(self.device)
         synth.modules_.train()
         if self.ddp is not None:
-            self.ddp.summed = set(getattr(synth, "summed_losses", ()))
+            self.ddp.summed = set(synth.optimizers_) if getattr(synth, "row_reduction", None) == "sum" else set()
             self.ddp.broadcast(synth.modules_)  # every rank starts from rank 0's weights
         n = len(Xd)
         batch_size = min(batch_size, n)

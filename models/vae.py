@@ -58,8 +58,7 @@ class VAE(TorchSynthesizer):
     (the sigmoid output), never binarised.
     """
 
-    dp_row_reduction = "sum"  # loss: BCE + KL summed over rows (reduction='sum'; ghost clipping, models/ghost.py)
-    summed_losses = ("vae",)  # BCE and KL summed over the batch (the repo's reduction='sum')
+    row_reduction = "sum"  # loss: BCE + KL summed over rows (the repo's reduction='sum'; ghost clipping, K, torchrun)
 
     def __init__(self, hidden_dim: int = 256, latent_dim: int = 128, lr: float = 1e-3, batch_size: int = 512,
                  epochs: int = 1000, binarize: str = "bernoulli", sample_batch_size: int = 4096) -> None:

@@ -65,7 +65,7 @@ def test_every_per_record_gradient_is_clipped_to_C(name, K, tiny_data):
 
 class Toy(TorchSynthesizer):
     """A deterministic per-record loss (mean squared error of a small MLP to a fixed target)."""
-    dp_row_reduction = "mean"
+    row_reduction = "mean"
 
     def __init__(self) -> None:
         pass
@@ -113,6 +113,31 @@ def test_with_one_draw_the_mechanism_equals_opacus_make_private(per_record):
             p -= p.grad  # the same SGD step, lr 1
     for a, b in zip(net.parameters(), model.parameters()):
         assert torch.allclose(a, b, atol=1e-6), (a, b)
+
+
+class SummedToy(Toy):
+    """Toy's loss summed over rows instead of averaged."""
+    row_reduction = "sum"
+
+    def loss(self, x, key):
+        return ((self.modules_["net"](x).squeeze(1) - x.sum(1)) ** 2).sum()
+
+
+@pytest.mark.parametrize("per_record", ["vmap", "ghost"])
+def test_noise_multiplicity_averages_the_copies_of_a_summed_loss(per_record):
+    """With K = 4 copies a record's gradient is the mean of its copies' gradients whether the loss sums or averages
+    its rows (DPDM averages before clipping), so the two toys get the same private gradient."""
+    X = (torch.rand(16, 5, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    cfg = DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1e6, noise_multiplicity=4, per_record=per_record)
+    grads = []
+    for cls in (Toy, SummedToy):
+        m = cls()
+        m.name = "toy"
+        m.init_training(5, seed=1)
+        params = list(m.modules_.parameters())
+        private_gradient(m, "net", X, params, cfg, 1e-3, float(len(X)), torch.Generator().manual_seed(0))
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_dp_run_trains_and_records_epsilon(tiny_data, tmp_path):

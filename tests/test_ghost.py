@@ -35,18 +35,20 @@ class ToySynth:
         torch.manual_seed(seed)
         self.modules_ = nn.ModuleDict({"net": Net(d)}).double()
         self.pert = 0.3 * torch.randn(K, d, dtype=torch.float64)
-        self.K, self.dp_row_reduction = K, reduction
+        self.K, self.row_reduction = K, reduction
 
     def loss(self, x: torch.Tensor, key: str) -> torch.Tensor:
         xp = x + self.pert[torch.arange(len(x)) % self.K]
         rows = ((self.modules_["net"](xp) - x[:, :3]) ** 2).sum(1)
-        return rows.mean() if self.dp_row_reduction == "mean" else rows.sum()
+        return rows.mean() if self.row_reduction == "mean" else rows.sum()
 
 
 def explicit(synth, X, params, K):
-    """Per-record gradients by a plain autograd loop: grad of loss(x_r repeated K times), flattened."""
+    """Per-record gradients by a plain autograd loop: grad of the mean of the K copies' terms of record r (a "sum"
+    loss of its K rows divided by K), flattened."""
+    per_copy = 1 / K if synth.row_reduction == "sum" else 1
     return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
-        synth.loss(X[r:r + 1].repeat(K, 1), "net"), params)]) for r in range(len(X))])
+        synth.loss(X[r:r + 1].repeat(K, 1), "net") * per_copy, params)]) for r in range(len(X))])
 
 
 def close(a, b, rel):
@@ -66,9 +68,10 @@ def test_toy_norms_and_clipped_sums_equal_explicit_per_record_gradients(K, reduc
         assert close(ghost_norms, norms, 1e-5)
         factor = (C / (norms + 1e-6)).clamp(max=1.0)
         assert close(torch.cat([s.flatten() for s in sums]), factor @ per, 1e-5)
-        records = [float(toy.loss(X[r:r + 1].repeat(K, 1), "net").detach()) for r in range(9)]
+        records = [float(toy.loss(X[r:r + 1].repeat(K, 1), "net").detach()) / (K if reduction == "sum" else 1)
+                   for r in range(9)]
         assert float(value) == pytest.approx(sum(records))
-    s = len(X) if reduction == "mean" else 1  # C huge: nothing clipped, the sum is s x the batch gradient
+    s = len(X) if reduction == "mean" else 1 / K  # C huge: nothing clipped, the sum is s x the batch gradient
     batch = torch.autograd.grad(toy.loss(X.repeat_interleave(K, 0), "net"), params)
     assert close(torch.cat([g.flatten() for g in sums]), s * torch.cat([g.flatten() for g in batch]), 1e-5)
 
@@ -89,7 +92,7 @@ def test_with_nothing_clipped_the_ghost_sum_is_the_batch_gradient(name, tiny_dat
     sums, _, _ = ghost_clipped_sum(m, key, X, params, K, 1e9)
     torch.manual_seed(5)
     batch = torch.autograd.grad(m.loss(X.repeat_interleave(K, 0), key), params)
-    s = len(X) if m.dp_row_reduction == "mean" else 1
+    s = len(X) if m.row_reduction == "mean" else 1 / K
     assert close(torch.cat([g.flatten() for g in sums]) / s, torch.cat([g.flatten() for g in batch]), 1e-5)
 
 
@@ -121,9 +124,9 @@ def test_model_norms_equal_a_per_record_loop_over_the_same_draws(name, K, tiny_d
     torch.manual_seed(7)
     rows = row_losses(m, X.repeat_interleave(K, 0)).reshape(len(X), K)
     torch.manual_seed(7)
-    assert float((rows.mean() if m.dp_row_reduction == "mean" else rows.sum()).detach()) == pytest.approx(
+    assert float((rows.mean() if m.row_reduction == "mean" else rows.sum()).detach()) == pytest.approx(
         float(m.loss(X.repeat_interleave(K, 0), key).detach()), rel=1e-6)  # the replay draws what loss drew
-    shares = rows.mean(1) if m.dp_row_reduction == "mean" else rows.sum(1)  # each record's K-copy loss
+    shares = rows.mean(1)  # each record's K-copy loss: the mean of its copies' terms (a "sum" loss too)
     ref = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(v, params, retain_graph=True)]).norm()
                        for v in shares])
     assert close(norms, ref, 1e-4)
