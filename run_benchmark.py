@@ -58,6 +58,7 @@ from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
 from ehrbench.models import plugins
 from ehrbench.models.check import check_options
+from ehrbench.models.resample import load_trained
 from ehrbench.models.budget import check_budget
 from ehrbench.models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
 from ehrbench.reports.load import settings, settings_diff, settings_hash
@@ -173,17 +174,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     n_features=data.n_features)
 
         curve = config.get("curve") or {}
-        if curve.get("eval_at"):
-            trainer.eval_at = [float(q) for q in curve["eval_at"]]
-            trainer.on_eval = curve_writer(run_dir / "curve.jsonl", data, curve, seed, {
-                "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
-        t0 = time.perf_counter()
-        synth.fit(data, trainer)
-        info["fit_seconds"] = time.perf_counter() - t0
-        info["n_params"] = synth.n_params
-        info["steps_per_second"] = trainer.steps_per_second
-        info.update(trainer.budget_report())  # budget mode, steps and FLOPs per phase (none for untrained models)
-        synth.save(run_dir / "synthesizer")
+        if config.get("resample_from"):  # a trained run's generator with new sampling settings, no training
+            synth, fitted = load_trained(config["resample_from"], config)
+            info.update(fitted)  # the source's training: fit seconds, budget, steps, epsilon, and where it came from
+        else:
+            if curve.get("eval_at"):
+                trainer.eval_at = [float(q) for q in curve["eval_at"]]
+                trainer.on_eval = curve_writer(run_dir / "curve.jsonl", data, curve, seed, {
+                    "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
+            t0 = time.perf_counter()
+            synth.fit(data, trainer)
+            info["fit_seconds"] = time.perf_counter() - t0
+            info["n_params"] = synth.n_params
+            info["steps_per_second"] = trainer.steps_per_second
+            info.update(trainer.budget_report())  # budget mode, steps and FLOPs per phase (none if untrained)
+            synth.save(run_dir / "synthesizer")
 
         n = int(cfg.n_samples) if cfg.n_samples is not None else len(data.train)
         t0 = time.perf_counter()
@@ -275,6 +280,11 @@ def validate(cfg: DictConfig) -> dict:
     if label is not None and label != mname and label in models_pkg.SYNTHESIZERS:
         raise ValueError(f"model.label {label!r} is the name of a registered generator; give the model "
                          "another display name")
+    source = config.get("resample_from")
+    if source is not None and (not isinstance(source, str) or distributed.world_size() > 1
+                               or (config.get("curve") or {}).get("eval_at")):
+        raise ValueError(f"resample_from must be a run directory (a string), without torchrun or curve.eval_at "
+                         f"(it trains nothing), got {source!r}")
     export = config.get("export") or {}
     if export.get("dir") is not None and export.get("format") not in data_pkg.export.FORMATS:
         raise ValueError(f"unknown export.format {export.get('format')!r}; valid choices: "

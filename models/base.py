@@ -72,6 +72,8 @@ class Synthesizer:
     """
 
     name: ClassVar[str] = "base"
+    # hyperparameters read only when sampling: `resample_from` may change them on a trained run (models/resample.py)
+    sampling_params: ClassVar[tuple[str, ...]] = ()
 
     # ---- hyperparameters -------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:

@@ -161,6 +161,8 @@ class EHRDiff(TorchSynthesizer):
     """
 
     row_reduction = "mean"  # loss: mean over rows of a per-row EDM term (ghost clipping, K copies, torchrun)
+    # read only by the sampler: a trained run may be resampled with other values (resample_from, models/resample.py)
+    sampling_params = ("guidance_scale", "label_prevalence", "num_steps", "rho", "sample_batch_size")
 
     def __init__(self, sigma_data: float = 0.14, p_mean: float = -1.2, p_std: float = 1.2,
                  unit_dims: tuple[int, ...] = (1024, 384, 384, 384, 1024), time_dim: int = 384,
