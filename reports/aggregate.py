@@ -141,7 +141,8 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["n_error"] = cells["n_error"].fillna(0).astype(int)
     cells["reference"] = cells["model"].isin(list(references))
     cells["rank"], cells["best"] = np.nan, False
-    for metric, idx in cells[~cells["reference"]].groupby("metric").groups.items():
+    cells["_level"] = cells["model"].map(privacy_level)  # generators are ranked against the same target epsilon
+    for (metric, _), idx in cells[~cells["reference"]].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
@@ -149,7 +150,18 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
             ideal_m = ideal_m.fillna(ideal_m.mean())
         cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
         cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
-    return cells
+    return cells.drop(columns="_level")
+
+
+def privacy_level(model: str) -> float:
+    """The target epsilon in a private run's row label ("vae (ε=3)" -> 3.0); inf for a non-private row. Ranks,
+    best marks and profile ranks compare rows of one level only: a private generator is not a competitor of a
+    non-private one, nor of one given another budget."""
+    m = re.search(r" \(ε=([^)]*)\)", str(model))
+    try:
+        return float(m.group(1)) if m else float("inf")
+    except ValueError:
+        return float("inf")
 
 
 def reference_models(runs: pd.DataFrame) -> list[str]:
@@ -170,6 +182,7 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     """
     ranked = cells.dropna(subset=["rank"])
     out = pd.DataFrame(index=pd.Index(models, name="model"))
+    level = pd.Series([privacy_level(m) for m in models], index=out.index)
     refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
     out["reference"] = [m in refs for m in models]
     out["mean_rank"] = ranked.groupby("model")["rank"].mean()
@@ -182,7 +195,7 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
         present = R.notna().mul(w, axis=1)
         score = R.fillna(0).mul(w, axis=1).sum(axis=1) / present.sum(axis=1).replace(0, np.nan)
         out[f"profile_{name}"] = score
-        out[f"rank_{name}"] = _sig12(score).rank(method="average")
+        out[f"rank_{name}"] = _sig12(score).groupby(level).rank(method="average")
     ok = runs[runs["ok"]]
     out["runs_ok"] = ok.groupby("model").size().reindex(models).fillna(0).astype(int)
     out["runs_total"] = runs.groupby("model").size().reindex(models).fillna(0).astype(int)
@@ -194,8 +207,8 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     for col in ("budget", "budget_steps"):  # the budget as run (one value when every seed ran the same)
         vals = ok[col] if col in ok else pd.Series(None, index=ok.index)
         out[col] = vals.groupby(ok["model"]).apply(lambda s: " | ".join(dict.fromkeys(str(x) for x in s.dropna())))
-    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf))
-             .sort_values(["reference", "_r"], kind="stable"))
+    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf), _level=level)
+             .sort_values(["reference", "_level", "_r"], kind="stable"))
     return out.loc[order.index]
 
 
@@ -236,6 +249,11 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
                 models = sorted(t_runs["model"].unique())
                 cells = aggregate_cells(values, models, reference_models(t_runs))
                 notes = ([note] if note else []) + settings_notes
+                levels = sorted({privacy_level(m) for m in models})
+                if len(levels) > 1:
+                    notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
+                                 + ", ".join("not private" if x == float("inf") else f"ε={x:g}" for x in levels)
+                                 + " are ranked separately (rows ordered by ε, then mean rank)")
                 if len(keys) > 1:
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
                 tables.append(Table(str(tag), str(data), base + suffix, cells,

@@ -199,3 +199,18 @@ def test_references_are_shown_but_never_ranked():
     assert s.loc["gen", "mean_rank"] == 1 and math.isnan(s.loc["real", "mean_rank"])
     assert s.loc["real", "reference"] and not s.loc["gen", "reference"]
     assert math.isnan(s.loc["real", "profile_balanced"])
+
+
+def test_private_rows_are_ranked_against_the_same_target_epsilon_only():
+    """vae (ε=10) beats everything on the metric, yet within ε=1 ehrdiff (ε=1) is first: levels never mix."""
+    models = ["ehrdiff (ε=1)", "vae (ε=1)", "ehrdiff (ε=10)", "vae (ε=10)", "ehrdiff", "vae"]
+    scores = {"ehrdiff (ε=1)": 0.6, "vae (ε=1)": 0.5, "ehrdiff (ε=10)": 0.7, "vae (ε=10)": 0.95, "ehrdiff": 0.8,
+              "vae": 0.9}
+    v = pd.DataFrame([r for m in models for r in rows(m, "auc", [scores[m]])])
+    c = aggregate_cells(v, models)
+    assert {m: cell(c, m, "auc")["rank"] for m in models} == {
+        "ehrdiff (ε=1)": 1, "vae (ε=1)": 2, "ehrdiff (ε=10)": 2, "vae (ε=10)": 1, "ehrdiff": 2, "vae": 1}
+    assert sorted(m for m in models if cell(c, m, "auc")["best"]) == ["ehrdiff (ε=1)", "vae", "vae (ε=10)"]
+    s = summarise(c, _runs(models), models)
+    assert list(s.index) == ["ehrdiff (ε=1)", "vae (ε=1)", "vae (ε=10)", "ehrdiff (ε=10)", "vae", "ehrdiff"]
+    assert s.loc["vae (ε=10)", "rank_balanced"] == 1 and s.loc["ehrdiff (ε=1)", "rank_balanced"] == 1
