@@ -1,6 +1,7 @@
 """The speed scripts: bench_speed.py's measurements and table, device_check.py's reduced CPU run."""
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -66,3 +67,15 @@ def test_device_check_quick_on_cpu(tmp_path, capsys):
     assert result["quick"] and result["neighbors"]["agree"]
     assert set(result["training"]["profiles"]) == {"default", "fast"}
     assert all(p["steps_per_s"] > 0 for p in result["training"]["profiles"].values())
+
+
+def test_corgan_diagnosis_runs_and_reads_out_both_ways(monkeypatch, capsys):
+    diag = load_script("diag_corgan")
+    monkeypatch.setattr("sys.argv", ["diag_corgan.py", "--pretrain-steps", "2", "--gan-steps", "1", "--n-patients",
+                                     "200", "--n-codes", "40", "--warmup-d-updates", "2"])
+    diag.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pretrain 2 steps: BCE/record") and out[1].startswith("gan 1: critic loss")
+    real = torch.tensor([0.1, 0.2, 0.4]).numpy()
+    assert math.isnan(diag.prevalence_r(real, torch.zeros(4, 3).numpy()))  # an all-zero sample has no r
+    assert diag.prevalence_r(real, torch.tensor([[0.1, 0.2, 0.4]]).numpy()) == pytest.approx(1.0)
