@@ -34,16 +34,38 @@ def sweep(cfg):
     return str(p.model).split(","), [int(s) for s in str(p.seed).split(",")]
 
 
+# guidance study -> (the leaderboard whose ehrdiff_cond cells it resamples, the model YAML of those cells)
+GUIDANCE = {"guidance_diabetes130": ("leaderboard_diabetes130", "ehrdiff_cond"),
+            "guidance_physionet2012": ("leaderboard_physionet2012", "ehrdiff_cinc_cond")}
+
+
 def test_the_four_suites_exist():
     assert EXPERIMENTS == sorted(["leaderboard_diabetes130", "leaderboard_physionet2012", "leaderboard_synthetic",
-                                  "paper_cinc2012", "paper_mimic3", *DP_SUITES])
+                                  "paper_cinc2012", "paper_mimic3", *DP_SUITES, *GUIDANCE])
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCE))
+def test_guidance_studies_resample_their_leaderboards_cells_at_its_settings(name):
+    """Each cell resamples the leaderboard's ehrdiff_cond run of the same seed, on the same data, with the same
+    metrics and number of samples, so that w = 0 reproduces the leaderboard and only w differs."""
+    board, model = GUIDANCE[name]
+    cfg = hydra_compose([f"+experiment={name}", "seed=1", "model.guidance_scale=2"])
+    ref = hydra_compose([f"+experiment={board}", f"model={model}", "seed=1"])
+    assert cfg.tag == name and cfg.model.label == "ehrdiff_cond_w2" and cfg.model.cond_label is True
+    assert cfg.resample_from == f"runs/{board}/{cfg.data.name}/{ref.model.label}/seed_1"
+    assert cfg.data == ref.data and cfg.metrics == ref.metrics and cfg.n_samples == ref.n_samples
+    assert {k: v for k, v in cfg.model.items() if k not in ("label", "guidance_scale")} == {
+        k: v for k, v in ref.model.items() if k not in ("label", "guidance_scale")}
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {"model.guidance_scale", "seed"} and str(params.seed) == "0,1,2"
+    assert str(params["model.guidance_scale"]) == "0,1,2"
 
 
 SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029],  # the paper's seed first
          "paper_mimic3_dp": [2024, 2025, 2026], "paper_cinc2012_dp": [2023, 2024, 2025]}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in GUIDANCE])
 def test_experiment_composes_and_names_registered_objects(name):
     cfg = hydra_compose([f"+experiment={name}"])
     models, seeds = sweep(cfg)
