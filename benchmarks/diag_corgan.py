@@ -65,7 +65,7 @@ def main() -> None:
         loss = s.loss(X[torch.randint(len(X), (s.batch_size,), generator=g)], key)
         loss.backward()
         opt[key].step()
-        return float(loss)
+        return float(loss.detach())
 
     t0 = time.perf_counter()
     for _ in range(args.pretrain_steps):
