@@ -25,8 +25,8 @@ RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the
 # of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
 # out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
 # device is recorded per run and shown in the reports).
-NON_SETTINGS = ("seed", "rerun", "tag", "paths", "export", "resample_from", "trainer.device", "trainer.progress", "trainer.log_every",
-                "trainer.checkpoint_every")
+NON_SETTINGS = ("seed", "rerun", "tag", "paths", "export", "resample_from", "trainer.device", "trainer.progress",
+                "trainer.log_every", "trainer.checkpoint_every")
 
 
 @dataclass
