@@ -79,6 +79,24 @@ class DiffusionTables(nn.Module):
         """x0-parametrisation: q_posterior with x_0 replaced by the network's softmax."""
         return self.q_posterior(log_softmax2(logits), log_xt, t)
 
+    def p_logit(self, logits: torch.Tensor, cat: torch.Tensor, i: int) -> torch.Tensor:
+        """log p(x_{t-1} = 1 | x_t) - log p(x_{t-1} = 0 | x_t) at one timestep i, from the network's (batch, n, 2)
+        logits and x_t's categories (batch, n): p_pred's two entries as one log-odds, on (batch, n) tensors.
+
+        The same terms as q_posterior (normalisation cancels): log q(x_{t-1} = k | x0_hat) (log x0_hat at i = 0),
+        plus log q(x_t | x_{t-1} = k), which takes only two values per step, one where k equals x_t's category and
+        one (from the clamped log one-hot zero) where it does not."""
+        d = logits[..., 1] - logits[..., 0]
+        lx1, lx0 = -F.softplus(-d), -F.softplus(d)  # log_softmax2's two entries
+        if i > 0:
+            c = self.log_1m_cumprod[i - 1] - math.log(2.0)
+            lx1 = torch.logaddexp(lx1 + self.log_cumprod[i - 1], c)
+            lx0 = torch.logaddexp(lx0 + self.log_cumprod[i - 1], c)
+        c = self.log_1m_alpha[i] - math.log(2.0)
+        match = torch.logaddexp(self.log_alpha[i], c)
+        miss = torch.logaddexp(self.log_alpha[i] + math.log(LOG_ZERO_CLAMP), c)
+        return lx1 - lx0 + torch.where(cat.bool(), match - miss, miss - match)
+
 
 # Every multinomial variable here has K = 2 categories, and torch's generic kernels over a last dimension of size 2
 # (log_softmax, logsumexp, argmax, one_hot) are slow on CPU: 17 % of a sampling step went to log_softmax alone. The
@@ -100,6 +118,12 @@ def gumbel_argmax(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     g = -torch.log(-torch.log(u + 1e-30) + 1e-30)
     z = g + log_probs
     return (z[..., 1] > z[..., 0]).long()  # argmax over K = 2 (a tie gives 0, as argmax's first maximum)
+
+
+def logistic_draw(logit: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Category 1 with probability sigmoid(logit), from uniforms u in [0, 1): logit(u) < logit. The same law as
+    gumbel_argmax on the two log-probabilities (the difference of two Gumbels is logistic), with one uniform."""
+    return (torch.log(u) - torch.log1p(-u) < logit).long()
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -171,7 +195,9 @@ class TabDDPM(TorchSynthesizer):
     happens): continuous columns are diffused as given (ehrbench scales them to [0, 1]) and the sampled values are
     clipped to [0, 1], where the official code quantile-normalises them and inverts the QuantileTransformer; labels
     are ordinary columns (the official is_y_cond=False path; no class-conditional sampling); sampling draws its noise
-    from a generator seeded by `seed` on the model's device (the official code uses the global RNG); the official
+    from a generator seeded by `seed` on the model's device (the official code uses the global RNG), and each
+    binary variable's reverse step is one logistic draw against its log-odds (p_logit; same law as the official
+    Gumbel-max over two categories, half the work); the official
     NaN-row check of sample_all is not ported. Not ported: gaussian_loss_type='kl', importance-sampled timesteps,
     DDIM sampling and the ResNet denoiser (none used by the paper's configs). The official trainer keeps an EMA
     (0.999) but its pipeline samples from the raw weights (model.pt), so `ema_decay` is None by default; a number
@@ -251,17 +277,20 @@ class TabDDPM(TorchSynthesizer):
         for start in range(0, n, self.sample_batch_size):
             b = min(self.sample_batch_size, n - start)
             z = torch.randn(b, n_num, generator=g, device=device)
-            cat = gumbel_argmax(torch.zeros(b, n_bin, 2, device=device), torch.rand(b, n_bin, 2, generator=g, device=device))
+            cat = logistic_draw(torch.zeros(b, n_bin, device=device), torch.rand(b, n_bin, generator=g, device=device))
             for i in reversed(range(tab.T)):
                 t = torch.full((b,), i, dtype=torch.long, device=device)
-                log_z = log_onehot(cat)
-                out = net(torch.cat([z, log_z.reshape(b, -1)], dim=1), t)
+                out = net(torch.cat([z, log_onehot(cat).reshape(b, -1)], dim=1), t)
                 x0 = tab.sqrt_recip_ac[i] * z - tab.sqrt_recipm1_ac[i] * out[:, :n_num]
                 mean = tab.coef1[i] * x0 + tab.coef2[i] * z
                 eps = torch.randn(b, n_num, generator=g, device=device)
                 z = mean + (i > 0) * torch.exp(0.5 * tab.model_log_var[i]) * eps
-                log_p = tab.p_pred(out[:, n_num:].reshape(b, n_bin, 2), log_z, t)
-                cat = gumbel_argmax(log_p, torch.rand(b, n_bin, 2, generator=g, device=device))
+                # Deviation (the same law, another random stream): the official Gumbel-max over p_pred's two
+                # log-probabilities is one logistic draw against their log-odds (p_logit), on (batch, n) tensors, not
+                # (batch, n, 2). A step at 2,000 x 1,000 binaries took 0.23-0.31 s against 0.38-0.48 s (1.5-2.1x,
+                # four interleaved rounds, one CPU thread, 2026-12-02); the saving is half the elementwise work.
+                cat = logistic_draw(tab.p_logit(out[:, n_num:].reshape(b, n_bin, 2), cat, i),
+                                    torch.rand(b, n_bin, generator=g, device=device))
             nums.append(z.cpu())
             cats.append(cat.cpu())
         if not nums:

@@ -155,3 +155,20 @@ def test_the_two_category_closed_forms_equal_the_generic_kernels():
     assert torch.equal(gumbel_argmax(x, u), (gumbel + x).argmax(dim=-1))
     tie = torch.zeros(4, 3, 2)
     assert torch.equal(gumbel_argmax(tie, torch.full((4, 3, 2), 0.5)), tie.argmax(dim=-1))
+
+
+def test_the_log_odds_draw_equals_the_gumbel_draw_on_p_pred():
+    """p_logit is p_pred's log p(1) - log p(0) at every step (t = 0 included, both categories of x_t), and
+    logistic_draw takes category 1 exactly when u < sigmoid(log-odds), the law of gumbel_argmax on two categories."""
+    from ehrbench.models.tabddpm import DiffusionTables, log_onehot, logistic_draw
+
+    tab = DiffusionTables(50, "cosine", ("binary",) * 6)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 6, 2, generator=g) * torch.tensor([0.1, 3.0, 30.0]).repeat(134)[:400, None, None]
+    cat = (torch.rand(400, 6, generator=g) < 0.5).long()
+    for i in (0, 1, 7, 25, 49):
+        lp = tab.p_pred(logits, log_onehot(cat), torch.full((400,), i))
+        torch.testing.assert_close(tab.p_logit(logits, cat, i), lp[..., 1] - lp[..., 0], rtol=1e-5, atol=5e-5)
+    L = torch.linspace(-6, 6, 13)[:, None].expand(13, 1000)
+    u = torch.rand(13, 1000, generator=g)
+    assert torch.equal(logistic_draw(L, u), (u < torch.sigmoid(L)).long())
