@@ -131,7 +131,7 @@ def test_fit_and_sample_at_width_1000():
     trainer = Trainer(device="cpu", budget="steps", max_steps=3, progress=False, checkpoint_every=10**9, log_every=3)
     calls = []
     m.fit(X, trainer)
-    m.modules_["net"].register_forward_hook(lambda *a: calls.append(1))
+    m.modules_["net"].mlp[0].register_forward_hook(lambda *a: calls.append(1))  # the first hidden layer
     S = m.sample(100, seed=0)
     assert S.shape == (100, 1000) and set(np.unique(S)) <= {0.0, 1.0}
     assert len(calls) == 2 * 10  # one network call per timestep per sampling batch: no loop over columns
@@ -168,7 +168,30 @@ def test_the_log_odds_draw_equals_the_gumbel_draw_on_p_pred():
     cat = (torch.rand(400, 6, generator=g) < 0.5).long()
     for i in (0, 1, 7, 25, 49):
         lp = tab.p_pred(logits, log_onehot(cat), torch.full((400,), i))
-        torch.testing.assert_close(tab.p_logit(logits, cat, i), lp[..., 1] - lp[..., 0], rtol=1e-5, atol=5e-5)
+        got = tab.p_logit(logits[..., 1] - logits[..., 0], cat, i)
+        torch.testing.assert_close(got, lp[..., 1] - lp[..., 0], rtol=1e-5, atol=5e-5)
     L = torch.linspace(-6, 6, 13)[:, None].expand(13, 1000)
     u = torch.rand(13, 1000, generator=g)
     assert torch.equal(logistic_draw(L, u), (u < torch.sigmoid(L)).long())
+
+
+@pytest.mark.parametrize("n_num", [0, 3])
+def test_the_folded_denoiser_equals_the_network_on_log_onehot_inputs(n_num):
+    """FoldedDenoiser's (eps_hat, logit_1 - logit_0) equal MLPDiffusion's outputs on (z, log one-hot of cat) at
+    several timesteps: the fold only regroups the same sums."""
+    from ehrbench.models.tabddpm import FoldedDenoiser, MLPDiffusion, log_onehot
+
+    torch.manual_seed(0)
+    n_bin, B = 37, 64
+    net = MLPDiffusion(n_num + 2 * n_bin, (32, 16), 0.0, 12).eval()
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(B, n_num, generator=g)
+    cat = (torch.rand(B, n_bin, generator=g) < 0.3).long()
+    fold = FoldedDenoiser(net, n_num, n_bin)
+    with torch.no_grad():
+        for i in (0, 1, 500, 999):
+            out = net(torch.cat([z, log_onehot(cat).reshape(B, -1)], dim=1), torch.full((B,), i))
+            eps_hat, d = fold(z, cat, i)
+            torch.testing.assert_close(eps_hat, out[:, :n_num], rtol=1e-5, atol=1e-4)
+            pair = out[:, n_num:].reshape(B, n_bin, 2)
+            torch.testing.assert_close(d, pair[..., 1] - pair[..., 0], rtol=1e-5, atol=1e-4)
