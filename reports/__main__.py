@@ -1,26 +1,41 @@
-"""CLI: `python -m reports RUNS_DIR --out DIR` writes the leaderboard (Markdown, CSV, HTML, figures)."""
+"""CLI: `python -m reports RUNS --out DIR [--archive]` writes the leaderboard (Markdown, CSV, HTML, figures)."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .aggregate import PROFILES, parse_profile
+from .archive import ARCHIVE_NAME, is_archive, opened, pack
 from .render import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
-    ap.add_argument("runs_dir", help="folder holding run directories (e.g. runs/leaderboard_synthetic)")
-    ap.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report)")
+    ap.add_argument("runs_dir", help="folder holding run directories (e.g. runs/leaderboard_synthetic), or a "
+                                     f"{ARCHIVE_NAME} written by --archive (e.g. reports/leaderboard_synthetic/{ARCHIVE_NAME})")
+    ap.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report; for an archive, its folder)")
     ap.add_argument("--profile", action="append", default=[], metavar="NAME=fidelity:W,utility:W,privacy:W",
                     help="add or replace a use-case weight profile (repeatable); built in: " + ", ".join(PROFILES))
     ap.add_argument("--no-figures", action="store_true", help="tables only (skips loading the datasets)")
+    ap.add_argument("--archive", action="store_true", help=f"also write OUT/{ARCHIVE_NAME}: the runs' small files "
+                    "(records, metric rows, curves, configs, thinned losses, one sample per cell), enough to rebuild "
+                    "this report and, extracted into a runs folder, to resume the suite without its complete cells")
     args = ap.parse_args(argv)
     profiles = dict(PROFILES)
+    source = args.runs_dir.rstrip("/")
+    out = Path(args.out or (Path(source).parent if is_archive(source) else f"{source}/report"))
     try:
+        if args.archive and is_archive(source):
+            raise ValueError(f"--archive needs a runs folder; {source} is already an archive")
         profiles.update(parse_profile(p) for p in args.profile)
-        paths = write_report(args.runs_dir, args.out or f"{args.runs_dir.rstrip('/')}/report", profiles,
-                             figures=not args.no_figures)
+        with opened(source) as root:
+            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source)
+            if args.archive:
+                paths["archive"] = out / ARCHIVE_NAME
+                counts = pack(root, paths["archive"])
+                print(f"archived {counts['runs']} run directories, {counts['files']} files, "
+                      f"{counts['bytes'] / 1e6:.2f} MB")
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -253,18 +253,19 @@ def describe(rs: RunSet, runs_dir: str) -> str:
 
 
 def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict[str, float]] = PROFILES,
-                 figures: bool = True) -> dict[str, Path]:
-    """Build every table and figure for runs_dir and write them to out; returns the written paths by kind."""
+                 figures: bool = True, source: str | None = None) -> dict[str, Path]:
+    """Build every table and figure for runs_dir and write them to out; returns the written paths by kind.
+    source: what the header names as the runs' origin (default runs_dir; e.g. the archive runs_dir came from)."""
     rs = load_runs(runs_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tables: list[Table] = build_tables(rs, profiles)
     notes = []
     if not tables:
-        notes.append(f"no run directories found under {runs_dir} (expected <tag>/<data>/<model>/seed_<n>/run.json)")
+        notes.append(f"no run directories found under {source or runs_dir} (expected <tag>/<data>/<model>/seed_<n>/run.json)")
     figs, fig_notes = make_figures(rs, tables, out / "figures") if figures else ([], [])
     notes += fig_notes
-    header = describe(rs, str(runs_dir))
+    header = describe(rs, source or str(runs_dir))
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
     from ehrbench.data.cache import atomic_path  # every file is written under a temporary name, then renamed
 

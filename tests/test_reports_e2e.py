@@ -10,6 +10,7 @@ import pytest
 
 from ehrbench.data import load_dataset
 from ehrbench.reports import load_runs, write_report
+from ehrbench.reports.archive import pack, unpack
 from tests.conftest import REPO
 
 SWEEP = ["-m", "model=independent,ehrdiff", "trainer=debug", "metrics=fast", "data.n_patients=1000",
@@ -38,6 +39,17 @@ def test_sweep_layout_and_resume_skip(runs):
     out = run_cli(runs)  # the same command again: complete cells are skipped, nothing is recomputed
     assert out.count("already complete") == 2
     assert (runs / "e2e" / "synthetic" / "ehrdiff" / "seed_0" / "results.jsonl").read_bytes() == before
+
+
+def test_a_suite_resumes_from_its_archive(runs, tmp_path):
+    """runs.tar.gz extracted into a fresh runs folder: the same command skips every archived cell."""
+    pack(runs / "e2e", tmp_path / "runs.tar.gz")
+    unpack(tmp_path / "runs.tar.gz", tmp_path / "fresh" / "e2e")
+    assert not list((tmp_path / "fresh").rglob("state.pt"))  # no checkpoint travelled, only the records
+    out = run_cli(tmp_path / "fresh")
+    assert out.count("already complete") == 2
+    a, b = (pd.read_csv(write_report(r, tmp_path / n)["csv"]) for r, n in ((runs, "a"), (tmp_path / "fresh", "b")))
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_report_on_real_runs(runs, tmp_path):

@@ -1,0 +1,134 @@
+"""runs.tar.gz: the small files of a runs folder, enough to rebuild its report and to resume its suite."""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .load import find_run_dirs
+
+ARCHIVE_NAME = "runs.tar.gz"
+KEPT = ("run.json", "results.jsonl", "curve.jsonl")  # kept whole: the tables, curves and the resume record
+STATS = "train_stats.jsonl"  # kept thinned: the loss figure
+MAX_STAT_LINES = 2000
+SAMPLE = "synthetic.npz"  # kept for the lowest complete seed of each cell folder: the scatter figures draw that one
+
+
+def _seed(run_dir: Path) -> tuple[bool, float]:
+    """(complete, seed) from run.json; an unreadable record or seed sorts last."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        return info.get("status") == "ok", float(info.get("seed"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        m = re.fullmatch(r"seed_(\d+)", run_dir.name)
+        return False, float(m.group(1)) if m else float("inf")
+
+
+def sample_dirs(run_dirs: list[Path]) -> set[Path]:
+    """Per parent folder (one generator row: <model>/ or <model>_eps<e>/), its complete run with the lowest seed."""
+    best: dict[Path, tuple[float, str, Path]] = {}
+    for d in run_dirs:
+        ok, seed = _seed(d)
+        key = (seed, d.name, d)
+        if ok and (d.parent not in best or key[:2] < best[d.parent][:2]):
+            best[d.parent] = key
+    return {v[2] for v in best.values()}
+
+
+def thin_lines(text: str, most: int = MAX_STAT_LINES) -> str:
+    """At most `most` lines, evenly spaced over the run, the first and the last always kept."""
+    lines = text.splitlines()
+    if len(lines) <= most:
+        return text
+    keep = np.unique(np.linspace(0, len(lines) - 1, most).round().astype(int))
+    return "\n".join(lines[i] for i in keep) + "\n"
+
+
+def compact_sample(path: Path) -> bytes:
+    """synthetic.npz recompressed, a 0/1 matrix stored as bool (the figures read it as float32 either way)."""
+    with np.load(path, allow_pickle=False) as z:
+        X, columns = z["X"], z["columns"]
+    if X.dtype != bool and np.isin(X, (0, 1)).all():
+        X = X.astype(bool)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, X=X, columns=columns)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: the same runs pack to the same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def pack(runs_dir: str | Path, out_file: str | Path, max_stat_lines: int = MAX_STAT_LINES) -> dict[str, int]:
+    """Write out_file (a tar.gz) with, per run directory under runs_dir (paths relative to it): run.json,
+    results.jsonl, curve.jsonl, .hydra/*.yaml, train_stats.jsonl thinned to max_stat_lines, and synthetic.npz
+    for the lowest complete seed of each cell folder. Returns counts of runs, files and bytes."""
+    root = Path(runs_dir)
+    dirs = find_run_dirs(root)  # raises on a missing folder
+    if not dirs:
+        raise FileNotFoundError(f"no run directories under {root} (expected .../seed_<n>/run.json)")
+    samples, n_files = sample_dirs(dirs), 0
+    from ehrbench.data.cache import atomic_path  # written under a temporary name, then renamed
+
+    with atomic_path(Path(out_file)) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+            for d in dirs:
+                rel = d.relative_to(root).as_posix()
+                files = [(n, (d / n).read_bytes()) for n in KEPT if (d / n).is_file()]
+                files += [(f".hydra/{p.name}", p.read_bytes()) for p in sorted((d / ".hydra").glob("*.yaml"))]
+                if (d / STATS).is_file():
+                    text = (d / STATS).read_text(errors="replace")
+                    files.append((STATS, thin_lines(text, max_stat_lines).encode()))
+                if d in samples and (d / SAMPLE).is_file():
+                    files.append((SAMPLE, compact_sample(d / SAMPLE)))
+                for name, data in files:
+                    _add(tar, f"{rel}/{name}" if rel != "." else name, data)
+                n_files += len(files)
+    return {"runs": len(dirs), "files": n_files, "bytes": Path(out_file).stat().st_size}
+
+
+def unpack(archive: str | Path, dest: str | Path) -> Path:
+    """Extract archive into dest (made if needed); a member that would land outside dest, a link or a device is
+    refused. Returns dest."""
+    archive, dest = Path(archive), Path(dest)
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                if not (m.isfile() or m.isdir()) or not target.is_relative_to(dest.resolve()):
+                    raise ValueError(f"{archive} holds {m.name!r}, which is not a plain file inside the archive's "
+                                     "folder; refusing to extract it")
+            dest.mkdir(parents=True, exist_ok=True)
+            # members were checked above; the "data" filter (Python >= 3.11.4) checks again where it exists
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **kw)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, FileNotFoundError) and not archive.exists():
+            raise FileNotFoundError(f"{archive} does not exist") from None
+        raise ValueError(f"{archive} is not a readable tar.gz archive ({type(e).__name__}: {e})") from None
+    return dest
+
+
+def is_archive(path: str | Path) -> bool:
+    return str(path).endswith((".tar.gz", ".tgz"))
+
+
+@contextlib.contextmanager
+def opened(runs: str | Path) -> Iterator[Path]:
+    """A runs folder as is, or an archive extracted into a temporary folder that is removed afterwards."""
+    if not is_archive(runs):
+        yield Path(runs)
+        return
+    with tempfile.TemporaryDirectory(prefix="ehrbench-runs-") as tmp:
+        yield unpack(runs, tmp)

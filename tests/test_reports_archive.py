@@ -1,0 +1,113 @@
+"""runs.tar.gz: what is kept, the report it rebuilds equals the folder's, determinism, and bad archives."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ehrbench.reports import write_report
+from ehrbench.reports.__main__ import main
+from ehrbench.reports.archive import pack, sample_dirs, thin_lines, unpack
+from tests.test_reports_load import make_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for model in ("gen", "base"):
+        for seed in (2, 0, 1):
+            d = make_run(root, model, seed, {"pearson": 0.9 - 0.1 * seed, "mae": 0.1 + seed, "auc": 0.6},
+                         losses=model == "gen")
+            (d / "synthesizer").mkdir()
+            (d / "synthesizer" / "state.pt").write_bytes(b"weights")
+            (d / ".hydra").mkdir()
+            (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    failed = make_run(root, "late", 0, {"pearson": 0.5}, status="error: RuntimeError: boom")
+    make_run(root, "late", 1, {"pearson": 0.4})
+    return root, failed
+
+
+def members(archive):
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_pack_keeps_records_rows_configs_and_one_sample_per_cell(runs, tmp_path):
+    root, failed = runs
+    counts = pack(root, tmp_path / "runs.tar.gz", max_stat_lines=10)
+    files = members(tmp_path / "runs.tar.gz")
+    assert counts["runs"] == 8 and counts["files"] == len(files)
+    assert not any("synthesizer" in n for n in files)  # checkpoints stay out
+    for model in ("gen", "base"):
+        for seed in (0, 1, 2):
+            d = root / "t" / "synthetic" / model / f"seed_{seed}"
+            rel = d.relative_to(root).as_posix()
+            for name in ("run.json", "results.jsonl", ".hydra/config.yaml"):
+                assert files[f"{rel}/{name}"] == (d / name).read_bytes()
+            # the scatter figures draw the lowest complete seed: only its sample is kept, as the same matrix
+            assert (f"{rel}/synthetic.npz" in files) == (seed == 0)
+    z, zz = np.load(io.BytesIO(files["t/synthetic/gen/seed_0/synthetic.npz"])), np.load(root / "t/synthetic/gen/seed_0/synthetic.npz")
+    assert z["X"].dtype == bool and np.array_equal(z["X"].astype(zz["X"].dtype), zz["X"])
+    assert list(z["columns"]) == list(zz["columns"])
+    # a failed seed 0 is not the cell's sample: the complete seed 1 is
+    assert "t/synthetic/late/seed_1/synthetic.npz" in files and "t/synthetic/late/seed_0/synthetic.npz" not in files
+    assert json.loads(files[f"{failed.relative_to(root).as_posix()}/run.json"])["status"].startswith("error")
+    # losses are thinned to 10 evenly spaced lines, first and last kept
+    full = (root / "t/synthetic/gen/seed_1/train_stats.jsonl").read_text().splitlines()
+    thin = files["t/synthetic/gen/seed_1/train_stats.jsonl"].decode().splitlines()
+    assert len(full) == 29 and len(thin) == 10 and thin[0] == full[0] and thin[-1] == full[-1]
+    assert set(thin) <= set(full)
+
+
+def test_the_same_runs_pack_to_the_same_bytes(runs, tmp_path):
+    pack(runs[0], tmp_path / "a.tar.gz")
+    pack(runs[0], tmp_path / "b.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+
+
+def test_the_archive_rebuilds_the_folders_report(runs, tmp_path):
+    root, _ = runs
+    a = write_report(root, tmp_path / "folder")
+    assert main([str(root), "--out", str(tmp_path / "packed"), "--archive"]) == 0
+    archive = tmp_path / "packed" / "runs.tar.gz"
+    assert main([str(archive), "--out", str(tmp_path / "again")]) == 0
+    b = tmp_path / "again" / "leaderboard.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(a["csv"]), pd.read_csv(b))
+    assert sorted(p.name for p in (tmp_path / "again" / "figures").glob("*.png")) == \
+        sorted(p.name for p in a["figures"].glob("*.png"))
+    assert f"under `{archive}`" in (tmp_path / "again" / "leaderboard.md").read_text()
+
+
+def test_thin_lines_keeps_short_files_whole():
+    assert thin_lines("a\nb\n", 5) == "a\nb\n"
+    assert thin_lines("\n".join(map(str, range(100))), 3) == "0\n50\n99\n"
+
+
+def test_sample_dirs_pick_the_lowest_complete_seed(runs):
+    root, _ = runs
+    dirs = sorted(p.parent for p in root.rglob("run.json"))
+    assert sorted(d.relative_to(root).as_posix() for d in sample_dirs(dirs)) == [
+        "t/synthetic/base/seed_0", "t/synthetic/gen/seed_0", "t/synthetic/late/seed_1"]
+
+
+def test_bad_archives_are_one_sentence(tmp_path, capsys):
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="not a readable tar.gz archive"):
+        unpack(tmp_path / "junk.tar.gz", tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        unpack(tmp_path / "missing.tar.gz", tmp_path / "x")
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(ValueError, match="not a plain file inside"):
+        unpack(evil, tmp_path / "x")
+    assert not (tmp_path / "outside.txt").exists()
+    assert main([str(tmp_path / "junk.tar.gz"), "--out", str(tmp_path / "r")]) == 2
+    assert "not a readable tar.gz archive" in capsys.readouterr().err
+    assert main([str(evil), "--archive"]) == 2
+    assert "needs a runs folder" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "--archive", "--out", str(tmp_path / "r")]) == 2
