@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .aggregate import PROFILES, parse_profile
-from .archive import ARCHIVE_NAME, is_archive, opened, pack
+from .archive import ARCHIVE_NAME, is_archive, opened, pack, unpack
 from .render import write_report
 
 
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archive", action="store_true", help=f"also write OUT/{ARCHIVE_NAME}: the runs' small files "
                     "(records, metric rows, curves, configs, thinned losses, one sample per cell), enough to rebuild "
                     "this report and, extracted into a runs folder, to resume the suite without its complete cells")
+    ap.add_argument("--extract-to", default=None, metavar="DIR", help=f"extract the {ARCHIVE_NAME} given as RUNS "
+                    "into DIR (never replacing a file there) and stop; the suite command then runs only missing cells")
     args = ap.parse_args(argv)
     profiles = dict(PROFILES)
     source = args.runs_dir.rstrip("/")
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.archive and is_archive(source):
             raise ValueError(f"--archive needs a runs folder; {source} is already an archive")
+        if args.extract_to is not None:
+            if not is_archive(source):
+                raise ValueError(f"--extract-to needs a {ARCHIVE_NAME} archive; {source} is a folder")
+            unpack(source, args.extract_to)
+            print(f"extracted {source} into {args.extract_to}")
+            return 0
         profiles.update(parse_profile(p) for p in args.profile)
         with opened(source) as root:
             paths = write_report(root, out, profiles, figures=not args.no_figures, source=source)

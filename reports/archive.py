@@ -98,8 +98,8 @@ def pack(runs_dir: str | Path, out_file: str | Path, max_stat_lines: int = MAX_S
 
 
 def unpack(archive: str | Path, dest: str | Path) -> Path:
-    """Extract archive into dest (made if needed); a member that would land outside dest, a link or a device is
-    refused. Returns dest."""
+    """Extract archive into dest (made if needed). Nothing is written when a member would land outside dest, is a
+    link or a device, or would replace a file already in dest (a run there is never overwritten). Returns dest."""
     archive, dest = Path(archive), Path(dest)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
@@ -109,6 +109,10 @@ def unpack(archive: str | Path, dest: str | Path) -> Path:
                 if not (m.isfile() or m.isdir()) or not target.is_relative_to(dest.resolve()):
                     raise ValueError(f"{archive} holds {m.name!r}, which is not a plain file inside the archive's "
                                      "folder; refusing to extract it")
+            clash = [m.name for m in members if m.isfile() and (dest / m.name).exists()]
+            if clash:
+                raise ValueError(f"{dest} already holds {clash[0]} and {len(clash) - 1} more of the archive's files; "
+                                 "nothing was extracted (extract into an empty folder, or move those runs away first)")
             dest.mkdir(parents=True, exist_ok=True)
             # members were checked above; the "data" filter (Python >= 3.11.4) checks again where it exists
             kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}

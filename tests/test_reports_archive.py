@@ -111,3 +111,19 @@ def test_bad_archives_are_one_sentence(tmp_path, capsys):
     assert main([str(evil), "--archive"]) == 2
     assert "needs a runs folder" in capsys.readouterr().err
     assert main([str(tmp_path / "empty"), "--archive", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_extracting_never_replaces_a_run(runs, tmp_path, capsys):
+    root, _ = runs
+    pack(root, tmp_path / "runs.tar.gz")
+    assert main([str(tmp_path / "runs.tar.gz"), "--extract-to", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "t/synthetic/gen/seed_0/run.json").read_bytes() == \
+        (root / "t/synthetic/gen/seed_0/run.json").read_bytes()
+    mine = tmp_path / "x" / "t/synthetic/gen/seed_1/results.jsonl"
+    mine.write_text("my newer rows\n")
+    (tmp_path / "x" / "t/synthetic/gen/seed_2/run.json").unlink()
+    assert main([str(tmp_path / "runs.tar.gz"), "--extract-to", str(tmp_path / "x")]) == 2
+    assert "nothing was extracted" in capsys.readouterr().err
+    assert mine.read_text() == "my newer rows\n" and not (tmp_path / "x" / "t/synthetic/gen/seed_2/run.json").exists()
+    assert main([str(root), "--extract-to", str(tmp_path / "y")]) == 2
+    assert "needs a runs.tar.gz archive" in capsys.readouterr().err
