@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .base import Synthesizer, register_synthesizer
+from .dp import refuse_private
 
 
 # The "independent-marginal prevalence sampler" of Yan et al., Nat. Commun. 2022 (their strong baseline).
@@ -21,6 +22,7 @@ class Independent(Synthesizer):
         pass
 
     def fit(self, data, trainer=None) -> "Independent":
+        refuse_private(self.name, trainer)
         X = self._prepare_fit(data)
         self.prevalence_ = X.mean(0, dtype=np.float64)
         self.values_ = np.sort(X[:, ~self.binary_mask], axis=0)  # per-column empirical marginals
@@ -57,6 +59,7 @@ class Real(Synthesizer):
         pass
 
     def fit(self, data, trainer=None) -> "Real":
+        refuse_private(self.name, trainer)
         self.records_ = self._prepare_fit(data).copy()
         return self
 

@@ -12,6 +12,7 @@ import torch
 from ehrbench.data import EHRData, check_matrix, split_fingerprint
 
 from .base import Synthesizer, register_synthesizer
+from .dp import refuse_private
 
 FORMATS = (".npz", ".npy", ".csv", ".parquet")
 
@@ -76,6 +77,7 @@ class ExternalSynthesizer(Synthesizer):
         self.fingerprint = fingerprint  # of the split the tool trained on (data/export.py); checked when given
 
     def fit(self, data: EHRData | np.ndarray, trainer: Any = None) -> "ExternalSynthesizer":
+        refuse_private(self.name, trainer)
         if self.path is None:
             raise ValueError("model 'external' needs model.path=<file> (.npz with X + columns, .npy, .csv or .parquet)")
         if isinstance(data, EHRData):

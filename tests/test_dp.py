@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from ehrbench.models import Trainer, TorchSynthesizer, build_synthesizer
+from ehrbench.models import SYNTHESIZERS, Trainer, TorchSynthesizer, build_synthesizer
 from ehrbench.models.budget import Phase
 from ehrbench.models.dp import DPConfig, calibrate_noise, dp_config, epsilon_spent, private_gradient
-from tests.conftest import TINY_PARAMS
+from tests.conftest import TINY_PARAMS, skip_unavailable
 
 HISTORIES = [[(0.01, 1000)], [(256 / 41868, 500)], [(0.1, 50), (0.02, 300)]]
 
@@ -150,6 +150,29 @@ def test_a_dp_run_trains_and_records_epsilon(tiny_data, tmp_path):
     assert report["dp"]["per_record_path"] == {"vae": "ghost"}
     assert m.sample(10).shape == (10, tiny_data.n_features)
     assert [json.loads(l)["step"] for l in (tmp_path / "train_stats.jsonl").read_text().splitlines()][-1] == 8
+
+
+REFUSED = {"corgan": "its autoencoder is pretrained on the records with batch norm",
+           "medgan": "its discriminator's minibatch averaging", "real": "model 'real' trains nothing under trainer.dp",
+           "independent": "model 'independent' trains nothing under trainer.dp",
+           "external": "model 'external' trains nothing under trainer.dp"}  # refused before its file is read
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHESIZERS))
+def test_every_generator_trains_privately_or_refuses_in_one_sentence(name, tiny_data):
+    """trainer.dp on every registered generator: it spends the target epsilon (within 1 %, never above), or it is
+    refused before training in one sentence that names the alternative."""
+    skip_unavailable(name)
+    t = Trainer(device="cpu", progress=False, budget="steps", max_steps=3, dp={"epsilon": 5.0, "delta": 1e-4})
+    model = build_synthesizer(name, **TINY_PARAMS.get(name, {}))
+    if name in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[name]) as e:
+            model.fit(tiny_data, t)
+        assert str(e.value).count(". ") == 0 and len(str(e.value).splitlines()) == 1
+        return
+    model.fit(tiny_data, t)
+    assert 4.95 <= t.budget_report()["epsilon"] <= 5.0
+    assert model.sample(5, seed=0).shape == (5, tiny_data.n_features)
 
 
 def test_not_private_is_the_unchanged_code_path(tiny_data):
