@@ -1,6 +1,8 @@
 """Privacy risk: membership and attribute inference, distance to closest record, NNAA and exact copies (train = members)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ehrbench.data import EHRData
@@ -19,6 +21,25 @@ def _members(data: EHRData, rng: np.random.Generator, n: int | None) -> tuple[np
         raise ValueError(f"the dataset {data.name} has an empty holdout split, so there are no non-members to compare")
     m = min(len(data.holdout), len(data.train), n if n is not None else len(data.holdout))
     return subsample(rng, data.train, m), subsample(rng, data.holdout, m)
+
+
+def mia_advantage_bound(epsilon: float, delta: float) -> float:
+    """The largest 2 |AUC - 0.5| any membership test can reach against an (epsilon, delta)-DP release.
+
+    DP confines every test's ROC curve to TPR(a) <= T(a) = min(1, e^eps a + delta, 1 - e^-eps (1 - delta - a))
+    at FPR a (and, by symmetry, a reversed test to 1 - T(1 - a)), so AUC <= integral of T. T is the minimum of three
+    lines: it is linear between their crossings, (1 - delta) / (e^eps + 1), (1 - delta) e^-eps and 1 - delta, and
+    the trapezoid rule over those points is exact. With delta = 0 the integral is e^eps / (e^eps + 1), so the bound is
+    tanh(eps / 2), the same as the largest TPR - FPR."""
+    if not (epsilon >= 0 and 0 <= delta <= 1):
+        raise ValueError(f"mia_advantage_bound needs epsilon >= 0 and delta in [0, 1], got {epsilon!r}, {delta!r}")
+    if math.isinf(epsilon):
+        return 1.0
+    e = math.exp(epsilon)
+    pts = np.unique(np.clip([0.0, (1 - delta) / (e + 1), (1 - delta) / e, 1 - delta, 1.0], 0.0, 1.0))
+    T = np.minimum.reduce([np.ones_like(pts), e * pts + delta, 1 - (1 - delta - pts) / e])
+    auc = float(np.sum(np.diff(pts) * (T[1:] + T[:-1]) / 2))
+    return min(1.0, max(0.0, 2 * auc - 1))
 
 
 # Distance-to-closest-synthetic-record membership attack: Hayes et al. 2019 (LOGAN) / Chen et al. 2020

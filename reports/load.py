@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from .audit import audit_reason, audit_rows
+
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
                "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference",
@@ -285,6 +287,10 @@ def load_runs(root: str | Path) -> RunSet:
     runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
     results_df = pd.DataFrame(results, columns=RESULT_COLUMNS)
     runs_df, results_df = _flag_duplicate_cells(runs_df, results_df, failures)
+    ident = runs_df.set_index("path")  # a private run whose attack beats its (epsilon, delta): a failure row
+    for r in audit_rows(runs_df, results_df, configs).to_dict("records"):
+        if r["above"]:
+            fail("privacy", r["path"], ident.loc[r["path"]].to_dict(), audit_reason(r), "mia_auc")
     runs_df = runs_df.sort_values("path", kind="stable").reset_index(drop=True)
     results_df = results_df.sort_values(["path", "metric"], kind="stable").reset_index(drop=True)
     fail_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)

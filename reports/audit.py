@@ -1,0 +1,63 @@
+"""Privacy audit: each private run's membership-inference advantage against the most its (epsilon, delta) allows."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ehrbench.metrics.privacy import mia_advantage_bound
+
+AUDIT_COLUMNS = ["path", "model", "seed", "epsilon", "delta", "advantage", "bound", "above"]
+METRIC = "mia_auc"
+
+
+def _number(v: object) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _delta(config: dict | None) -> float:
+    trainer = (config or {}).get("trainer")
+    dp = trainer.get("dp") if isinstance(trainer, dict) else None
+    return _number(dp.get("delta")) if isinstance(dp, dict) else math.nan
+
+
+def audit_rows(runs: pd.DataFrame, results: pd.DataFrame, configs: dict[str, dict]) -> pd.DataFrame:
+    """One row per complete private run (finite spent epsilon, a recorded delta) with an ok mia_auc value: its
+    advantage (2 |AUC - 0.5|), the bound its spent (epsilon, delta) puts on any membership test, and whether the
+    advantage is above it. The bound holds for the attack's expected advantage; the measured one carries the
+    attack's sampling noise (about 1/sqrt(members) at the default 5,000), which only matters when the bound is
+    near 0 (epsilon well below 0.1)."""
+    ok = results[(results["metric"] == METRIC) & (results["status"] == "ok")].drop_duplicates("path", keep="last")
+    adv = ok.set_index("path")["value"]
+    rows = []
+    for r in runs[runs["ok"].astype(bool)].to_dict("records"):
+        eps, delta = _number(r.get("epsilon")), _delta(configs.get(r["path"]))
+        if not (math.isfinite(eps) and math.isfinite(delta) and r["path"] in adv.index):
+            continue
+        bound = mia_advantage_bound(eps, delta)
+        rows.append({"path": r["path"], "model": r["model"], "seed": r["seed"], "epsilon": eps, "delta": delta,
+                     "advantage": float(adv[r["path"]]), "bound": bound, "above": float(adv[r["path"]]) > bound})
+    return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
+
+
+def audit_reason(row: dict) -> str:
+    return (f"privacy audit: the membership-inference advantage {row['advantage']:.3g} is above the "
+            f"{row['bound']:.3g} that (epsilon {row['epsilon']:.3g}, delta {row['delta']:g}) allows any attack; "
+            "investigate (a privacy bug, or the attack's sampling noise where the bound is near 0)")
+
+
+def audit_note(rows: pd.DataFrame) -> str | None:
+    """One sentence for a table with private runs: how many, the largest advantage beside its bound, and the runs
+    above their bound (each also a failure row)."""
+    if rows.empty:
+        return None
+    worst = rows.loc[(rows["advantage"] / rows["bound"].clip(lower=1e-12)).idxmax()]
+    above = rows[rows["above"]]
+    verdict = ("none is above the advantage its spent (ε, δ) allows" if above.empty else
+               f"{len(above)} above it ({', '.join(sorted(above['path']))}): see the failures")
+    return (f"privacy audit (membership inference against (ε, δ)): {len(rows)} private run(s); the closest to its "
+            f"bound is {worst['model']} seed {worst['seed']}, advantage {worst['advantage']:.3g} against "
+            f"{worst['bound']:.3g} at ε {worst['epsilon']:.3g}; {verdict}")
