@@ -296,8 +296,8 @@ def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     _save(fig, p)
     return [FigureInfo(t.label, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
                        "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
-                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: an attack far "
-                       "above what epsilon allows would be a bug.", p)], []
+                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: the privacy audit "
+                       "note under the table compares each run with the advantage its (ε, δ) allows.", p)], []
 
 
 def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list[FigureInfo], list[str]]:
