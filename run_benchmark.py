@@ -99,8 +99,14 @@ def provenance() -> dict:
         ehrbench = version("ehrbench")
     except PackageNotFoundError:
         ehrbench = "unknown"
+    libs = {}  # the libraries results depend on beyond torch and numpy: metrics, the DP accountant, MST (if installed)
+    for name in ("scipy", "scikit-learn", "lightgbm", "opacus", "mbi", "jax"):
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                         "ehrbench": ehrbench},
+                         "ehrbench": ehrbench, **libs},
             "git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain"))}
 
 

@@ -35,6 +35,8 @@ def test_complete_run_directory(name, tmp_path):
     for key in ("n_params", "fit_seconds", "sample_seconds", "steps_per_second", "peak_memory_mb", "device",
                 "peak_memory_scope", "versions", "git_commit", "status", "config"):
         assert key in saved, key
+    from importlib.metadata import version
+    assert saved["versions"]["scikit-learn"] == version("scikit-learn") and saved["versions"]["opacus"] == version("opacus")
     rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows and all({"data", "model", "seed", "metric", "family", "goal", "value", "seconds", "status"} <= set(r)
                         for r in rows)
