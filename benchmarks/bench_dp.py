@@ -1,7 +1,8 @@
 """The wall-clock cost of DP-SGD (trainer.dp) per training step against the same step without DP.
 
 Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_dp.py [--models ehrdiff,vae,emrwgan]
-       [--paths ghost,vmap] [--steps 5] [--vmap-steps 3] [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2] [--out results.json]
+       [--paths ghost,vmap] [--steps 5] [--vmap-steps 3] [--rounds 3] [--n-patients 20000] [--n-codes 1000] [--threads 2]
+       [--device cpu] [--out results.json]
 Data: load_dataset("synthetic") (20,000 patients -> 16,000 train x 1,005 columns by default). Models: their
 benchmarks/model/<name>.yaml (the papers' sizes and batches). Each round trains `steps` steps without DP, then with
 trainer.dp (epsilon 10, delta 1e-5, C 1, K 1; ehrdiff also K 4 by ghost clipping) once per per-record path
@@ -43,10 +44,10 @@ def params(name: str) -> dict:
     return out
 
 
-def seconds_per_step(name: str, data, steps: int, dp: dict | None) -> list[float]:
+def seconds_per_step(name: str, data, steps: int, dp: dict | None, device: str = "cpu") -> list[float]:
     """Seconds of each training step after the first (train_stats.jsonl, one row per step)."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(device="cpu", budget="steps", max_steps=steps, progress=False, dp=dp, log_every=1,
+        trainer = Trainer(device=device, budget="steps", max_steps=steps, progress=False, dp=dp, log_every=1,
                           workdir=tmp)
         build_synthesizer(name, **params(name)).fit(data, trainer)
         rows = [json.loads(line) for line in (Path(tmp) / "train_stats.jsonl").read_text().splitlines()]
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--n-patients", type=int, default=20000)
     ap.add_argument("--n-codes", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (a GPU session: --device cuda --paths ghost)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -78,10 +80,10 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {(m, v): [] for m, v, _, _ in variants}
     for r in range(a.rounds):
         for m, v, cfg, steps in variants:
-            t = seconds_per_step(m, data, steps, cfg)
+            t = seconds_per_step(m, data, steps, cfg, a.device)
             times[(m, v)] += t
             print(f"round {r}: {m:8s} {v:14s} {np.median(t):.3f} s/step", flush=True)
-    print(f"\n{data.n_features} columns, {len(data.train):,} training rows, {a.threads} threads, {a.steps} steps "
+    print(f"\n{data.n_features} columns, {len(data.train):,} training rows, {a.device}, {a.threads} threads, {a.steps} steps "
           f"({a.vmap_steps or a.steps} for vmap) x {a.rounds} rounds (medians of steps 2..)\n\n"
           "| model | variant | s/step | x no-DP |\n|---|---|---|---|")
     rows = []

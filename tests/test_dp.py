@@ -175,6 +175,18 @@ def test_every_generator_trains_privately_or_refuses_in_one_sentence(name, tiny_
     assert model.sample(5, seed=0).shape == (5, tiny_data.n_features)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["ehrdiff", "vae"])
+def test_a_dp_run_on_cuda_clips_by_ghost_and_records_epsilon(name, tiny_data, tmp_path):
+    t = Trainer(device="cuda", progress=False, budget="steps", max_steps=4, workdir=tmp_path,
+                dp={"epsilon": 5.0, "delta": 1e-4, "noise_multiplicity": 2})
+    m = build_synthesizer(name, **TINY_PARAMS[name]).fit(tiny_data, t)
+    report = t.budget_report()
+    assert 4.95 <= report["epsilon"] <= 5.0 and set(report["dp"]["per_record_path"].values()) == {"ghost"}
+    assert m.sample(10, seed=0).shape == (10, tiny_data.n_features)
+
+
 def test_not_private_is_the_unchanged_code_path(tiny_data):
     """epsilon = inf is no DP at all: the same weights as a trainer without trainer.dp, bit for bit."""
     a = build_synthesizer("ehrdiff", **TINY_PARAMS["ehrdiff"]).fit(
