@@ -107,6 +107,7 @@ def provenance() -> dict:
             pass
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                          "ehrbench": ehrbench, **libs},
+            "torch_threads": torch.get_num_threads(),  # CPU float reductions, and so a CPU run's numbers, depend on it
             "git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain"))}
 
 

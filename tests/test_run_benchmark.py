@@ -36,6 +36,7 @@ def test_complete_run_directory(name, tmp_path):
                 "peak_memory_scope", "versions", "git_commit", "status", "config"):
         assert key in saved, key
     from importlib.metadata import version
+    assert saved["torch_threads"] == torch.get_num_threads()
     assert saved["versions"]["scikit-learn"] == version("scikit-learn") and saved["versions"]["opacus"] == version("opacus")
     rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows and all({"data", "model", "seed", "metric", "family", "goal", "value", "seconds", "status"} <= set(r)
