@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
     ap.add_argument("runs_dir", help="folder holding run directories (e.g. runs/leaderboard_synthetic), or a "
                                      f"{ARCHIVE_NAME} written by --archive (e.g. reports/leaderboard_synthetic/{ARCHIVE_NAME})")
-    ap.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report; for an archive, its folder)")
+    ap.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report; for an archive, rebuilt/ beside it)")
     ap.add_argument("--profile", action="append", default=[], metavar="NAME=fidelity:W,utility:W,privacy:W",
                     help="add or replace a use-case weight profile (repeatable); built in: " + ", ".join(PROFILES))
     ap.add_argument("--no-figures", action="store_true", help="tables only (skips loading the datasets)")
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     profiles = dict(PROFILES)
     source = args.runs_dir.rstrip("/")
-    out = Path(args.out or (Path(source).parent if is_archive(source) else f"{source}/report"))
+    # an archive's default output is beside it, never the report it came with (a rebuild lacks the scatter figures)
+    out = Path(args.out or (Path(source).parent / "rebuilt" if is_archive(source) else f"{source}/report"))
     try:
         if args.archive and is_archive(source):
             raise ValueError(f"--archive needs a runs folder; {source} is already an archive")

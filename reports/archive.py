@@ -1,11 +1,9 @@
-"""runs.tar.gz: the small files of a runs folder, enough to rebuild its report and to resume its suite."""
+"""runs.tar.gz: the small files of a runs folder, enough to rebuild its tables and to resume its suite."""
 from __future__ import annotations
 
 import contextlib
 import gzip
 import io
-import json
-import re
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -19,28 +17,8 @@ ARCHIVE_NAME = "runs.tar.gz"
 KEPT = ("run.json", "results.jsonl", "curve.jsonl")  # kept whole: the tables, curves and the resume record
 STATS = "train_stats.jsonl"  # kept thinned: the loss figure
 MAX_STAT_LINES = 2000
-SAMPLE = "synthetic.npz"  # kept for the lowest complete seed of each cell folder: the scatter figures draw that one
-
-
-def _seed(run_dir: Path) -> tuple[bool, float]:
-    """(complete, seed) from run.json; an unreadable record or seed sorts last."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-        return info.get("status") == "ok", float(info.get("seed"))
-    except (OSError, ValueError, TypeError, AttributeError):
-        m = re.fullmatch(r"seed_(\d+)", run_dir.name)
-        return False, float(m.group(1)) if m else float("inf")
-
-
-def sample_dirs(run_dirs: list[Path]) -> set[Path]:
-    """Per parent folder (one generator row: <model>/ or <model>_eps<e>/), its complete run with the lowest seed."""
-    best: dict[Path, tuple[float, str, Path]] = {}
-    for d in run_dirs:
-        ok, seed = _seed(d)
-        key = (seed, d.name, d)
-        if ok and (d.parent not in best or key[:2] < best[d.parent][:2]):
-            best[d.parent] = key
-    return {v[2] for v in best.values()}
+# synthetic.npz never travels: a sample is patient-level data (the `real` reference's is a resample of the training
+# records, and a generator's can hold exact copies of them), and licensed data must not leave its folder
 
 
 def thin_lines(text: str, most: int = MAX_STAT_LINES) -> str:
@@ -52,17 +30,6 @@ def thin_lines(text: str, most: int = MAX_STAT_LINES) -> str:
     return "\n".join(lines[i] for i in keep) + "\n"
 
 
-def compact_sample(path: Path) -> bytes:
-    """synthetic.npz recompressed, a 0/1 matrix stored as bool (the figures read it as float32 either way)."""
-    with np.load(path, allow_pickle=False) as z:
-        X, columns = z["X"], z["columns"]
-    if X.dtype != bool and np.isin(X, (0, 1)).all():
-        X = X.astype(bool)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, X=X, columns=columns)
-    return buf.getvalue()
-
-
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: the same runs pack to the same bytes
@@ -71,13 +38,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def pack(runs_dir: str | Path, out_file: str | Path, max_stat_lines: int = MAX_STAT_LINES) -> dict[str, int]:
     """Write out_file (a tar.gz) with, per run directory under runs_dir (paths relative to it): run.json,
-    results.jsonl, curve.jsonl, .hydra/*.yaml, train_stats.jsonl thinned to max_stat_lines, and synthetic.npz
-    for the lowest complete seed of each cell folder. Returns counts of runs, files and bytes."""
+    results.jsonl, curve.jsonl, .hydra/*.yaml and train_stats.jsonl thinned to max_stat_lines; no sample and no
+    checkpoint. Returns counts of runs, files and bytes."""
     root = Path(runs_dir)
     dirs = find_run_dirs(root)  # raises on a missing folder
     if not dirs:
         raise FileNotFoundError(f"no run directories under {root} (expected .../seed_<n>/run.json)")
-    samples, n_files = sample_dirs(dirs), 0
+    n_files = 0
     from ehrbench.data.cache import atomic_path  # written under a temporary name, then renamed
 
     with atomic_path(Path(out_file)) as tmp, open(tmp, "wb") as raw:
@@ -89,8 +56,6 @@ def pack(runs_dir: str | Path, out_file: str | Path, max_stat_lines: int = MAX_S
                 if (d / STATS).is_file():
                     text = (d / STATS).read_text(errors="replace")
                     files.append((STATS, thin_lines(text, max_stat_lines).encode()))
-                if d in samples and (d / SAMPLE).is_file():
-                    files.append((SAMPLE, compact_sample(d / SAMPLE)))
                 for name, data in files:
                     _add(tar, f"{rel}/{name}" if rel != "." else name, data)
                 n_files += len(files)

@@ -1,15 +1,14 @@
-"""runs.tar.gz: what is kept, the report it rebuilds equals the folder's, determinism, and bad archives."""
+"""runs.tar.gz: what is kept (no patient-level data), the tables it rebuilds equal the folder's, determinism, bad archives."""
 import io
 import json
 import tarfile
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from ehrbench.reports import write_report
 from ehrbench.reports.__main__ import main
-from ehrbench.reports.archive import pack, sample_dirs, thin_lines, unpack
+from ehrbench.reports.archive import pack, thin_lines, unpack
 from tests.test_reports_load import make_run
 
 
@@ -34,25 +33,20 @@ def members(archive):
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def test_pack_keeps_records_rows_configs_and_one_sample_per_cell(runs, tmp_path):
+def test_pack_keeps_records_rows_configs_and_thinned_losses_but_no_patient_level_data(runs, tmp_path):
     root, failed = runs
     counts = pack(root, tmp_path / "runs.tar.gz", max_stat_lines=10)
     files = members(tmp_path / "runs.tar.gz")
     assert counts["runs"] == 8 and counts["files"] == len(files)
-    assert not any("synthesizer" in n for n in files)  # checkpoints stay out
+    # no checkpoint and no sample: a sample is patient-level data (real's is a resample of the training records)
+    assert not any("synthesizer" in n or n.endswith(".npz") for n in files)
+    assert all((root / n).exists() for n in files)
     for model in ("gen", "base"):
         for seed in (0, 1, 2):
             d = root / "t" / "synthetic" / model / f"seed_{seed}"
             rel = d.relative_to(root).as_posix()
             for name in ("run.json", "results.jsonl", ".hydra/config.yaml"):
                 assert files[f"{rel}/{name}"] == (d / name).read_bytes()
-            # the scatter figures draw the lowest complete seed: only its sample is kept, as the same matrix
-            assert (f"{rel}/synthetic.npz" in files) == (seed == 0)
-    z, zz = np.load(io.BytesIO(files["t/synthetic/gen/seed_0/synthetic.npz"])), np.load(root / "t/synthetic/gen/seed_0/synthetic.npz")
-    assert z["X"].dtype == bool and np.array_equal(z["X"].astype(zz["X"].dtype), zz["X"])
-    assert list(z["columns"]) == list(zz["columns"])
-    # a failed seed 0 is not the cell's sample: the complete seed 1 is
-    assert "t/synthetic/late/seed_1/synthetic.npz" in files and "t/synthetic/late/seed_0/synthetic.npz" not in files
     assert json.loads(files[f"{failed.relative_to(root).as_posix()}/run.json"])["status"].startswith("error")
     # losses are thinned to 10 evenly spaced lines, first and last kept
     full = (root / "t/synthetic/gen/seed_1/train_stats.jsonl").read_text().splitlines()
@@ -75,21 +69,16 @@ def test_the_archive_rebuilds_the_folders_report(runs, tmp_path):
     assert main([str(archive), "--out", str(tmp_path / "again")]) == 0
     b = tmp_path / "again" / "leaderboard.csv"
     pd.testing.assert_frame_equal(pd.read_csv(a["csv"]), pd.read_csv(b))
-    assert sorted(p.name for p in (tmp_path / "again" / "figures").glob("*.png")) == \
-        sorted(p.name for p in a["figures"].glob("*.png"))
+    # every figure but the two real-vs-synthetic scatters, which need the samples the archive leaves out
+    again = sorted(p.name for p in (tmp_path / "again" / "figures").glob("*.png"))
+    assert again == sorted(p.name for p in a["figures"].glob("*.png") if not p.stem.endswith(("prevalence", "cooccurrence")))
+    assert "prevalence panel of gen skipped" in (tmp_path / "again" / "leaderboard.md").read_text()
     assert f"under `{archive}`" in (tmp_path / "again" / "leaderboard.md").read_text()
 
 
 def test_thin_lines_keeps_short_files_whole():
     assert thin_lines("a\nb\n", 5) == "a\nb\n"
     assert thin_lines("\n".join(map(str, range(100))), 3) == "0\n50\n99\n"
-
-
-def test_sample_dirs_pick_the_lowest_complete_seed(runs):
-    root, _ = runs
-    dirs = sorted(p.parent for p in root.rglob("run.json"))
-    assert sorted(d.relative_to(root).as_posix() for d in sample_dirs(dirs)) == [
-        "t/synthetic/base/seed_0", "t/synthetic/gen/seed_0", "t/synthetic/late/seed_1"]
 
 
 def test_bad_archives_are_one_sentence(tmp_path, capsys):
