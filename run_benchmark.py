@@ -94,19 +94,13 @@ def provenance() -> dict:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        ehrbench = version("ehrbench")
-    except PackageNotFoundError:
-        ehrbench = "unknown"
-    libs = {}  # the libraries results depend on beyond torch and numpy: metrics, the DP accountant, MST (if installed)
-    for name in ("scipy", "scikit-learn", "lightgbm", "opacus", "mbi", "jax"):
-        try:
-            libs[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    from importlib.metadata import distributions
+
+    # ehrbench and the libraries results depend on beyond torch and numpy (metrics, DP accountant, MST), if installed
+    libs = {(d.metadata["Name"] or "").lower(): d.version for d in distributions()}
+    libs = {k: libs[k] for k in ("ehrbench", "scipy", "scikit-learn", "lightgbm", "opacus", "mbi", "jax") if k in libs}
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                         "ehrbench": ehrbench, **libs},
+                         "ehrbench": "unknown", **libs},
             "torch_threads": torch.get_num_threads(),  # CPU float reductions, and so a CPU run's numbers, depend on it
             "git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain"))}
 
