@@ -307,8 +307,7 @@ def validate(cfg: DictConfig) -> dict:
         precision = "bf16" if tcfg.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "fp32"
     if models_pkg.dp.dp_config(tcfg.get("dp"), precision) is not None and not (
             issubclass(cls, models_pkg.TorchSynthesizer) or getattr(cls, "supports_dp", False)):
-        raise ValueError(f"model '{mname}' trains nothing under trainer.dp (it is not private); run it without "
-                         "trainer.dp, or with trainer.dp.epsilon=inf")
+        raise models_pkg.dp.not_private_error(mname)
     if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
                          f"{', '.join(models_pkg.trainer.PRECISIONS)}")

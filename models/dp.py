@@ -68,12 +68,16 @@ def dp_config(options: dict | None, precision: str = "fp32") -> DPConfig | None:
     return cfg
 
 
+def not_private_error(name: str) -> ValueError:
+    return ValueError(f"model '{name}' trains nothing under trainer.dp (it is not private); run it without "
+                      "trainer.dp, or with trainer.dp.epsilon=inf")
+
+
 def refuse_private(name: str, trainer: Any) -> None:
     """fit() of a generator that trains nothing (the references): under an active trainer.dp, one sentence instead
     of a run that looks private and is not (run_benchmark.py refuses the same config before building the model)."""
     if getattr(trainer, "dp", None) is not None:
-        raise ValueError(f"model '{name}' trains nothing under trainer.dp (it is not private); run it without "
-                         "trainer.dp, or with trainer.dp.epsilon=inf")
+        raise not_private_error(name)
 
 
 def _positive(v: Any) -> bool:
