@@ -1,10 +1,11 @@
 """Hydra entry point: one run = (data, model, seed) -> fit -> sample -> evaluate -> the run directory.
 
 Before anything in the run directory changes, the whole configuration is checked (validate) and the directory's
-record is read: a complete run with the same settings is skipped, one with other settings refused (rerun=true
-replaces it). Then run.lock is taken, `.hydra/` written and the run executed; every output is written under a
-temporary name and renamed. A user error is one sentence on stderr and exit code 1 (HYDRA_FULL_ERROR=1 shows the
-traceback; in a sweep each failing cell prints its sentence and Hydra reports the first at the end); Ctrl-C prints one line and leaves status "interrupted".
+record is read: a complete run with the same settings is skipped while its outputs are as recorded, one with other
+settings refused (rerun=true replaces it). Then run.lock is taken, `.hydra/` written and the run executed; every
+output is written under a temporary name and renamed. A user error is one sentence on stderr and exit code 1
+(HYDRA_FULL_ERROR=1 shows the traceback; in a sweep each failing cell prints its sentence and Hydra reports the
+first at the end); Ctrl-C or SIGTERM prints one line and leaves status "interrupted".
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -58,9 +61,10 @@ from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
 from ehrbench.models import plugins
 from ehrbench.models.check import check_options
-from ehrbench.models.resample import load_trained
+from ehrbench.models.resample import FIT_KEYS, load_trained
 from ehrbench.models.budget import check_budget
-from ehrbench.models.rundir import RunDirError, RunLock, clear_outputs, decide, describe_changes, previous_run
+from ehrbench.models.rundir import (RunDirError, RunLock, clear_outputs, decide, describe_changes, missing_outputs,
+                                    output_hashes, previous_run)
 from ehrbench.reports.load import settings, settings_diff, settings_hash
 
 REPO = Path(__file__).resolve().parent
@@ -76,11 +80,21 @@ def bind_worker() -> None:
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
+CHOICE_GROUPS = ("model", "data", "trainer", "metrics", "experiment")  # config groups checked before Hydra composes
+NAME_KEYS = ("tag", "model.label")  # command-line values that are names, whatever YAML would make of them
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a hint read by model YAMLs, not a loader argument
 # relative file paths in these keys are taken from the repository root (README "Datasets"), not the current folder
 PATH_KEYS = {"data": ("path", "columns_file"), "model": ("path",)}
 # errors caused by the input (configuration, files, data, divergence): one sentence, no traceback
 USER_ERRORS = (ValueError, KeyError, OSError, RunDirError, models_pkg.TrainingDiverged)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, `timeout`, `kill`): handled as Ctrl-C, exit code 143."""
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 class UserError(CompactHydraException):
@@ -153,8 +167,9 @@ def follow(cfg: DictConfig, run_dir: Path) -> None:
         synth.fit(data, trainer)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Execute one benchmark cell into run_dir and return run.json's content."""
+def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
+    """Execute one benchmark cell into run_dir and return run.json's content. `previous`: the record of this
+    directory's complete run whose sample or scores were lost; its saved synthesizer/ is sampled and scored again."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     settings_key = settings_hash(config)
@@ -169,15 +184,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
         data, synth, trainer = prepare(config, run_dir)
+        curve = config.get("curve") or {}
+        scored = {**(curve.get("metrics") or {} if curve.get("eval_at") else {}), **(config["metrics"] or {})}
+        metrics_pkg.check_split(data, list(scored))  # before any training
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         info["provider"] = models_pkg.provider(type(synth))  # module, distribution and version of the generator
         info.update(device=str(trainer.device), world_size=distributed.world_size(), n_train=len(data.train),
                     n_features=data.n_features)
 
-        curve = config.get("curve") or {}
         if config.get("resample_from"):  # a trained run's generator with new sampling settings, no training
             synth, fitted = load_trained(config["resample_from"], config)
             info.update(fitted)  # the source's training: fit seconds, budget, steps, epsilon, and where it came from
+        elif previous is not None:  # this directory's own trained generator: no second training
+            synth = models_pkg.Synthesizer.load(run_dir / "synthesizer")
+            info.update({k: previous[k] for k in (*FIT_KEYS, "train_seconds") if k in previous})
         else:
             if curve.get("eval_at"):
                 trainer.eval_at = [float(q) for q in curve["eval_at"]]
@@ -208,6 +228,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with atomic_path(run_dir / "results.jsonl") as tmp:
             tmp.write_text("".join(json.dumps({**common, **r, **extra}) + "\n" for r in rows))
         info["peak_memory_mb"] = models_pkg.trainer.peak_memory_mb(trainer.device)
+        info["outputs"] = output_hashes(run_dir)  # "complete" later means these files, unchanged
         info["status"] = "ok"
         info["n_metric_errors"] = sum(r["status"] != "ok" for r in rows)
         return info
@@ -220,7 +241,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     finally:
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(run_json, info)
+        try:
+            write_json(run_json, info)
+        except OSError as e:
+            if info["status"] == "ok":
+                raise
+            print(f"warning: {one_sentence(e)}", file=sys.stderr)  # the run's own error follows
         ckpt = run_dir / "checkpoint.pt"
         if info["status"] == "ok" and ckpt.exists():
             ckpt.unlink()  # the trained state lives in synthesizer/; the checkpoint only serves resumption
@@ -259,7 +285,8 @@ def validate(cfg: DictConfig) -> dict:
     if type(config.get("rerun")) is not bool:
         raise ValueError(f"rerun must be true or false, got {config.get('rerun')!r}")
     if not isinstance(config.get("tag"), str) or not re.fullmatch(r"[\w.+-]+", config["tag"]):
-        raise ValueError(f"tag must be a non-empty name of letters, digits, '.', '+', '-' or '_', got {config.get('tag')!r}")
+        raise ValueError(f"tag must be a non-empty name of letters, digits, '.', '+', '-' or '_' (in a YAML file, quote "
+                         f"one that YAML reads as a number or boolean: tag: 'inf'), got {config.get('tag')!r}")
     dcfg, mcfg, tcfg = (config.get(k) if isinstance(config.get(k), dict) else {} for k in ("data", "model", "trainer"))
     dname, mname = dcfg.get("name"), mcfg.get("name")
     if dname not in data_pkg.DATASETS:
@@ -291,11 +318,6 @@ def validate(cfg: DictConfig) -> dict:
         raise ValueError(f"unknown export.format {export.get('format')!r}; valid choices: "
                          f"{', '.join(data_pkg.export.FORMATS)}")
     check_options("trainer", "trainer", models_pkg.Trainer.__init__, tcfg, skip=("seed", "workdir"))
-    for key in ("max_steps", "checkpoint_every", "log_every"):
-        v = tcfg.get(key)
-        if (v is not None or key != "max_steps") and (type(v) is not int or v < 1):
-            raise ValueError(f"trainer.{key} must be a positive integer{' or null' if key == 'max_steps' else ''}, "
-                             f"got {v!r}")
     budget = tcfg.get("budget") or ("steps" if tcfg.get("max_steps") is not None else "paper")
     check_budget(budget, tcfg.get("fraction"), tcfg.get("flops"), tcfg.get("max_steps"), tcfg.get("reference"),
                  tcfg.get("reference_steps"))
@@ -378,31 +400,37 @@ def execute(cfg: DictConfig, run_dir: Path, go: Callable[[bool], Any] = lambda o
     `go` hears whether the run goes ahead (under torchrun it tells the other ranks)."""
     config = validate(cfg)
 
-    def verdict(first: bool) -> str:
+    def verdict(first: bool) -> tuple[str, Any]:
         prev = previous_run(run_dir)
         if prev.note and first:
             print(f"warning: {prev.note}", file=sys.stderr)
         same = None if prev.config is None else settings_hash(prev.config) == settings_hash(config)
         changed = describe_changes(settings_diff(settings(prev.config), settings(config))) if same is False else ""
-        return decide(run_dir, prev, same, changed, bool(cfg.rerun))
+        return decide(run_dir, prev, same, changed, bool(cfg.rerun)), prev
 
-    if verdict(True) == "skip":  # read-only: a finished directory is never touched (not even when read-only)
-        print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
+    skip = f"skipping {run_dir}: already complete (pass rerun=true to run it again)"
+    if verdict(True)[0] == "skip":  # read-only: a finished directory is never touched (not even when read-only)
+        print(skip)
         go(False)
         return
     with RunLock(run_dir) as lock:
         if lock.stale_pid:
             print(f"warning: took over {lock.path} from process {lock.stale_pid}, which is no longer running",
                   file=sys.stderr)
-        if verdict(False) == "skip":  # another process finished it while we waited
-            print(f"skipping {run_dir}: already complete (pass rerun=true to run it again)")
+        mode, prev = verdict(False)
+        if mode == "skip":  # another process finished it while we waited
+            print(skip)
             go(False)
             return
-        if cfg.rerun:
+        if mode in ("resample", "retrain"):
+            lost = ", ".join(missing_outputs(run_dir, prev.record))
+            print(f"{run_dir} holds a complete run but {lost}: " + ("sampling and scoring its saved synthesizer/ "
+                  "again" if mode == "resample" else "running it again from the start"), file=sys.stderr)
+        if cfg.rerun or mode == "retrain":
             clear_outputs(run_dir)
         save_hydra_files(run_dir, cfg)
-        go(True)
-        info = run(cfg, run_dir)
+        go(mode != "resample")
+        info = run(cfg, run_dir, prev.record if mode == "resample" else None)
     print_summary(info, run_dir)
 
 
@@ -427,8 +455,9 @@ def remove_empty(run_dir: Path, stop: Path) -> None:
 
 def prepare_argv(argv: list[str]) -> list[str]:
     """Before Hydra composes: the config packages of installed plugins (entry point group ehrbench.configs) join
-    hydra.searchpath after the user's own entries, each entry is checked, and each `model=` choice must exist,
-    so that these mistakes are one sentence with a hint instead of Hydra's warning or 'Could not find'."""
+    hydra.searchpath after the user's own entries, each entry is checked, and each `model=`, `data=`, `trainer=`,
+    `metrics=` or `experiment=` choice must exist, so that these mistakes are one sentence with a hint instead of
+    Hydra's warning or 'Could not find'; a plain `tag=` or `model.label=` value is quoted, so it stays a name."""
     user, rest = [], []
     for arg in argv:
         if arg.startswith("hydra.searchpath="):
@@ -437,11 +466,13 @@ def prepare_argv(argv: list[str]) -> list[str]:
             rest.append(arg)
     entries = user + [e for e in models_pkg.plugin_searchpath() if e not in user]
     plugins.check_searchpath(entries)
-    for arg in rest:
-        value = arg.split("=", 1)[1] if arg.startswith("model=") else ""
-        if value and not any(c in value for c in "()[]{}$*"):  # plain names (a sweep: a,b,c), not sweep functions
-            for name in value.split(","):
-                plugins.check_choice("model", name.strip(), entries)
+    for i, arg in enumerate(rest):
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in CHOICE_GROUPS and value and not any(c in value for c in "()[]{}$*"):  # not sweep functions
+            for name in value.split(","):  # a sweep: a,b,c
+                plugins.check_choice(key, name.strip(), entries)
+        if key in NAME_KEYS and re.fullmatch(r"[\w.+-]+", value):  # YAML would read inf, nan, true, 1e3 as non-names
+            rest[i] = f"{arg[:len(arg) - len(value)]}'{value}'"
     return rest + ([f"hydra.searchpath=[{','.join(entries)}]"] if entries else [])
 
 
@@ -454,6 +485,8 @@ def main(cfg: DictConfig) -> None:
         if distributed.setup() > 1 and not told:
             told.append(distributed.decide(ok))
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if distributed.setup() > 1 and distributed.rank() > 0:
             return follow(cfg, run_dir)
@@ -465,10 +498,10 @@ def main(cfg: DictConfig) -> None:
             remove_empty(run_dir, Path(cfg.paths.runs))  # the folders Hydra made: an export makes no run
             return
         execute(cfg, run_dir, go)
-    except KeyboardInterrupt:
-        print(f"interrupted: {run_dir} keeps its last checkpoint; run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: {run_dir} keeps its last checkpoint; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
     except USER_ERRORS as e:
         remove_empty(run_dir, Path(cfg.paths.runs))  # the empty folders Hydra made for a run refused before it started
         msg = f"error: {one_sentence(e)}"

@@ -1,11 +1,13 @@
 """File access for the loaders: locate inputs, sha256, strict CSV reading, atomic writes and a verified download cache."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from contextlib import contextmanager
@@ -40,12 +42,33 @@ def find_file(folder: str | Path, names: Sequence[str], what: str, how_to_get: s
     raise FileNotFoundError(f"{what}: none of {', '.join(names)} found in {folder}; {how_to_get}")
 
 
+# the causes of a failed write that are the machine's, not the program's
+WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached (ulimit -f)",
+                  errno.EDQUOT: "the disk quota is used up", errno.EROFS: "the file system is read-only",
+                  errno.EACCES: "permission denied"}
+
+
+def write_failure(dest: str | Path, e: BaseException) -> OSError | None:
+    """One sentence naming `dest` and the cause when `e` (or the error it wraps, e.g. torch's RuntimeError
+    around an OSError) is a disk-full, size-limit, quota, read-only or permission failure; else None."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+            failure = OSError(f"could not write {dest}: {WRITE_FAILURES[err.errno]} (nothing was left half-written)")
+            failure.errno = err.errno
+            return failure
+    return None
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `dest`; rename it onto `dest` only if the block succeeds, else delete it."""
+    """Yield a temporary path next to `dest`; rename it onto `dest` only if the block succeeds, else delete it.
+    A disk-full or size-limit failure becomes one sentence naming `dest` (write_failure)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise (write_failure(dest, e) or e) from None
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -54,6 +77,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
+    except Exception as e:
+        failure = write_failure(dest, e)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -80,6 +108,10 @@ def ensure_cached(dest: str | Path, build: Callable[[Path], None], sha256: str |
 
 def fetch(url: str, dest: str | Path, sha256: str | None = None) -> Path:
     """Download `url` once to `dest` (verified against `sha256` when given; a mismatching cache is re-downloaded)."""
+
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise ValueError(f"could not download {url}: only http(s) addresses are fetched; for a local copy give its "
+                         "folder as data.path")
 
     def download(tmp: Path) -> None:
         try:
@@ -150,14 +182,3 @@ def read_csv_strict(path: str | Path, required: Sequence[str], optional: Sequenc
     keep = {c.lower() if case_insensitive else c for c in [*required, *opt]}
     return df[[c for c in norm if c in keep]]
 
-
-def first_bad(mask: pd.Series | Sequence[bool]) -> int | None:
-    """Position of the first True in a boolean mask, or None."""
-    s = pd.Series(mask).to_numpy()
-    idx = s.nonzero()[0]
-    return int(idx[0]) if len(idx) else None
-
-
-def csv_line(position: int) -> int:
-    """1-based file line of the data row at 0-based `position` (one header line)."""
-    return position + 2

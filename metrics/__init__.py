@@ -1,5 +1,6 @@
 """Metrics: the registry, evaluate(), and the fidelity, utility and privacy families."""
-from .registry import FAMILIES, GOALS, METRICS, MetricSpec, NotApplicable, evaluate, get_metric, register_metric
+from .registry import (FAMILIES, GOALS, METRICS, MetricSpec, NotApplicable, check_split, evaluate, get_metric,
+                       register_metric)
 from . import distribution, fidelity, privacy, utility  # noqa: F401  (register the metrics)
 
-__all__ = ["FAMILIES", "GOALS", "METRICS", "MetricSpec", "NotApplicable", "evaluate", "get_metric", "register_metric"]
+__all__ = ["FAMILIES", "GOALS", "METRICS", "MetricSpec", "NotApplicable", "check_split", "evaluate", "get_metric", "register_metric"]

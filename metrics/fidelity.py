@@ -29,7 +29,7 @@ def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
 
 
 # ---- first order: prevalence (medGAN's dimension-wise probability; EHRDiff Figure 1) ------------------------
-@register_metric("prevalence_pearson", goal="max", family="fidelity")
+@register_metric("prevalence_pearson", goal="max", family="fidelity", marginal=True)
 def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Pearson r between per-code prevalence in real train and synthetic data (dimension-wise probability).
 
@@ -40,7 +40,7 @@ def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> fl
     return _pearson(p, q, "prevalence Pearson r")
 
 
-@register_metric("prevalence_spearman", goal="max", family="fidelity")
+@register_metric("prevalence_spearman", goal="max", family="fidelity", marginal=True)
 def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Spearman rank correlation of per-code prevalences (real train vs synthetic); range [-1, 1], higher is better.
 
@@ -52,7 +52,7 @@ def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> f
     return float(stats.spearmanr(p, q)[0])
 
 
-@register_metric("prevalence_mae", goal="min", family="fidelity")
+@register_metric("prevalence_mae", goal="min", family="fidelity", marginal=True)
 def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean absolute prevalence error: mean_j |p_real_j - p_syn_j| over binary columns; range [0, 1], lower is better.
 
@@ -65,7 +65,7 @@ def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
 
 # Version 2: goal "target" with the real count as ideal; version 1 ranked "max", so emitting codes that never
 # occur in the real data won (EHRDiff's 972 bolded against a real 961).
-@register_metric("nzc", goal="target", ideal="real", family="fidelity", version=2)
+@register_metric("nzc", goal="target", ideal="real", family="fidelity", version=2, marginal=True)
 def nzc(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     """NZC: number of binary columns with non-zero synthetic prevalence (EHRDiff's mode-collapse indicator).
 
@@ -208,7 +208,7 @@ def _continuous(data: EHRData, synth: np.ndarray, what: str) -> tuple[np.ndarray
     return real, S[:, m].astype(np.float64), np.where(sd > 0, sd, 1.0)
 
 
-@register_metric("continuous_mean_error", goal="min", family="fidelity")
+@register_metric("continuous_mean_error", goal="min", family="fidelity", marginal=True)
 def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised mean error over continuous columns: mean_j |mean_s_j - mean_r_j| / std_r_j.
 
@@ -219,7 +219,7 @@ def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) ->
     return float((np.abs(syn.mean(0) - real.mean(0)) / sd).mean())
 
 
-@register_metric("continuous_std_error", goal="min", family="fidelity")
+@register_metric("continuous_std_error", goal="min", family="fidelity", marginal=True)
 def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean relative std error over continuous columns: mean_j |std_s_j - std_r_j| / std_r_j (std_r 1 where 0).
 
@@ -230,7 +230,7 @@ def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> 
     return float((np.abs(syn.std(0) - real.std(0)) / sd).mean())
 
 
-@register_metric("continuous_wd", goal="min", family="fidelity")
+@register_metric("continuous_wd", goal="min", family="fidelity", marginal=True)
 def continuous_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised Wasserstein-1 distance over continuous columns: mean_j W1(real_j, syn_j) / std_r_j.
 

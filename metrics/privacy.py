@@ -119,7 +119,7 @@ def _closer_to_train(Q: np.ndarray, train: np.ndarray, holdout: np.ndarray, devi
 # an equal-size holdout. Version 2 (version 1 subsampled train to the holdout's size, so a copy of train scored
 # like fresh records at an 8:1 split, 0.508 vs 0.428): the whole training set, and the expected share measured on
 # real test records (patients that neither train nor holdout contains) instead of assumed.
-@register_metric("dcr", goal="min", ideal=0.0, family="privacy", version=2)
+@register_metric("dcr", goal="min", ideal=0.0, family="privacy", version=2, splits=("train", "holdout", "test"))
 def dcr(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 10000, device: str = "auto") -> dict:
     """DCR excess: how much more often synthetic records sit closer to the training set than fresh patients do.
 

@@ -11,6 +11,9 @@ from ehrbench.data import EHRData
 
 GOALS = ("max", "min", "target", "info")
 FAMILIES = ("fidelity", "utility", "privacy", "efficiency")
+# the data splits a metric reads, by family (register_metric(splits=...) overrides), each needing MIN_SPLIT_ROWS rows
+SPLITS = {"fidelity": ("train",), "utility": ("train", "test"), "privacy": ("train", "holdout"), "efficiency": ()}
+MIN_SPLIT_ROWS = 2
 
 
 class NotApplicable(ValueError):
@@ -28,12 +31,15 @@ class MetricSpec:
     family: str
     version: int = 1
     ideal: float | str | None = None
+    splits: tuple[str, ...] = ()
+    marginal: bool = False
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: float | str | None = None) -> Callable:
+def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: float | str | None = None,
+                    splits: tuple[str, ...] | None = None, marginal: bool = False) -> Callable:
     """Decorator: register `fn(data, synth, *, seed, **kwargs) -> float | dict` as metric `name`.
 
     `goal` is "max" or "min", "target" for a score whose ideal lies inside its range (e.g. a code count whose
@@ -48,7 +54,9 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
     the ideal counts as none, so noise near the ideal never outranks other noise near the ideal.
     A dict result must hold "value" (the registered metric); its other keys become extra rows `name.key` with
     goal "info" (shown, never ranked). Bump `version` when the definition changes, so reports never mix two
-    definitions in one column.
+    definitions in one column. `splits`: the data splits it reads (default: its family's, SPLITS).
+    `marginal`: the metric sees each column alone (independent marginals score like real data by definition; the
+    calibration ladder, metrics/ladder.py, then only asks resample >= independent).
     """
     if goal not in GOALS:
         raise ValueError(f"metric '{name}': goal must be one of {', '.join(GOALS)}; got {goal!r}")
@@ -61,7 +69,8 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
     def wrap(fn: Callable) -> Callable:
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already registered")
-        METRICS[name] = MetricSpec(name, fn, goal, family, version, ideal)
+        METRICS[name] = MetricSpec(name, fn, goal, family, version, ideal,
+                                   splits if splits is not None else SPLITS[family], marginal)
         return fn
 
     return wrap
@@ -71,6 +80,20 @@ def get_metric(name: str) -> MetricSpec:
     if name not in METRICS:
         raise KeyError(f"unknown metric '{name}'; valid choices: {', '.join(sorted(METRICS))}")
     return METRICS[name]
+
+
+def check_split(data: EHRData, names: list[str]) -> None:
+    """Refuse, before any training, a split that leaves a part some asked-for metric reads with fewer than
+    MIN_SPLIT_ROWS rows (one sentence naming the sizes)."""
+    sizes = {"train": len(data.train), "holdout": len(data.holdout), "test": len(data.test)}
+    for name in names:
+        short = [s for s in get_metric(name).splits if sizes[s] < MIN_SPLIT_ROWS]
+        if short:
+            split = (data.meta.get("split") or {}).get("fractions")
+            raise ValueError(f"data '{data.name}' splits into train {sizes['train']:,}, holdout {sizes['holdout']:,} "
+                             f"and test {sizes['test']:,} rows{f' (data.split={split})' if split else ''}, but metric "
+                             f"'{name}' needs at least {MIN_SPLIT_ROWS} {short[0]} rows; use more patients or another "
+                             "data.split")
 
 
 def _row(spec: MetricSpec, metric: str, goal: str, value: float, seconds: float, status: str,

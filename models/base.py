@@ -6,6 +6,7 @@ import json
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ehrbench.data import EHRData, check_matrix
+from ehrbench.data.cache import atomic_path
 
 SYNTHESIZERS: dict[str, type["Synthesizer"]] = {}
 _SHAPE_KEYS = ("n_features_", "kinds_", "columns_")  # saved in config.json, not in state.pt
@@ -82,7 +84,9 @@ class Synthesizer:
 
     # ---- fitting ---------------------------------------------------------------------------------
     def _prepare_fit(self, data: EHRData | np.ndarray, kinds: tuple[str, ...] | None = None) -> np.ndarray:
-        """Validate the training matrix and record columns_/kinds_/n_features_; returns float32 X."""
+        """Validate the hyperparameters' ranges and the training matrix, record columns_/kinds_/n_features_;
+        returns float32 X."""
+        self._check_ranges()
         if isinstance(data, EHRData):
             X, kinds, columns = data.train, data.kinds, data.columns
         else:
@@ -102,6 +106,12 @@ class Synthesizer:
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         raise NotImplementedError
+
+    def _check_ranges(self) -> None:
+        """Each hyperparameter's type and range (models/check.py:RANGES), one sentence naming the first bad one."""
+        from .check import check_options  # check.py imports this module
+
+        check_options(f"model '{self.name}'", self.name, type(self).__init__, self.get_params())
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_"):
@@ -150,18 +160,23 @@ class Synthesizer:
         d.mkdir(parents=True, exist_ok=True)
         config = {"name": self.name, "params": self.get_params(), "n_features": self.n_features_,
                   "kinds": list(self.kinds_), "columns": list(self.columns_)}
-        tmp = d / "state.pt.tmp"
-        torch.save(self.state_tensors(), tmp)
-        os.replace(tmp, d / "state.pt")
-        (d / "config.json.tmp").write_text(json.dumps(config, indent=2))
-        os.replace(d / "config.json.tmp", d / "config.json")
+        with atomic_path(d / "state.pt") as tmp, open(tmp, "wb") as f:
+            torch.save(self.state_tensors(), f)
+        with atomic_path(d / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Synthesizer":
         d = Path(directory)
         if not (d / "config.json").exists() or not (d / "state.pt").exists():
             raise FileNotFoundError(f"{d}: not a saved synthesizer (expected config.json and state.pt)")
-        config = json.loads((d / "config.json").read_text())
+        try:
+            config = json.loads((d / "config.json").read_text())
+            if not isinstance(config, dict) or not {"name", "params", "n_features", "kinds", "columns"} <= set(config):
+                raise ValueError("not a synthesizer description")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{d / 'config.json'} is unreadable ({one_line(e)}); run the training again "
+                             "(rerun=true) to write a new one") from None
         target = get_synthesizer(config["name"])
         if cls is not Synthesizer and cls is not TorchSynthesizer and not issubclass(target, cls):
             raise TypeError(f"{d} holds a '{config['name']}' synthesizer, not '{cls.name}'")
@@ -169,7 +184,11 @@ class Synthesizer:
         self.n_features_ = int(config["n_features"])
         self.kinds_ = tuple(config["kinds"])
         self.columns_ = tuple(config["columns"])
-        self.load_state_tensors(torch.load(d / "state.pt", map_location="cpu", weights_only=True))
+        advice = "run the training again (rerun=true) to write a new one"
+        state = read_tensors(d / "state.pt", advice)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{d / 'state.pt'} is unreadable (not a mapping of tensors); {advice}")
+        self.load_state_tensors(state)
         return self
 
     def _finish(self, X: np.ndarray) -> np.ndarray:
@@ -273,6 +292,20 @@ class TorchSynthesizer(Synthesizer):
                 m.eval()
 
 
+def one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_tensors(path: Path, advice: str) -> Any:
+    """torch.load with the safe loader (tensors and plain containers only; a pickle payload never runs); anything
+    unreadable is one sentence naming the file and `advice`, never torch's own text or a traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated zip, foreign pickle, not a torch file
+        raise ValueError(f"{path} is unreadable (truncated, corrupt, or holding more than tensors); {advice}") from None
+
+
 def _copy_frozen(modules: nn.ModuleDict) -> nn.ModuleDict:
     import copy
 
@@ -291,6 +324,6 @@ def _jsonable(v: Any) -> Any:
         return float(v)
     if hasattr(v, "items"):
         return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list):
+    if isinstance(v, Sequence) and not isinstance(v, (str, bytes)):  # list, or OmegaConf's ListConfig
         return [_jsonable(x) for x in v]
     return v

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from .base import TorchSynthesizer
+from ehrbench.data.cache import atomic_path
+
+from .base import TorchSynthesizer, read_tensors
 
 CHECKPOINT_KEYS = {"name", "params", "n_features", "phase", "step", "completed", "n_ema", "state", "optimizers"}
 
@@ -20,9 +21,8 @@ def save_checkpoint(path: Path, synth: TorchSynthesizer, opts: dict, phase: str,
     ckpt = {"name": synth.name, "params": synth.get_params(), "n_features": synth.n_features_,
             "phase": phase, "step": step, "completed": completed, "n_ema": getattr(synth, "n_ema_", 0),
             "state": synth.state_tensors(), "optimizers": {k: o.state_dict() for k, o in opts.items()}}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path: Path | None, synth: TorchSynthesizer) -> dict | None:
@@ -30,14 +30,10 @@ def load_checkpoint(path: Path | None, synth: TorchSynthesizer) -> dict | None:
     anything unreadable is one sentence naming the file, never torch's own text or a traceback."""
     if path is None or not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-            raise ValueError("not an ehrbench trainer checkpoint")
-    except Exception as e:  # truncated zip, foreign pickle, wrong content
-        reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: truncated, corrupt or not a torch file"
-        raise ValueError(f"{path} is unreadable ({reason}); delete it, or pass rerun=true to run_benchmark.py, to "
-                         "start this run over") from None
+    advice = "delete it, or pass rerun=true to run_benchmark.py, to start this run over"
+    ckpt = read_tensors(path, advice)
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise ValueError(f"{path} is unreadable (not an ehrbench trainer checkpoint); {advice}")
     if ckpt["name"] != synth.name or ckpt["n_features"] != synth.n_features_:
         raise ValueError(f"{path} belongs to model '{ckpt['name']}' with {ckpt['n_features']} features, not "
                          f"'{synth.name}' with {synth.n_features_}; delete it or use another run dir")
@@ -78,4 +74,5 @@ def truncate_stats(path: Path | None, phase: str, step: int) -> None:
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keep = [r for r in rows if not (r["phase"] == phase and r["step"] > step)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))

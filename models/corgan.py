@@ -196,12 +196,6 @@ class CorGAN(TorchSynthesizer):
             raise ValueError(f"corgan: the residual generator's output is the decoder's input, so latent_dim must equal "
                              f"32 x n_channels_base, got latent_dim={self.latent_dim}, n_channels_base="
                              f"{self.n_channels_base}")
-        for what in ("d_updates", "warmup_d_updates", "epochs", "batch_size"):
-            if getattr(self, what) < 1:
-                raise ValueError(f"corgan: {what} must be a positive integer, got {getattr(self, what)}")
-        for what in ("pretrain_epochs", "warmup_steps"):
-            if getattr(self, what) < 0:
-                raise ValueError(f"corgan: {what} must be a non-negative integer, got {getattr(self, what)}")
 
     def build(self, n_features: int) -> nn.ModuleDict:
         self._check_params()

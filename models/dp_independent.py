@@ -35,8 +35,6 @@ class DPIndependent(Synthesizer):
 
     def fit(self, data, trainer=None) -> "DPIndependent":
         X = self._prepare_fit(data)
-        if type(self.bins) is not int or self.bins < 1:
-            raise ValueError(f"dp_independent: bins must be a positive integer, got {self.bins!r}")
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")
         b = self.binary_mask
         hist = np.minimum((X[:, ~b] * self.bins).astype(np.int64), self.bins - 1)       # bin of each value

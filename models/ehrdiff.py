@@ -199,8 +199,6 @@ class EHRDiff(TorchSynthesizer):
 
     # ---- TorchSynthesizer hooks ------------------------------------------------------------------
     def build(self, n_features: int) -> nn.ModuleDict:
-        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"ehrdiff: warmup_fraction must be in [0, 1) or null, got {self.warmup_fraction}")
         self._check_cond_params()
         cond = self.cond_label is not False
         return nn.ModuleDict({"net": LinearModel(n_features - cond, tuple(self.unit_dims), self.time_dim,
@@ -258,14 +256,9 @@ class EHRDiff(TorchSynthesizer):
 
     # ---- label conditioning ----------------------------------------------------------------------
     def _check_cond_params(self) -> None:
+        self._check_ranges()  # label_dropout, guidance_scale, label_prevalence: they may be set after fit
         if not isinstance(self.cond_label, (bool, str)):
             raise ValueError(f"ehrdiff: cond_label must be true, false or a column name, got {self.cond_label!r}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"ehrdiff: label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"ehrdiff: guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.label_prevalence is not None and not 0 <= self.label_prevalence <= 1:
-            raise ValueError(f"ehrdiff: label_prevalence must be in [0, 1] or null, got {self.label_prevalence}")
 
     def _cond_column(self, data) -> int:
         """Index of the conditioning label column (cond_label true: the data's first label column)."""

@@ -133,8 +133,6 @@ class EMRWGAN(TorchSynthesizer):
         for what, dims in (("generator_dims", self.generator_dims), ("critic_dims", self.critic_dims)):
             if len(dims) == 0 or len(set(dims)) != 1:
                 raise ValueError(f"emrwgan: {what} must be one or more equal widths (residual blocks), got {list(dims)}")
-        if self.d_updates < 1:
-            raise ValueError(f"emrwgan: d_updates must be a positive integer, got {self.d_updates}")
 
     def build(self, n_features: int) -> nn.ModuleDict:
         self._check_params()

@@ -153,8 +153,6 @@ class MedGAN(TorchSynthesizer):
             raise ValueError(f"medgan: the residual generator needs noise_dim, every generator_dims entry and "
                              f"embedding_dim equal, got noise_dim={self.noise_dim}, generator_dims="
                              f"{list(self.generator_dims)}, embedding_dim={self.embedding_dim}")
-        if self.d_updates < 1:
-            raise ValueError(f"medgan: d_updates must be a positive integer, got {self.d_updates}")
 
     def build(self, n_features: int) -> nn.ModuleDict:
         self._check_params()

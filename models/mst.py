@@ -88,8 +88,6 @@ class MST(Synthesizer):
     def _check_params(self) -> None:
         if type(self.bins) is not int or not 2 <= self.bins <= 1000:
             raise ValueError(f"mst: bins must be an integer in [2, 1000], got {self.bins!r}")
-        if type(self.iters) is not int or self.iters < 1:
-            raise ValueError(f"mst: iters must be a positive integer, got {self.iters!r}")
         if self.sampling not in SAMPLING:
             raise ValueError(f"mst: unknown sampling {self.sampling!r}; valid choices: {', '.join(SAMPLING)}")
 

@@ -26,7 +26,12 @@ def load_trained(source: str | Path, config: dict) -> tuple[Synthesizer, dict]:
     if not run_json.exists() or not (saved / "config.json").exists():
         raise FileNotFoundError(f"resample_from: {src} is not a complete run directory (expected run.json and "
                                 "synthesizer/config.json)")
-    info = json.loads(run_json.read_text())
+    try:
+        info = json.loads(run_json.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"resample_from: {run_json} is unreadable ({str(e).strip().splitlines()[0]})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"resample_from: {run_json} is not a run record")
     if info.get("status") != "ok":
         raise ValueError(f"resample_from: the run in {src} has status {info.get('status')!r}, not 'ok'")
     mine, theirs = config["model"], (info.get("config") or {}).get("model", {})

@@ -19,6 +19,12 @@ LOCK_NAME = "run.lock"
 # everything a run writes except run.json (rewritten at the start of every run) and the lock itself
 OUTPUTS = ("checkpoint.pt", "train_stats.jsonl", "curve.jsonl", "synthetic.npz", "results.jsonl", "synthesizer")
 WORK = OUTPUTS  # a directory holding any of these holds work that other settings would contradict
+# the files a complete run's record fingerprints (run.json "outputs": name -> sha256)
+RECORDED = ("results.jsonl", "synthetic.npz", "curve.jsonl", "synthesizer/config.json", "synthesizer/state.pt")
+SAVED = ("synthesizer/config.json", "synthesizer/state.pt")
+# written by reports --extract-to into each run it unpacks: samples and generators never travel in an archive,
+# so such a run is complete with its scores alone
+ARCHIVED = "ARCHIVED"
 
 
 class RunDirError(RuntimeError):
@@ -32,6 +38,7 @@ class Previous:
     status: str | None
     config: dict | None
     note: str | None = None
+    record: dict | None = None
 
 
 def previous_run(run_dir: Path) -> Previous:
@@ -47,22 +54,60 @@ def previous_run(run_dir: Path) -> Previous:
         return Previous(None, None, f"{path} holds a JSON {type(info).__name__}, not a run record; running the "
                                     "cell again")
     config = info.get("config") if isinstance(info.get("config"), dict) else None
-    return Previous(str(info.get("status")) if info.get("status") is not None else None, config)
+    return Previous(str(info.get("status")) if info.get("status") is not None else None, config, record=info)
 
 
 def has_work(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in WORK)
 
 
+def output_hashes(run_dir: Path) -> dict[str, str]:
+    """sha256 of each RECORDED file the run directory holds (run.json keeps them as "outputs")."""
+    from ehrbench.data.cache import sha256_file
+
+    return {name: sha256_file(run_dir / name) for name in RECORDED if (run_dir / name).is_file()}
+
+
+def missing_outputs(run_dir: Path, record: dict) -> list[str]:
+    """The outputs a complete run's record promises that are absent or changed, e.g. ["results.jsonl is missing"].
+    Records without "outputs" (older runs) promise results.jsonl, synthetic.npz and synthesizer/ (unless
+    resampled) and curve.jsonl (when curves were asked for); an extracted archive's run only its scores."""
+    promised = record.get("outputs")
+    if not isinstance(promised, dict):
+        curve = ((record.get("config") or {}).get("curve") or {}).get("eval_at")
+        promised = dict.fromkeys(["results.jsonl", "synthetic.npz", *([] if record.get("resampled_from") else SAVED),
+                                  *(["curve.jsonl"] if curve else [])])
+    if (run_dir / ARCHIVED).is_file():
+        promised = {k: v for k, v in promised.items() if k.endswith(".jsonl")}
+    from ehrbench.data.cache import sha256_file
+
+    out = []
+    for name, digest in promised.items():
+        path = run_dir / name
+        if not path.is_file():
+            out.append(f"{name} is missing")
+        elif digest is not None and sha256_file(path) != digest:
+            out.append(f"{name} changed since the run")
+    return out
+
+
 def decide(run_dir: Path, prev: Previous, same_settings: bool | None, changed: str, rerun: bool) -> str:
-    """"run", "skip" (a complete run with these settings) or RunDirError (work made with other settings).
+    """"run", "skip" (a complete run with these settings whose outputs are all there, as recorded), "resample"
+    (such a run lost its sample or scores but kept synthesizer/: sample and score it again, no training) or
+    "retrain" (it lost synthesizer/ or its curves: run it again from scratch); RunDirError for work made with
+    other settings.
 
     same_settings is None when the previous settings are unknown (no readable record): the cell runs again and
     the Trainer still refuses a checkpoint of another model or other hyperparameters."""
     if rerun:
         return "run"
     if prev.status == "ok" and same_settings:
-        return "skip"
+        missing = missing_outputs(run_dir, prev.record or {})
+        if not missing:
+            return "skip"
+        lost = {m.split(" ")[0] for m in missing}
+        kept = all((run_dir / name).is_file() for name in SAVED) and not lost & {*SAVED, "curve.jsonl"}
+        return "resample" if kept and not (prev.record or {}).get("resampled_from") else "retrain"
     if same_settings is False and (prev.status == "ok" or has_work(run_dir)):
         what = "a complete run" if prev.status == "ok" else f"an unfinished run (status {prev.status})"
         raise RunDirError(f"{run_dir} already holds {what} made with other settings ({changed}); pass rerun=true "

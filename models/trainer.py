@@ -1,6 +1,7 @@
 """The shared training harness: device, on-device seeded batches, precision, EMA, lr schedule, NaN guard, checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ehrbench.data.cache import write_failure
 
 from .base import TorchSynthesizer
 from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_step
@@ -255,8 +258,11 @@ class Trainer:
                     t_last, step_last = now, done
                     bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
                     if log_f is not None:
-                        log_f.write(json.dumps(row) + "\n")
-                        log_f.flush()
+                        try:
+                            log_f.write(json.dumps(row) + "\n")
+                            log_f.flush()
+                        except OSError as e:
+                            raise (write_failure(self.stats_path, e) or e) from None
                 if self.on_eval is not None and self.eval_at:
                     t_phase += self._maybe_eval(synth, phase, done, self.train_seconds + time.perf_counter() - t_phase,
                                                 lambda: self._check(synth, guard, phase, done))
@@ -270,7 +276,8 @@ class Trainer:
                 clear_skips(o)
             bar.close()
             if log_f is not None:
-                log_f.close()
+                with contextlib.suppress(OSError):  # a failed write was reported above; its buffer cannot be kept
+                    log_f.close()
         synth.modules_.eval()
         return synth
 

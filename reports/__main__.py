@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="append", default=[], metavar="NAME=fidelity:W,utility:W,privacy:W",
                     help="add or replace a use-case weight profile (repeatable); built in: " + ", ".join(PROFILES))
     ap.add_argument("--no-figures", action="store_true", help="tables only (skips loading the datasets)")
+    ap.add_argument("--data", action="append", default=[], metavar="NAME=PATH", help="where the scatter figures "
+                    "reload dataset NAME from (repeatable); default: the path in benchmarks/data/NAME.yaml. A report "
+                    "never downloads and never reads a path recorded in the runs")
     ap.add_argument("--archive", action="store_true", help=f"also write OUT/{ARCHIVE_NAME}: the runs' small files "
                     "(records, metric rows, curves, configs, thinned losses, one sample per cell), enough to rebuild "
                     "this report and, extracted into a runs folder, to resume the suite without its complete cells")
@@ -38,14 +42,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"extracted {source} into {args.extract_to}")
             return 0
         profiles.update(parse_profile(p) for p in args.profile)
+        bad = [d for d in args.data if not re.fullmatch(r"\w+=.+", d)]
+        if bad:
+            raise ValueError(f"--data takes NAME=PATH (e.g. --data diabetes130=/data/uci), got {bad[0]!r}")
+        data_paths = dict(d.split("=", 1) for d in args.data)
         with opened(source) as root:
-            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source)
+            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source, data_paths=data_paths)
             if args.archive:
                 paths["archive"] = out / ARCHIVE_NAME
                 counts = pack(root, paths["archive"])
                 print(f"archived {counts['runs']} run directories, {counts['files']} files, "
                       f"{counts['bytes'] / 1e6:.2f} MB")
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for kind, p in paths.items():

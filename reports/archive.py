@@ -64,7 +64,9 @@ def pack(runs_dir: str | Path, out_file: str | Path, max_stat_lines: int = MAX_S
 
 def unpack(archive: str | Path, dest: str | Path) -> Path:
     """Extract archive into dest (made if needed). Nothing is written when a member would land outside dest, is a
-    link or a device, or would replace a file already in dest (a run there is never overwritten). Returns dest."""
+    link or a device, or would replace a file already in dest (a run there is never overwritten). Each extracted
+    run gets an ARCHIVED note (models/rundir.py), so a resumed suite takes it as complete without its sample and
+    generator. Returns dest."""
     archive, dest = Path(archive), Path(dest)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
@@ -82,6 +84,12 @@ def unpack(archive: str | Path, dest: str | Path) -> Path:
             # members were checked above; the "data" filter (Python >= 3.11.4) checks again where it exists
             kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **kw)
+        from ehrbench.models.rundir import ARCHIVED
+
+        for m in members:  # complete with their scores alone: an archive never holds samples or generators
+            if m.isfile() and m.name.endswith("run.json") and not (dest / m.name).with_name(ARCHIVED).exists():
+                (dest / m.name).with_name(ARCHIVED).write_text(f"extracted from {archive.name}: samples and the "
+                                                               "trained generator were not kept\n")
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, FileNotFoundError) and not archive.exists():
             raise FileNotFoundError(f"{archive} does not exist") from None

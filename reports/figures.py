@@ -1,6 +1,7 @@
 """Leaderboard figures (seaborn, Agg): real-vs-synthetic scatters, metric points, ranks, losses, privacy–utility."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -53,17 +54,58 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def load_real(rs: RunSet, path: str, cache: dict[str, Any]) -> Any:
-    """The run's dataset rebuilt from its recorded config (cached per config); raises with the reason on failure."""
+# data options that name a file or the network: a report never takes them from a run's record (whoever wrote the
+# runs chose them), so building a report never downloads and never reads a file the user did not name
+LOCATION_KEYS = ("path", "columns_file", "url", "sha256", "download")
+SHIPPED = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def shipped_path(name: str) -> str | None:
+    """data.path of the shipped benchmarks/data/<name>.yaml (relative paths from the repository root), or None."""
+    f = SHIPPED / f"{name}.yaml"
+    if not f.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    path = OmegaConf.to_container(OmegaConf.load(f), resolve=True).get("path")
+    return None if path is None else str(SHIPPED.parents[1] / Path(path).expanduser())
+
+
+def loader_options(cfg: dict, data_paths: dict[str, str]) -> dict:
+    """The loader options a report reloads a run's dataset with: its recorded options (checked against the
+    loader's types and ranges) minus LOCATION_KEYS; the path is the command line's `--data NAME=PATH`, else the
+    shipped config's."""
+    import ehrbench.data as data_pkg
+    from ehrbench.models.check import check_options
+
+    name = cfg["name"]
+    if name not in data_pkg.DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(data_pkg.DATASETS))}")
+    kw = {k: v for k, v in cfg.items() if k not in (*RESERVED_DATA_KEYS, *LOCATION_KEYS)}
+    check_options(f"dataset '{name}'", "data", data_pkg.DATASETS[name], kw)
+    if "path" in inspect.signature(data_pkg.DATASETS[name]).parameters:
+        kw["path"] = data_paths.get(name) or shipped_path(name)
+        if kw["path"] is None:
+            raise ValueError(f"no path for dataset {name!r}: give it as --data {name}=PATH")
+    return kw
+
+
+def load_real(rs: RunSet, path: str, cache: dict[str, Any], data_paths: dict[str, str] | None = None) -> Any:
+    """The run's dataset rebuilt from its recorded options (cached per options; see loader_options); raises with
+    the reason on failure."""
     cfg = (rs.configs.get(path) or {}).get("data")
     if not cfg or "name" not in cfg:
         raise ValueError(f"{path}: no data config in run.json or .hydra/config.yaml")
-    key = json.dumps(cfg, sort_keys=True, default=str)
+    try:
+        kw = loader_options(cfg, data_paths or {})
+    except ValueError as e:
+        raise ValueError(f"dataset {cfg['name']!r} could not be loaded ({e})") from None
+    key = json.dumps({"name": cfg["name"], **kw}, sort_keys=True, default=str)
     if key not in cache:
         try:
             import ehrbench.data as data_pkg
 
-            cache[key] = data_pkg.load_dataset(cfg["name"], **{k: v for k, v in cfg.items() if k not in RESERVED_DATA_KEYS})
+            cache[key] = data_pkg.load_dataset(cfg["name"], **kw)
         except Exception as e:  # the figure is skipped with this reason; the tables do not need the data
             cache[key] = e
     if isinstance(cache[key], Exception):
@@ -91,13 +133,14 @@ def _first_runs(t: Table) -> dict[str, tuple[str, object]]:
     return {m: (ok.loc[m, "path"], ok.loc[m, "seed"]) for m in t.models if m in ok.index}
 
 
-def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str) -> tuple[list[FigureInfo], list[str]]:
+def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
+                data_paths: dict[str, str]) -> tuple[list[FigureInfo], list[str]]:
     """Real vs synthetic per model: code prevalences ("prevalence") or pairwise co-occurrence rates ("cooccurrence")."""
     runs = _first_runs(t)
     if not runs:
         return [], []
     try:
-        real = load_real(rs, next(iter(runs.values()))[0], cache)
+        real = load_real(rs, next(iter(runs.values()))[0], cache, data_paths)
     except ValueError as e:
         return [], [f"{t.label}: {kind} figure skipped: {e}"]
     # prevalence: every column's mean (the prevalence of a binary column); co-occurrence: binary features only
@@ -300,15 +343,18 @@ def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
                        "note under the table compares each run with the advantage its (ε, δ) allows.", p)], []
 
 
-def make_figures(rs: RunSet, tables: list[Table], out: str | Path) -> tuple[list[FigureInfo], list[str]]:
-    """Draw every figure of every table into out/; returns the figures and one note per skipped figure."""
+def make_figures(rs: RunSet, tables: list[Table], out: str | Path,
+                 data_paths: dict[str, str] | None = None) -> tuple[list[FigureInfo], list[str]]:
+    """Draw every figure of every table into out/; returns the figures and one note per skipped figure.
+    data_paths: dataset name -> the folder or file to reload it from (else the shipped config's path)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     figs, notes, cache = [], [], {}
     for t in tables:
         steps: list[Callable[[], Any]] = [
-            lambda: fig_scatter(rs, t, out, cache, "prevalence"), lambda: fig_scatter(rs, t, out, cache, "cooccurrence"),
+            lambda: fig_scatter(rs, t, out, cache, "prevalence", data_paths or {}),
+            lambda: fig_scatter(rs, t, out, cache, "cooccurrence", data_paths or {}),
             lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
             lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out), lambda: fig_epsilon(t, out)]
         kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves", "privacy")

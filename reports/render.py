@@ -253,17 +253,21 @@ def describe(rs: RunSet, runs_dir: str) -> str:
 
 
 def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict[str, float]] = PROFILES,
-                 figures: bool = True, source: str | None = None) -> dict[str, Path]:
+                 figures: bool = True, source: str | None = None,
+                 data_paths: dict[str, str] | None = None) -> dict[str, Path]:
     """Build every table and figure for runs_dir and write them to out; returns the written paths by kind.
-    source: what the header names as the runs' origin (default runs_dir; e.g. the archive runs_dir came from)."""
+    source: what the header names as the runs' origin (default runs_dir; e.g. the archive runs_dir came from).
+    data_paths: dataset name -> where the figures reload it from (else the shipped config's path)."""
     rs = load_runs(runs_dir)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; give a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     tables: list[Table] = build_tables(rs, profiles)
     notes = []
     if not tables:
         notes.append(f"no run directories found under {source or runs_dir} (expected <tag>/<data>/<model>/seed_<n>/run.json)")
-    figs, fig_notes = make_figures(rs, tables, out / "figures") if figures else ([], [])
+    figs, fig_notes = make_figures(rs, tables, out / "figures", data_paths) if figures else ([], [])
     notes += fig_notes
     header = describe(rs, source or str(runs_dir))
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}

@@ -56,6 +56,33 @@ def tiny_data():
     return load_dataset("synthetic", n_patients=600, n_codes=40, seed=3)
 
 
+@pytest.fixture()
+def local_http(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/served; yields (base URL, that folder, the request paths)."""
+    import http.server
+    import threading
+
+    folder, seen = tmp_path / "served", []
+    folder.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
 def compose(overrides: list[str] | None = None):
     """Compose benchmarks/config.yaml exactly as run_benchmark.py does (no Hydra runtime needed)."""
     from hydra import compose as hydra_compose, initialize_config_dir

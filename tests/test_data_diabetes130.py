@@ -62,15 +62,17 @@ def test_demographics_from_first_encounter(tmp_path):
     assert d.meta["counts"]["race_unknown_patients"] == 1 and d.meta["counts"]["gender_unknown_patients"] == 1
 
 
-def test_download_once_verify_and_rebuild(tmp_path, monkeypatch):
+def test_download_once_verify_and_rebuild(tmp_path, monkeypatch, local_http):
+    base, served, seen = local_http
     csv = write(tmp_path / "src")
     sha = hashlib.sha256(csv.read_bytes()).hexdigest()
-    archive = tmp_path / "uci.zip"
+    archive = served / "uci.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.write(csv, "diabetic_data.csv")
     monkeypatch.setenv("EHRBENCH_CACHE", str(tmp_path / "cache"))
-    kw = dict(path=str(tmp_path / "absent"), download=True, url=archive.as_uri(), sha256=sha, split=[1, 0, 0])
+    kw = dict(path=str(tmp_path / "absent"), download=True, url=f"{base}/uci.zip", sha256=sha, split=[1, 0, 0])
     ref = in_file_order(load_dataset("diabetes130", **kw))
+    assert seen == ["/uci.zip"]
     cached = tmp_path / "cache" / "diabetes130" / "diabetic_data.csv"
     assert cached.read_bytes() == csv.read_bytes()
     archive.unlink()                                   # second load: no network needed

@@ -86,17 +86,18 @@ def test_ensure_cached_rebuilds_a_mismatching_cache(tmp_path):
     assert not (tmp_path / "d.txt").exists() and not list(tmp_path.glob(".d.txt*"))
 
 
-def test_fetch_and_extract_from_a_file_url(tmp_path):
-    src = tmp_path / "src.zip"
+def test_fetch_and_extract_over_http(tmp_path, local_http):
+    base, served, _ = local_http
+    src = served / "src.zip"
     with zipfile.ZipFile(src, "w") as z:
         z.writestr("folder/diabetic_data.csv", "a,b\n1,2\n")
-    zipped = fetch(src.as_uri(), tmp_path / "cache" / "x.zip")
+    zipped = fetch(f"{base}/src.zip", tmp_path / "cache" / "x.zip")
     assert zipped.read_bytes() == src.read_bytes()
     out = extract_member(zipped, "diabetic_data.csv", tmp_path / "cache" / "d.csv",
                          hashlib.sha256(b"a,b\n1,2\n").hexdigest())
     assert out.read_text() == "a,b\n1,2\n"
     with pytest.raises(OSError, match="could not download"):
-        fetch((tmp_path / "missing.zip").as_uri(), tmp_path / "cache" / "y.zip")
+        fetch(f"{base}/missing.zip", tmp_path / "cache" / "y.zip")
     assert not (tmp_path / "cache" / "y.zip").exists()
 
 

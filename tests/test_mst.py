@@ -250,7 +250,7 @@ def test_epsilon_must_be_positive_and_delta_below_one_over_n(tiny_data):
 
 
 @pytest.mark.parametrize("params, match", [({"bins": 1}, "bins must be an integer in"),
-                                           ({"iters": 0}, "iters must be a positive integer"),
+                                           ({"iters": 0}, "mst.iters must be >= 1, got 0"),
                                            ({"sampling": "mode"}, "unknown sampling 'mode'; valid choices: round")])
 def test_bad_hyperparameters_are_one_sentence(params, match, tiny_data):
     with pytest.raises(ValueError, match=match):
