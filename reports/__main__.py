@@ -13,7 +13,7 @@ from .render import write_report
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
-    ap.add_argument("runs_dir", help="folder holding run directories (e.g. runs/leaderboard_synthetic), or a "
+    ap.add_argument("runs_dir", nargs="?", help="folder holding run directories (e.g. runs/leaderboard_synthetic), or a "
                                      f"{ARCHIVE_NAME} written by --archive (e.g. reports/leaderboard_synthetic/{ARCHIVE_NAME})")
     ap.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report; for an archive, rebuilt/ beside it)")
     ap.add_argument("--profile", action="append", default=[], metavar="NAME=fidelity:W,utility:W,privacy:W",
@@ -27,7 +27,20 @@ def main(argv: list[str] | None = None) -> int:
                     "this report and, extracted into a runs folder, to resume the suite without its complete cells")
     ap.add_argument("--extract-to", default=None, metavar="DIR", help=f"extract the {ARCHIVE_NAME} given as RUNS "
                     "into DIR (never replacing a file there) and stop; the suite command then runs only missing cells")
+    ap.add_argument("--calibration", action="append", default=[], metavar="VERDICT_CSV", help="a calibration "
+                    "ladder's verdict.csv besides the committed reports/calibration/*/verdict.csv (repeatable): metrics "
+                    "that failed it on a table's data config are shown there but not ranked")
+    ap.add_argument("--calibrate", default=None, metavar="NAME", help="instead of a report: score every metric on the "
+                    "calibration ladder of dataset NAME (its shipped config; --data NAME=PATH for the files) and write "
+                    "calibration.md/.csv and verdict.csv to --out (default reports/calibration/NAME), which later "
+                    "reports read to keep metrics that fail it out of the ranks")
+    ap.add_argument("--metrics", default="default", help="with --calibrate: the benchmarks/metrics/ config to score")
+    ap.add_argument("--seeds", type=int, default=3, help="with --calibrate: seeds per set (>= 2; the noise is their spread)")
     args = ap.parse_args(argv)
+    if args.calibrate is not None:
+        return calibrate_main(args)
+    if args.runs_dir is None:
+        ap.error("the following arguments are required: runs_dir (or --calibrate NAME)")
     profiles = dict(PROFILES)
     source = args.runs_dir.rstrip("/")
     # an archive's default output is beside it, never the report it came with (a rebuild lacks the scatter figures)
@@ -42,12 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"extracted {source} into {args.extract_to}")
             return 0
         profiles.update(parse_profile(p) for p in args.profile)
-        bad = [d for d in args.data if not re.fullmatch(r"\w+=.+", d)]
-        if bad:
-            raise ValueError(f"--data takes NAME=PATH (e.g. --data diabetes130=/data/uci), got {bad[0]!r}")
-        data_paths = dict(d.split("=", 1) for d in args.data)
         with opened(source) as root:
-            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source, data_paths=data_paths)
+            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source,
+                                 data_paths=data_paths(args.data), calibration=[Path(c) for c in args.calibration])
             if args.archive:
                 paths["archive"] = out / ARCHIVE_NAME
                 counts = pack(root, paths["archive"])
@@ -59,6 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     for kind, p in paths.items():
         print(f"{kind:>8}: {p}")
     return 0
+
+
+def calibrate_main(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    out = Path(args.out or Path(__file__).resolve().parent / "calibration" / args.calibrate)
+    try:
+        paths = calibrate(args.calibrate, out, data_paths(args.data), args.metrics, args.seeds)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind, p in paths.items():
+        print(f"{kind:>8}: {p}")
+    return 0
+
+
+def data_paths(items: list[str]) -> dict[str, str]:
+    bad = [d for d in items if not re.fullmatch(r"\w+=.+", d)]
+    if bad:
+        raise ValueError(f"--data takes NAME=PATH (e.g. --data diabetes130=/data/uci), got {bad[0]!r}")
+    return dict(d.split("=", 1) for d in items)
 
 
 if __name__ == "__main__":

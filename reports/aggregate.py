@@ -112,12 +112,14 @@ def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
     return (ranks == ranks[means.notna()].min()) & means.notna()
 
 
-def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = ()) -> pd.DataFrame:
+def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
+                    unranked: set[str] | frozenset = frozenset()) -> pd.DataFrame:
     """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks.
 
     `references` (e.g. real, independent) get values but no rank and no best mark: they are reference points,
     and the ranks compare the other models (the generators) among themselves. Metrics with an ideal also get
     `ideal` (mean of the rows' ideals) and `tol` = 2 sqrt(sum se_i^2) / n from their `<metric>.se` rows.
+    Metrics in `unranked` (failed the dataset's calibration ladder) keep their values but get no rank and no mark.
     """
     ok = values[values["status"] == "ok"]
     g = ok.groupby(["model", "metric"])["value"]
@@ -143,7 +145,8 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["reference"] = cells["model"].isin(list(references))
     cells["rank"], cells["best"] = np.nan, False
     cells["_level"] = cells["model"].map(privacy_level)  # generators are ranked against the same target epsilon
-    for (metric, _), idx in cells[~cells["reference"]].groupby(["metric", "_level"]).groups.items():
+    ranked = ~cells["reference"] & ~cells["metric"].isin(list(unranked))
+    for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
@@ -228,10 +231,13 @@ def _version_partitions(res: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str
     return [(f" [{s}]", sorted(sig.index[sig == s]) + unversioned, note) for s in sorted(sig.unique())]
 
 
-def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -> list[Table]:
+def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
+                 verdicts: pd.DataFrame | None = None) -> list[Table]:
     """One Table per (tag, dataset config, metric-version set), in sorted order; within a table one row per
     (model, settings): runs of one model whose settings (load.settings: the config minus seed and run-only keys)
-    differ become separate rows labelled by what differs, e.g. "vae [model.lr=0.0001]"."""
+    differ become separate rows labelled by what differs, e.g. "vae [model.lr=0.0001]". `verdicts`
+    (reports.calibrate.load_verdicts): a metric that failed the ladder of the table's data config at the table's
+    metric version is shown but not ranked, with a note giving its first failed check."""
     tables: list[Table] = []
     runs = rs.runs.assign(tag=rs.runs["tag"].fillna("?"), data=rs.runs["data"].fillna("?"),
                           model=rs.runs["model"].fillna("?"))
@@ -248,8 +254,12 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
                 t_runs = g[g["path"].isin(paths)]
                 values = res[res["path"].isin(paths)]
                 models = sorted(t_runs["model"].unique())
-                cells = aggregate_cells(values, models, reference_models(t_runs))
+                failed = uncalibrated(verdicts, key, values)
+                cells = aggregate_cells(values, models, reference_models(t_runs), set(failed))
                 notes = ([note] if note else []) + settings_notes
+                if failed:
+                    notes.append("not ranked here: failed the calibration ladder of this data config (python -m "
+                                 "reports --calibrate): " + "; ".join(f"{m} ({why})" for m, why in failed.items()))
                 levels = sorted({privacy_level(m) for m in models})
                 if len(levels) > 1:
                     notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
@@ -264,6 +274,18 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES) -
                                     summarise(cells, t_runs, models, profiles),
                                     values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes))
     return tables
+
+
+def uncalibrated(verdicts: pd.DataFrame | None, key: str, values: pd.DataFrame) -> dict[str, str]:
+    """metric -> first failed ladder check, for the metrics of `values` whose verdict for data config `key` at
+    their metric version is "fail"."""
+    if verdicts is None or verdicts.empty or values.empty:
+        return {}
+    versions = values.drop_duplicates("metric").set_index("metric")["metric_version"] if "metric_version" in values \
+        else pd.Series(dtype=float)
+    v = verdicts[(verdicts["data_key"].astype(str) == str(key)) & (verdicts["verdict"] == "fail")]
+    return {r.metric: r.first_failure for r in v.itertuples()
+            if r.metric in versions.index and int(versions[r.metric]) == int(r.metric_version)}
 
 
 def parse_profile(text: str) -> tuple[str, dict[str, float]]:

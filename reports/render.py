@@ -254,16 +254,19 @@ def describe(rs: RunSet, runs_dir: str) -> str:
 
 def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict[str, float]] = PROFILES,
                  figures: bool = True, source: str | None = None,
-                 data_paths: dict[str, str] | None = None) -> dict[str, Path]:
+                 data_paths: dict[str, str] | None = None, calibration: list[Path] | None = None) -> dict[str, Path]:
     """Build every table and figure for runs_dir and write them to out; returns the written paths by kind.
     source: what the header names as the runs' origin (default runs_dir; e.g. the archive runs_dir came from).
-    data_paths: dataset name -> where the figures reload it from (else the shipped config's path)."""
+    data_paths: dataset name -> where the figures reload it from (else the shipped config's path).
+    calibration: verdict.csv files of calibration ladders besides the committed reports/calibration/*/ ones."""
     rs = load_runs(runs_dir)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; give a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
-    tables: list[Table] = build_tables(rs, profiles)
+    from .calibrate import load_verdicts, shipped_verdicts
+
+    tables: list[Table] = build_tables(rs, profiles, load_verdicts([*shipped_verdicts(), *(calibration or [])]))
     notes = []
     if not tables:
         notes.append(f"no run directories found under {source or runs_dir} (expected <tag>/<data>/<model>/seed_<n>/run.json)")

@@ -1,0 +1,172 @@
+"""The calibration ladder (metrics/ladder.py, reports/calibrate.py): its sets, its checks against hand-made values,
+a registry-driven run over every metric, the flaws of issue #28 it finds, and reports that stop ranking failed
+metrics."""
+import inspect
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ehrbench.data import EHRData, load_dataset
+from ehrbench.metrics import METRICS, ladder
+from ehrbench.reports import build_tables, load_runs
+from tests.test_reports_load import make_run
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", n_patients=1200, n_codes=60, seed=1)
+
+
+def continuous_data(n: int = 600, seed: int = 0) -> EHRData:
+    """Two codes, a label and two continuous columns in [0, 1], one tied to the first code."""
+    rng = np.random.default_rng(seed)
+    a = rng.random(n) < 0.3
+    X = np.c_[a, rng.random(n) < 0.5, rng.random(n) < 0.2 + 0.4 * a, np.clip(0.3 + 0.4 * a + 0.1 * rng.standard_normal(n), 0, 1),
+              rng.beta(2, 5, n)].astype(np.float32)
+    return EHRData(X[:400], X[400:500], X[500:], ("A", "B", "DEATH", "LAB_A", "LAB_B"),
+                   ("binary", "binary", "binary", "continuous", "continuous"), ("DEATH",), name="cont")
+
+
+def test_sets_are_what_they_say(data):
+    unseen = data.test[:100]
+    sets = ladder.build_sets(data, unseen, seed=0)
+    assert set(sets) == set(ladder.SETS) and sets["shifted"] == "the dataset has no continuous columns"
+    for name, X in sets.items():
+        if not isinstance(X, str):
+            assert X.shape == unseen.shape and X.dtype == np.float32 and set(np.unique(X)) <= {0.0, 1.0}, name
+    R = sets["resample"]
+    assert (R[:, None, :] == data.train[None, :, :]).all(2).any(1).all()  # every record a verbatim train record
+    for name, k in ladder.FLIPS.items():
+        assert abs((sets[name] != R).mean() - k) < 0.25 * k + 0.005, name  # k of the cells changed
+    assert not sets["empty"].any() and sets["all_codes"][:, ~np.isin(data.columns, data.label_columns)].all()
+    assert (sets["one_record"] == sets["one_record"][0]).all()
+    codes = data.binary_mask & ~np.isin(data.columns, data.label_columns)
+    inv = sets["invented"]
+    assert (inv[:, codes].sum(1) == unseen[:, codes].sum(1)).all()  # the same number of codes per record ...
+    p = data.train[:, codes].mean(0)
+    rare = p <= np.sort(p)[codes.sum() // 2 - 1]
+    assert not inv[:, codes][:, ~rare].any()  # ... all among the rarer half of the vocabulary
+
+
+def test_continuous_sets():
+    d = continuous_data()
+    unseen = d.test[:50]
+    sets = ladder.build_sets(d, unseen, seed=0)
+    cont = ~d.binary_mask
+    np.testing.assert_allclose(sets["shifted"][:, cont], unseen[:, cont] + 3 * d.train[:, cont].std(0), rtol=1e-6)
+    assert (sets["shifted"][:, ~cont] == unseen[:, ~cont]).all()
+    lo, hi = d.train.min(0), d.train.max(0)
+    assert ((sets["noise"][:, cont] >= lo[cont]) & (sets["noise"][:, cont] <= hi[cont])).all()
+
+
+def rows(metric: str, values: dict[str, list[float]], se: float | None = None) -> pd.DataFrame:
+    spec = METRICS[metric]
+    return pd.DataFrame([{"set": s, "seed": i, "metric": metric, "n": 10, "value": v, "se": se, "goal": spec.goal,
+                          "ideal": 0.0 if spec.ideal == 0.0 else None, "status": "ok"}
+                         for s, vs in values.items() for i, v in enumerate(vs)])
+
+
+def test_judge_by_hand():
+    good = {"unseen": [0.10, 0.12], "resample": [0.10, 0.10], "independent": [0.30, 0.32]}
+    good.update({g: [0.9, 0.9] for g in ladder.GARBAGE})
+    j = ladder.judge(rows("cmd", good)).set_index("check")
+    assert j["passed"].all() and len(j) == 2 + 2 * len(ladder.GARBAGE)
+    # unseen 0.11 vs resample 0.10: sd 0.01414 and 0, one-run tolerance 2 x 0.01414 = 0.028: not worse
+    assert j.loc["unseen >= resample", "reason"] == "unseen 0.11 vs resample 0.1 (2 se 0.028)"
+    bad = {**good, "empty": [0.2, 0.2]}  # garbage scored better than independent: fails, and only that check
+    j = ladder.judge(rows("cmd", bad)).set_index("check")
+    assert list(j.index[~j["passed"].astype(bool)]) == ["independent >= empty"]
+    # "better" needs the means apart by more than 2 sqrt(s_a^2/n_a + s_b^2/n_b): 0.30/0.32 vs 0.31/0.33 is not
+    close = {**good, "resample": [0.31, 0.33]}
+    j = ladder.judge(rows("cmd", close)).set_index("check")
+    assert not j.loc["resample > independent", "passed"]
+    assert j.loc["resample > independent", "reason"] == "resample 0.32 vs independent 0.31 (2 se 0.028)"
+
+
+def test_judge_privacy_and_unscorable_sets():
+    vals = {"resample": [0.9, 0.9], "flip_1": [0.5, 0.5], "flip_5": [0.2, 0.2], "flip_20": [0.0, 0.0],
+            "unseen": [0.01, -0.01], **{g: [0.0, 0.0] for g in ladder.FAR}}
+    j = ladder.judge(rows("dcr", vals, se=0.02)).set_index("check")
+    assert j["passed"].all()
+    assert j.loc["unseen: no risk", "reason"] == "unseen 0 <= no-risk 0 + 2 se 0.04"  # the reported se counts
+    r = rows("dcr", {**vals, "noise": [0.3, 0.3]}, se=0.02)
+    j = ladder.judge(r).set_index("check")
+    assert not j.loc["noise: no risk", "passed"]
+    r.loc[r["set"] == "resample", "status"] = "error: ValueError: x"  # real data the metric cannot score fails
+    assert not ladder.judge(r).set_index("check").loc["flip_1 > resample", "passed"]
+    g = rows("cmd", {"unseen": [0.1, 0.1], "resample": [0.1, 0.1], "independent": [0.3, 0.3],
+                     **{s: [0.9, 0.9] for s in ladder.GARBAGE}})
+    g.loc[g["set"] == "empty", "status"] = "error: ValueError: constant"  # garbage it cannot score: ranked last
+    assert ladder.judge(g)["passed"].all()
+
+
+@pytest.fixture(scope="module")
+def scored(data):
+    spec = {m: {"n": 400} if "n" in inspect.signature(METRICS[m].fn).parameters else {} for m in METRICS}
+    spec["detection_auc"] = {"n": 400, "n_estimators": 10}
+    for m in ("tstr_auroc", "trtr_auroc"):
+        spec[m] = {"n_estimators": 10}
+    spec["dimwise_prediction"] = {"top_k": 10, "n_train": 400}
+    return ladder.score_sets(data, spec, seeds=2)
+
+
+def test_every_registered_metric_gets_a_verdict(scored):
+    v = ladder.verdict(ladder.judge(scored)).set_index("metric")
+    assert set(v.index) == set(METRICS)
+    for m, spec in METRICS.items():
+        if spec.goal == "info":
+            assert v.loc[m, "checks"] == 0
+        elif spec.name.startswith("continuous_"):  # all-binary data: the metric does not apply here
+            assert v.loc[m, "verdict"] == "n/a"
+        else:
+            run = [c for c in ladder.checks(m) if "shifted" not in c]  # no continuous columns: no shifted set
+            assert v.loc[m, "verdict"] in ("pass", "fail") and v.loc[m, "checks"] == len(run), m
+    sizes = scored.groupby("metric")["n"].max()
+    assert sizes["mia_auc"] == 960 and sizes["cmd"] == 60  # privacy: train's size; others: the unseen half
+
+
+def test_the_ladder_finds_the_flaws_of_issue_28(scored):
+    """Each flaw the issue lists, as the ladder sees it on the built-in data; a metric fixed later flips its line."""
+    j = ladder.judge(scored).set_index(["metric", "check"])["passed"]
+    assert not j["cmd", "independent >= empty"]            # constant/empty output beats independent marginals
+    assert not j["nzc", "independent >= all_codes"]         # emitting every code reaches the full-train count
+    assert not j["exact_copy_rate", "unseen: no risk"]      # new patients coincide with train records too
+    assert not j["dcr", "all_codes: no risk"]               # records far from everything land nearer the big train
+    assert j["prevalence_mae", "unseen > empty"] and j["cooccurrence_pearson", "unseen > noise"]
+
+
+def test_continuous_metrics_are_judged_on_continuous_data():
+    spec = {"continuous_mean_error": {}, "continuous_wd": {}, "prevalence_mae": {}}
+    v = ladder.verdict(ladder.judge(ladder.score_sets(continuous_data(), spec, seeds=2))).set_index("metric")
+    assert v.loc["continuous_wd", "checks"] == len(ladder.checks("continuous_wd")) and \
+        v.loc["continuous_wd", "verdict"] in ("pass", "fail")
+
+
+def test_calibrate_writes_tables_and_reports_stop_ranking_failed_metrics(tmp_path, capsys):
+    from ehrbench.reports.__main__ import main
+    from ehrbench.reports.calibrate import calibrate, load_verdicts, shipped_config
+
+    tiny = {"n_patients": 600, "n_codes": 30}
+    paths = calibrate("synthetic", tmp_path / "cal", metrics="fast", seeds=2, options=tiny)
+    verdict = pd.read_csv(paths["verdict"], dtype={"data_key": str})
+    assert "| cmd | fidelity | **fail** |" in paths["markdown"].read_text()
+    key = verdict["data_key"].iloc[0]
+    # runs on exactly that data config: cmd is shown, not ranked; a metric that passed still ranks
+    data = {**shipped_config("data", "synthetic"), **tiny}
+    for model, v in (("a", 0.1), ("b", 0.2)):
+        for seed in (0, 1):
+            make_run(tmp_path / "runs", model, seed, {"mae": v + seed / 100, "auc": 0.7 - v}, data=data, npz=False)
+    rs = load_runs(tmp_path / "runs")
+    assert set(rs.runs["data_key"]) == {key}
+    fake = pd.DataFrame([{"metric": "mae", "data_key": key, "metric_version": 1, "verdict": "fail",
+                          "first_failure": "independent >= empty: ..."}])
+    (t,) = build_tables(rs, verdicts=pd.concat([load_verdicts([paths["verdict"]]), fake]))
+    c = t.cells.set_index(["model", "metric"])
+    assert math.isnan(c.loc[("a", "mae"), "rank"]) and not c["best"].loc[:, "mae"].any()
+    assert c.loc[("a", "auc"), "rank"] == 1 and c.loc[("b", "auc"), "rank"] == 2
+    assert any("not ranked here" in n and "mae (independent >= empty: ...)" in n for n in t.notes)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures", "--calibration",
+                 str(tmp_path / "none.csv")]) == 2
+    assert "none.csv: no such calibration verdict file" in capsys.readouterr().err
