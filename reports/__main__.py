@@ -37,32 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="default", help="with --calibrate: the benchmarks/metrics/ config to score")
     ap.add_argument("--seeds", type=int, default=3, help="with --calibrate: seeds per set (>= 2; the noise is their spread)")
     args = ap.parse_args(argv)
-    if args.calibrate is not None:
-        return calibrate_main(args)
-    if args.runs_dir is None:
+    if args.calibrate is None and args.runs_dir is None:
         ap.error("the following arguments are required: runs_dir (or --calibrate NAME)")
     profiles = dict(PROFILES)
-    source = args.runs_dir.rstrip("/")
+    source = (args.runs_dir or "").rstrip("/")
     # an archive's default output is beside it, never the report it came with (a rebuild lacks the scatter figures)
     out = Path(args.out or (Path(source).parent / "rebuilt" if is_archive(source) else f"{source}/report"))
     try:
-        if args.archive and is_archive(source):
+        if args.calibrate is not None:
+            from .calibrate import calibrate
+
+            out = Path(args.out or Path(__file__).resolve().parent / "calibration" / args.calibrate)
+            paths = calibrate(args.calibrate, out, data_paths(args.data), args.metrics, args.seeds)
+        elif args.archive and is_archive(source):
             raise ValueError(f"--archive needs a runs folder; {source} is already an archive")
-        if args.extract_to is not None:
+        elif args.extract_to is not None:
             if not is_archive(source):
                 raise ValueError(f"--extract-to needs a {ARCHIVE_NAME} archive; {source} is a folder")
             unpack(source, args.extract_to)
             print(f"extracted {source} into {args.extract_to}")
             return 0
-        profiles.update(parse_profile(p) for p in args.profile)
-        with opened(source) as root:
-            paths = write_report(root, out, profiles, figures=not args.no_figures, source=source,
-                                 data_paths=data_paths(args.data), calibration=[Path(c) for c in args.calibration])
-            if args.archive:
-                paths["archive"] = out / ARCHIVE_NAME
-                counts = pack(root, paths["archive"])
-                print(f"archived {counts['runs']} run directories, {counts['files']} files, "
-                      f"{counts['bytes'] / 1e6:.2f} MB")
+        else:
+            profiles.update(parse_profile(p) for p in args.profile)
+            paths = report(args, source, out, profiles)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,18 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def calibrate_main(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
-
-    out = Path(args.out or Path(__file__).resolve().parent / "calibration" / args.calibrate)
-    try:
-        paths = calibrate(args.calibrate, out, data_paths(args.data), args.metrics, args.seeds)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for kind, p in paths.items():
-        print(f"{kind:>8}: {p}")
-    return 0
+def report(args: argparse.Namespace, source: str, out: Path, profiles: dict) -> dict[str, Path]:
+    """The leaderboard of RUNS (a folder or an archive), and its archive when asked."""
+    with opened(source) as root:
+        paths = write_report(root, out, profiles, figures=not args.no_figures, source=source,
+                             data_paths=data_paths(args.data), calibration=[Path(c) for c in args.calibration])
+        if args.archive:
+            paths["archive"] = out / ARCHIVE_NAME
+            counts = pack(root, paths["archive"])
+            print(f"archived {counts['runs']} run directories, {counts['files']} files, "
+                  f"{counts['bytes'] / 1e6:.2f} MB")
+    return paths
 
 
 def data_paths(items: list[str]) -> dict[str, str]:
