@@ -128,12 +128,14 @@ def test_every_registered_metric_gets_a_verdict(scored):
 
 
 def test_the_ladder_finds_the_flaws_of_issue_28(scored):
-    """Each flaw the issue lists, as the ladder sees it on the built-in data; a metric fixed later flips its line."""
+    """Each flaw the issue lists, as the ladder sees it on the built-in data. Open ones fail their check; fixed
+    ones (each with the metric version that fixed it) pass it now and failed it before."""
     j = ladder.judge(scored).set_index(["metric", "check"])["passed"]
     assert not j["cmd", "independent >= empty"]            # constant/empty output beats independent marginals
-    assert not j["nzc", "independent >= all_codes"]         # emitting every code reaches the full-train count
-    assert not j["exact_copy_rate", "unseen: no risk"]      # new patients coincide with train records too
     assert not j["dcr", "all_codes: no risk"]               # records far from everything land nearer the big train
+    assert j["nzc", "independent >= all_codes"]             # v3: real count of an equal-size sample (v2 failed)
+    assert j["exact_copy_rate", "unseen: no risk"]          # v3: excess over the holdout's share (v2 failed)
+    assert j["mia_auc", "unseen: no risk"] and j["mia_auc", "empty: no risk"]  # v2: signed, with se (v1 failed)
     assert j["prevalence_mae", "unseen > empty"] and j["cooccurrence_pearson", "unseen > noise"]
 
 

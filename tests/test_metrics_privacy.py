@@ -33,7 +33,22 @@ def test_mia_auc_naive(data, synth):
     y = np.r_[np.ones(len(data.train)), np.zeros(len(data.holdout))]
     auc = roc_auc_score(y, -d)
     out = METRICS["mia_auc"].fn(data, synth, seed=0, n=None)
-    assert out["auc"] == pytest.approx(auc) and out["value"] == pytest.approx(2 * abs(auc - 0.5))
+    assert out["auc"] == pytest.approx(auc) and out["value"] == pytest.approx(2 * (auc - 0.5))
+    n1, n0 = len(data.train), len(data.holdout)  # Hanley & McNeil 1982, eq. 2, by hand
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    se = np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))
+    assert out["se"] == pytest.approx(2 * se)
+
+
+def test_mia_auc_is_signed_and_new_patients_show_no_advantage():
+    """Version 1 scored 2 |AUC - 0.5|: real new patients (the test split) and garbage far from everything showed
+    an "advantage" of noise size that ranked. Version 2: within two standard errors of 0, and copies far above."""
+    d = load_dataset("synthetic", n_patients=6000, n_codes=40, seed=6)
+    for S in (d.test, np.ones_like(d.test), np.zeros_like(d.test)):
+        out = METRICS["mia_auc"].fn(d, S, seed=0)
+        assert abs(out["value"]) < 2 * out["se"], out
+    copies = METRICS["mia_auc"].fn(d, d.train, seed=0)
+    assert copies["value"] > 10 * copies["se"] and METRICS["mia_auc"].ideal == 0.0
 
 
 def test_mia_auc_l2_on_zscored_continuous_columns():
@@ -137,8 +152,19 @@ def test_attribute_inference_naive_loop(data, synth, k):
 def test_exact_copy_rate_python_sets(data, synth):
     train = {tuple(r) for r in data.train}
     out = METRICS["exact_copy_rate"].fn(data, synth, seed=0)
-    assert out["value"] == pytest.approx(np.mean([tuple(r) in train for r in synth]))
-    assert out["holdout"] == pytest.approx(np.mean([tuple(r) in train for r in data.holdout]))
+    r, h = np.mean([tuple(x) in train for x in synth]), np.mean([tuple(x) in train for x in data.holdout])
+    assert (out["rate"], out["holdout"], out["value"]) == pytest.approx((r, h, r - h))
+    assert out["se"] == pytest.approx(np.sqrt(r * (1 - r) / len(synth) + h * (1 - h) / len(data.holdout)))
+
+
+def test_exact_copy_excess_of_new_patients_is_zero_within_noise():
+    """Version 2 ranked the share against 0: real new patients, who coincide with training records as often as
+    the holdout does, looked like leakage and empty output won. Version 3 is the excess over the holdout."""
+    d = load_dataset("synthetic", n_patients=4000, n_codes=30, seed=2)  # few codes: many coinciding records
+    out = METRICS["exact_copy_rate"].fn(d, d.test, seed=0)
+    assert out["holdout"] > 0.1 and abs(out["value"]) < 2 * out["se"]
+    assert METRICS["exact_copy_rate"].fn(d, np.zeros_like(d.test), seed=0)["value"] <= 0
+    assert METRICS["exact_copy_rate"].fn(d, d.train, seed=0)["value"] == pytest.approx(1 - out["holdout"])
 
 
 def test_exact_copy_rate_continuous_and_negative_zero():
@@ -149,7 +175,7 @@ def test_exact_copy_rate_continuous_and_negative_zero():
     S = mixed.train[:20].copy()
     S[:5, 3] = np.where(S[:5, 3] == 0, -0.0, S[:5, 3])  # -0.0 equals 0.0
     S[10:, 4] += 1e-3  # no longer copies
-    assert METRICS["exact_copy_rate"].fn(mixed, S, seed=0)["value"] == pytest.approx(0.5)
+    assert METRICS["exact_copy_rate"].fn(mixed, S, seed=0)["rate"] == pytest.approx(0.5)
 
 
 def test_exact_copy_rate_sees_rows_that_differ_only_in_high_order_bits():
@@ -166,8 +192,8 @@ def test_exact_copy_rate_sees_rows_that_differ_only_in_high_order_bits():
     S = np.r_[d.train, d.holdout, 1 - d.train[:3]]
     train = {tuple(r) for r in d.train}
     expected = np.mean([tuple(r) in train for r in S])
-    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["value"] == expected
-    assert METRICS["exact_copy_rate"].fn(d, d.train[::-1], seed=0)["value"] == 1.0
+    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["rate"] == expected
+    assert METRICS["exact_copy_rate"].fn(d, d.train[::-1], seed=0)["rate"] == 1.0
 
 
 def test_exact_copy_rate_of_a_train_resample_is_one_on_the_default_simulator():
@@ -175,4 +201,4 @@ def test_exact_copy_rate_of_a_train_resample_is_one_on_the_default_simulator():
     training set itself (the real baseline scored 0.99965)."""
     d = load_dataset("synthetic")
     S = d.train[np.random.default_rng(0).integers(0, len(d.train), len(d.train))]
-    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["value"] == 1.0
+    assert METRICS["exact_copy_rate"].fn(d, S, seed=0)["rate"] == 1.0
