@@ -26,8 +26,8 @@ def _delta(config: dict | None) -> float:
 
 def audit_rows(runs: pd.DataFrame, results: pd.DataFrame, configs: dict[str, dict]) -> pd.DataFrame:
     """One row per complete private run (finite spent epsilon, a recorded delta) with an ok mia_auc value: its
-    advantage (2 (AUC - 0.5), mia_auc version 2; 2 |AUC - 0.5| in version 1), the bound its spent (epsilon, delta) puts on any membership test, and whether the
-    advantage is above it. The bound holds for the attack's expected advantage; the measured one carries the
+    advantage (2 (AUC - 0.5); 2 |AUC - 0.5| in mia_auc version 1), the bound its spent (epsilon, delta) puts on any
+    membership test, and whether the advantage is above it. The bound holds for the attack's expected advantage; the measured one carries the
     attack's sampling noise (about 1/sqrt(members) at the default 5,000), which only matters when the bound is
     near 0 (epsilon well below 0.1)."""
     ok = results[(results["metric"] == METRIC) & (results["status"] == "ok")].drop_duplicates("path", keep="last")
