@@ -29,7 +29,7 @@ def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
 
 
 # ---- first order: prevalence (medGAN's dimension-wise probability; EHRDiff Figure 1) ------------------------
-@register_metric("prevalence_pearson", goal="max", family="fidelity", marginal=True)
+@register_metric("prevalence_pearson", goal="max", family="fidelity", marginal=True, reads="binary")
 def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Pearson r between per-code prevalence in real train and synthetic data (dimension-wise probability).
 
@@ -40,7 +40,7 @@ def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> fl
     return _pearson(p, q, "prevalence Pearson r")
 
 
-@register_metric("prevalence_spearman", goal="max", family="fidelity", marginal=True)
+@register_metric("prevalence_spearman", goal="max", family="fidelity", marginal=True, reads="binary")
 def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Spearman rank correlation of per-code prevalences (real train vs synthetic); range [-1, 1], higher is better.
 
@@ -52,7 +52,7 @@ def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> f
     return float(stats.spearmanr(p, q)[0])
 
 
-@register_metric("prevalence_mae", goal="min", family="fidelity", marginal=True)
+@register_metric("prevalence_mae", goal="min", family="fidelity", marginal=True, reads="binary")
 def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean absolute prevalence error: mean_j |p_real_j - p_syn_j| over binary columns; range [0, 1], lower is better.
 
@@ -67,7 +67,7 @@ def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
 # occur in the real data won (EHRDiff's 972 bolded against a real 961). Version 3: the ideal is the count of a
 # real sample as large as the synthetic one; version 2 took all of train (a 10,000-record real resample scored
 # 661.7 against an ideal of 861, so generators that invented codes came nearer the ideal than real data).
-@register_metric("nzc", goal="target", ideal="real", family="fidelity", version=3, marginal=True)
+@register_metric("nzc", goal="target", ideal="real", family="fidelity", version=3, marginal=True, reads="binary")
 def nzc(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     """NZC: number of binary columns with non-zero synthetic prevalence (EHRDiff's mode-collapse indicator).
 
@@ -86,7 +86,7 @@ def nzc(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
 
 
 # ---- second order: co-occurrence and correlation ----------------------------------------------------------
-@register_metric("cooccurrence_pearson", goal="max", family="fidelity")
+@register_metric("cooccurrence_pearson", goal="max", family="fidelity", reads="binary")
 def cooccurrence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
     """Pearson r between real-train and synthetic pairwise co-occurrence probabilities over binary column pairs.
 
@@ -190,7 +190,7 @@ def wasserstein_columns(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (du[:, None] * np.abs(A[ia] - B[ib])).sum(0)
 
 
-@register_metric("codes_per_record_wd", goal="min", family="fidelity")
+@register_metric("codes_per_record_wd", goal="min", family="fidelity", reads="binary")
 def codes_per_record_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     """Wasserstein-1 distance between the real-train and synthetic distributions of codes per record.
 
@@ -212,7 +212,7 @@ def _continuous(data: EHRData, synth: np.ndarray, what: str) -> tuple[np.ndarray
     return real, S[:, m].astype(np.float64), np.where(sd > 0, sd, 1.0)
 
 
-@register_metric("continuous_mean_error", goal="min", family="fidelity", marginal=True)
+@register_metric("continuous_mean_error", goal="min", family="fidelity", marginal=True, reads="continuous")
 def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised mean error over continuous columns: mean_j |mean_s_j - mean_r_j| / std_r_j.
 
@@ -223,7 +223,7 @@ def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) ->
     return float((np.abs(syn.mean(0) - real.mean(0)) / sd).mean())
 
 
-@register_metric("continuous_std_error", goal="min", family="fidelity", marginal=True)
+@register_metric("continuous_std_error", goal="min", family="fidelity", marginal=True, reads="continuous")
 def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean relative std error over continuous columns: mean_j |std_s_j - std_r_j| / std_r_j (std_r 1 where 0).
 
@@ -234,7 +234,7 @@ def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> 
     return float((np.abs(syn.std(0) - real.std(0)) / sd).mean())
 
 
-@register_metric("continuous_wd", goal="min", family="fidelity", marginal=True)
+@register_metric("continuous_wd", goal="min", family="fidelity", marginal=True, reads="continuous")
 def continuous_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised Wasserstein-1 distance over continuous columns: mean_j W1(real_j, syn_j) / std_r_j.
 

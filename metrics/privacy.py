@@ -76,7 +76,7 @@ def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 
 # non-members' F1, so what any model of the population would reveal is not counted as leakage.
 # Version 2: ideal 0 (ranked by the excess over 0 beyond two standard errors, clipped at 0); version 1 ranked a
 # negative value (noise below the ideal) as better than the ideal. Value unchanged; "se" added.
-@register_metric("attribute_inference_f1", goal="min", ideal=0.0, family="privacy", version=2)
+@register_metric("attribute_inference_f1", goal="min", ideal=0.0, family="privacy", version=2, reads="binary")
 def attribute_inference_f1(data: EHRData, synth: np.ndarray, *, seed: int = 0, known: int = 256, k: int = 1,
                            n: int | None = 2000, device: str = "auto") -> dict:
     """Attribute-inference risk: F1(members) - F1(non-members) of a k-NN attack on the synthetic records.

@@ -33,13 +33,14 @@ class MetricSpec:
     ideal: float | str | None = None
     splits: tuple[str, ...] = ()
     marginal: bool = False
+    reads: str = "all"
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: float | str | None = None,
-                    splits: tuple[str, ...] | None = None, marginal: bool = False) -> Callable:
+                    splits: tuple[str, ...] | None = None, marginal: bool = False, reads: str = "all") -> Callable:
     """Decorator: register `fn(data, synth, *, seed, **kwargs) -> float | dict` as metric `name`.
 
     `goal` is "max" or "min", "target" for a score whose ideal lies inside its range (e.g. a code count whose
@@ -56,7 +57,8 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
     goal "info" (shown, never ranked). Bump `version` when the definition changes, so reports never mix two
     definitions in one column. `splits`: the data splits it reads (default: its family's, SPLITS).
     `marginal`: the metric sees each column alone (independent marginals score like real data by definition; the
-    calibration ladder, metrics/ladder.py, then only asks resample >= independent).
+    calibration ladder, metrics/ladder.py, then only asks resample >= independent). `reads`: the column kinds it
+    looks at, "all", "binary" or "continuous" (the ladder does not ask it to see garbage in the other kind).
     """
     if goal not in GOALS:
         raise ValueError(f"metric '{name}': goal must be one of {', '.join(GOALS)}; got {goal!r}")
@@ -70,7 +72,7 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already registered")
         METRICS[name] = MetricSpec(name, fn, goal, family, version, ideal,
-                                   splits if splits is not None else SPLITS[family], marginal)
+                                   splits if splits is not None else SPLITS[family], marginal, reads)
         return fn
 
     return wrap

@@ -72,7 +72,7 @@ def test_judge_by_hand():
     good = {"unseen": [0.10, 0.12], "resample": [0.10, 0.10], "independent": [0.30, 0.32]}
     good.update({g: [0.9, 0.9] for g in ladder.GARBAGE})
     j = ladder.judge(rows("cmd", good)).set_index("check")
-    assert j["passed"].all() and len(j) == 2 + 2 * len(ladder.GARBAGE)
+    assert j["passed"].all() and len(j) == 2 + 2 * len(ladder.GARBAGE) - len(ladder.PARTIAL)
     # unseen 0.11 vs resample 0.10: sd 0.01414 and 0, one-run tolerance 2 x 0.01414 = 0.028: not worse
     assert j.loc["unseen >= resample", "reason"] == "unseen 0.11 vs resample 0.1 (2 se 0.028)"
     bad = {**good, "empty": [0.2, 0.2]}  # garbage scored better than independent: fails, and only that check
@@ -142,8 +142,12 @@ def test_the_ladder_finds_the_flaws_of_issue_28(scored):
 def test_continuous_metrics_are_judged_on_continuous_data():
     spec = {"continuous_mean_error": {}, "continuous_wd": {}, "prevalence_mae": {}}
     v = ladder.verdict(ladder.judge(ladder.score_sets(continuous_data(), spec, seeds=2))).set_index("metric")
-    assert v.loc["continuous_wd", "checks"] == len(ladder.checks("continuous_wd")) and \
+    # every check but "unseen > invented": invented garbles binary codes only, which continuous_wd does not read
+    assert v.loc["continuous_wd", "checks"] == len(ladder.checks("continuous_wd")) - 1 and \
         v.loc["continuous_wd", "verdict"] in ("pass", "fail")
+    j = ladder.judge(ladder.score_sets(continuous_data(), spec, seeds=2)).set_index(["metric", "check"])
+    assert j.loc[("continuous_wd", "unseen > invented"), "reason"].startswith("skipped: invented changes binary")
+    assert j.loc[("prevalence_mae", "unseen > shifted"), "reason"].startswith("skipped: shifted changes continuous")
 
 
 def test_calibrate_writes_tables_and_reports_stop_ranking_failed_metrics(tmp_path, capsys):
