@@ -21,7 +21,9 @@ PROFILES: dict[str, dict[str, float]] = {
 }
 EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params", "train_flops", "fraction_of_paper",
               "epsilon")  # epsilon: spent by a private run (the accountant's), NaN = not private, shown as "—"
-REFERENCE_MODELS = ("real", "independent")  # reference rows of runs recorded before run.json had "reference"
+REFERENCE_MODELS = ("real", "independent")
+INDEPENDENT = "independent"  # the floor a generator must beat on at least one fidelity metric (sanity_failures)
+GATE_METRICS = 3  # reference rows of runs recorded before run.json had "reference"
 
 
 @dataclass
@@ -113,13 +115,14 @@ def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
 
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
-                    unranked: set[str] | frozenset = frozenset()) -> pd.DataFrame:
+                    unranked: set[str] | frozenset = frozenset(), failed: set[str] | frozenset = frozenset()) -> pd.DataFrame:
     """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks.
 
     `references` (e.g. real, independent) get values but no rank and no best mark: they are reference points,
     and the ranks compare the other models (the generators) among themselves. Metrics with an ideal also get
     `ideal` (mean of the rows' ideals) and `tol` = 2 sqrt(sum se_i^2) / n from their `<metric>.se` rows.
-    Metrics in `unranked` (failed the dataset's calibration ladder) keep their values but get no rank and no mark.
+    Metrics in `unranked` (failed the dataset's calibration ladder) keep their values but get no rank and no mark;
+    so do the models in `failed` (failed the sanity gate, `sanity_failures`), which are not counted in others' ranks.
     """
     ok = values[values["status"] == "ok"]
     g = ok.groupby(["model", "metric"])["value"]
@@ -143,9 +146,10 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["n"] = cells["n"].fillna(0).astype(int)
     cells["n_error"] = cells["n_error"].fillna(0).astype(int)
     cells["reference"] = cells["model"].isin(list(references))
+    cells["failed"] = cells["model"].isin(list(failed))
     cells["rank"], cells["best"] = np.nan, False
     cells["_level"] = cells["model"].map(privacy_level)  # generators are ranked against the same target epsilon
-    ranked = ~cells["reference"] & ~cells["metric"].isin(list(unranked))
+    ranked = ~cells["reference"] & ~cells["failed"] & ~cells["metric"].isin(list(unranked))
     for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
@@ -155,6 +159,31 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
         cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
         cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
     return cells.drop(columns="_level")
+
+
+def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozenset()) -> dict[str, str]:
+    """Generators worse than the independent-marginals reference beyond noise on every fidelity metric that ranks
+    in the table (at least GATE_METRICS of them; a failed cell counts as worse): model -> reason. Such output
+    (empty, constant, noise) is listed as failed and not ranked, so it never takes a rank from a working model.
+    Noise: 2 sqrt(sd_a^2 / n_a + sd_b^2 / n_b) over seeds."""
+    fid = cells[(cells["family"] == "fidelity") & cells["goal"].isin(["max", "min", "target"])
+                & ~cells["metric"].isin(list(unranked))]
+    floor = fid[fid["model"] == INDEPENDENT].set_index("metric")
+    floor = floor[np.isfinite(floor["mean"].astype(float))]
+    if len(floor) < GATE_METRICS:
+        return {}
+    out = {}
+    for model, g in fid[~fid["reference"]].groupby("model"):
+        g = g.set_index("metric").reindex(floor.index)
+        worse = 0
+        for m, b in floor.iterrows():
+            a = g.loc[m]
+            badness = {"max": lambda x: -x, "min": lambda x: x, "target": lambda x: abs(x - b["ideal"])}[b["goal"]]
+            noise = 2 * np.sqrt(np.nan_to_num(a["std"]) ** 2 / max(a["n"], 1) + np.nan_to_num(b["std"]) ** 2 / max(b["n"], 1))
+            worse += bool(not np.isfinite(a["mean"]) or badness(a["mean"]) - badness(b["mean"]) > noise)
+        if worse == len(floor):
+            out[str(model)] = f"worse than independent marginals beyond noise on all {len(floor)} ranked fidelity metrics"
+    return out
 
 
 def privacy_level(model: str) -> float:
@@ -179,16 +208,18 @@ def reference_models(runs: pd.DataFrame) -> list[str]:
 
 
 def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
-              profiles: dict[str, dict[str, float]] = PROFILES) -> pd.DataFrame:
+              profiles: dict[str, dict[str, float]] = PROFILES, failed: dict[str, str] | None = None) -> pd.DataFrame:
     """Per model: mean rank overall and per family, profile scores and ranks, run counts and efficiency means.
 
-    Generators come first in mean-rank order, then the references (cells["reference"]), which have no ranks.
+    Generators come first in mean-rank order, then those that failed the sanity gate (`failed`: model -> reason,
+    column "failed"), then the references (cells["reference"]); the last two have no ranks.
     """
     ranked = cells.dropna(subset=["rank"])
     out = pd.DataFrame(index=pd.Index(models, name="model"))
     level = pd.Series([privacy_level(m) for m in models], index=out.index)
     refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
     out["reference"] = [m in refs for m in models]
+    out["failed"] = [(failed or {}).get(m, "") for m in models]
     out["mean_rank"] = ranked.groupby("model")["rank"].mean()
     fam = ranked.groupby(["model", "family"])["rank"].mean().unstack("family")
     for f in RANK_FAMILIES:
@@ -211,8 +242,8 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     for col in ("budget", "budget_steps"):  # the budget as run (one value when every seed ran the same)
         vals = ok[col] if col in ok else pd.Series(None, index=ok.index)
         out[col] = vals.groupby(ok["model"]).apply(lambda s: " | ".join(dict.fromkeys(str(x) for x in s.dropna())))
-    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf), _level=level)
-             .sort_values(["reference", "_level", "_r"], kind="stable"))
+    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf), _level=level, _failed=out["failed"] != "")
+             .sort_values(["reference", "_failed", "_level", "_r"], kind="stable"))
     return out.loc[order.index]
 
 
@@ -254,12 +285,17 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 t_runs = g[g["path"].isin(paths)]
                 values = res[res["path"].isin(paths)]
                 models = sorted(t_runs["model"].unique())
-                failed = uncalibrated(verdicts, key, values)
-                cells = aggregate_cells(values, models, reference_models(t_runs), set(failed))
+                bad_metrics = uncalibrated(verdicts, key, values)
+                cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics))
+                gate = sanity_failures(cells, set(bad_metrics))
+                if gate:
+                    cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), set(gate))
                 notes = ([note] if note else []) + settings_notes
-                if failed:
+                if bad_metrics:
                     notes.append("not ranked here: failed the calibration ladder of this data config (python -m "
-                                 "reports --calibrate): " + "; ".join(f"{m} ({why})" for m, why in failed.items()))
+                                 "reports --calibrate): " + "; ".join(f"{m} ({why})" for m, why in bad_metrics.items()))
+                if gate:
+                    notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in gate.items()))
                 levels = sorted({privacy_level(m) for m in models})
                 if len(levels) > 1:
                     notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
@@ -271,7 +307,7 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 if len(keys) > 1:
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
                 tables.append(Table(str(tag), str(data), base + suffix, cells,
-                                    summarise(cells, t_runs, models, profiles),
+                                    summarise(cells, t_runs, models, profiles, gate),
                                     values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes))
     return tables
 

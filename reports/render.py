@@ -14,13 +14,15 @@ from .figures import FigureInfo, make_figures
 from .load import RunSet, load_runs
 
 ARROW = {"max": "↑", "min": "↓", "target": "◎", "info": ""}
-REF_SUFFIX = " (reference)"
+REF_SUFFIX, FAILED_SUFFIX = " (reference)", " (failed)"
 
 
 def row_labels(t: Table) -> list[str]:
-    """Model names for display: references carry a suffix, so they never read as ranked competitors."""
+    """Model names for display: references and models that failed the sanity gate carry a suffix, so they never
+    read as ranked competitors."""
     refs = set(t.references)
-    return [m + REF_SUFFIX if m in refs else m for m in t.models]
+    failed = set(t.summary.index[t.summary["failed"] != ""]) if "failed" in t.summary else set()
+    return [m + REF_SUFFIX if m in refs else m + FAILED_SUFFIX if m in failed else m for m in t.models]
 
 
 def fmt_num(x: float, sig: int = 4) -> str:
@@ -66,6 +68,8 @@ def summary_frame(t: Table) -> pd.DataFrame:
     s = t.summary
     out = pd.DataFrame(index=pd.Index(row_labels(t), name="model"))
     ref = s["reference"].to_numpy(dtype=bool) if "reference" in s else np.zeros(len(s), bool)
+    if "failed" in s:
+        ref = ref | (s["failed"] != "").to_numpy()
     unranked = lambda col: ["not ranked" if r else fmt_num(v, 3) for v, r in zip(s[col], ref)]  # noqa: E731
     out["mean rank ↓"] = unranked("mean_rank")
     for f in RANK_FAMILIES:
@@ -155,14 +159,16 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
 LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the number of seeds that gave a value; "
           "**bold** marks the best generator per metric (ties all marked); ↑ higher is better, ↓ lower is better, "
           "◎ closest to the metric's ideal is best (nzc: the real count, shown as nzc.real). Signed privacy scores "
-          "(dcr, nnaa, attribute_inference_f1; ideal 0) rank by how far they exceed 0 beyond two standard errors, so "
-          "values below 0 or within noise of 0 tie. Ranks are per metric (1 = best, ties share the average rank, a "
-          "failed or missing cell takes the last places); the mean rank averages all ranked metrics, the family "
-          "ranks average within fidelity, utility and privacy, and each profile is a weighted mean of the family "
-          "ranks (#n = its rank). Rows marked (reference) are reference points, not competitors (real = a resample "
-          "of the training data: the fidelity ceiling and the privacy worst case; independent = independent "
-          "marginals: the floor): they are shown below the generators with their values and are never ranked, "
-          "bolded or counted in other models' ranks.")
+          "(dcr, nnaa, attribute_inference_f1, mia_auc, exact_copy_rate; ideal 0) rank by how far they exceed 0 "
+          "beyond two standard errors, so values below 0 or within noise of 0 tie. A metric that failed the "
+          "calibration ladder on a table's data is shown there without ranks (a note says why); a generator worse "
+          "than independent marginals on every ranked fidelity metric is marked (failed) and not ranked. Ranks are "
+          "per metric (1 = best, ties share the average rank, a failed or missing cell takes the last places); the "
+          "mean rank averages all ranked metrics, the family ranks average within fidelity, utility and privacy, and "
+          "each profile is a weighted mean of the family ranks (#n = its rank). Rows marked (reference) are "
+          "reference points, not competitors (real = a resample of the training data: the fidelity ceiling and the "
+          "privacy worst case; independent = independent marginals: the floor): they are shown below the "
+          "generators with their values and are never ranked, bolded or counted in other models' ranks.")
 
 
 def split_notes(tables: list[Table], notes: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -201,12 +207,13 @@ def to_csv(tables: list[Table]) -> pd.DataFrame:
     for t in tables:
         c = t.cells.assign(table=t.label, tag=t.tag, data=t.data)
         frames.append(c)
-        s = (t.summary.drop(columns=["seeds", "device", "reference", "budget", "budget_steps"], errors="ignore").reset_index()
-             .melt(id_vars="model", var_name="metric", value_name="mean"))
+        s = (t.summary.drop(columns=["seeds", "device", "reference", "failed", "budget", "budget_steps"], errors="ignore")
+             .reset_index().melt(id_vars="model", var_name="metric", value_name="mean"))
         refs = set(t.references)
+        failed = set(t.summary.index[t.summary["failed"] != ""]) if "failed" in t.summary else set()
         frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info",
-                               reference=s["model"].isin(refs)))
-    cols = ["table", "tag", "data", "model", "reference", "metric", "family", "goal", "metric_version", "mean", "std",
+                               reference=s["model"].isin(refs), failed=s["model"].isin(failed)))
+    cols = ["table", "tag", "data", "model", "reference", "failed", "metric", "family", "goal", "metric_version", "mean", "std",
             "n", "n_error", "ideal", "tol", "rank", "best"]
     if not frames:
         return pd.DataFrame(columns=cols)

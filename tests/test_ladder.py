@@ -176,3 +176,28 @@ def test_calibrate_writes_tables_and_reports_stop_ranking_failed_metrics(tmp_pat
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures", "--calibration",
                  str(tmp_path / "none.csv")]) == 2
     assert "none.csv: no such calibration verdict file" in capsys.readouterr().err
+
+
+def test_a_generator_worse_than_independent_everywhere_fails_the_sanity_gate():
+    """Three fidelity metrics (max, min, target): `empty` is worse than the independent reference beyond noise on
+    all three, `good` beats it on one; `empty` is listed as failed, gets no rank and takes none from `good`."""
+    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures, summarise
+
+    spec = {"r": ("max", None), "e": ("min", None), "c": ("target", 100.0)}
+    vals = {"independent": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
+            "good": {"r": [0.9, 0.91], "e": [0.35, 0.36], "c": [80, 82]},
+            "empty": {"r": [0.1, 0.12], "e": [0.6, 0.6], "c": [0, 0]},
+            "middle": {"r": [0.2, 0.21], "e": [0.5, 0.5], "c": [91, 91]}}  # the target one within noise: not failed
+    values = pd.DataFrame([{"path": f"{m}/{s}", "model": m, "seed": s, "metric": k, "family": "fidelity",
+                            "goal": spec[k][0], "metric_version": 1, "value": v, "ideal": spec[k][1], "status": "ok"}
+                           for m, d in vals.items() for k, vs in d.items() for s, v in enumerate(vs)])
+    models = sorted(vals)
+    cells = aggregate_cells(values, models, ["independent"])
+    gate = sanity_failures(cells)
+    assert gate == {"empty": "worse than independent marginals beyond noise on all 3 ranked fidelity metrics"}
+    cells = aggregate_cells(values, models, ["independent"], failed=set(gate))
+    ranks = cells.set_index(["model", "metric"])["rank"]
+    assert ranks[("good", "r")] == 1 and ranks[("middle", "r")] == 2 and math.isnan(ranks[("empty", "r")])
+    runs = pd.DataFrame({"model": models, "ok": True, "seed": 0, "device": "cpu"})
+    s = summarise(cells, runs, models, failed=gate)
+    assert list(s.index) == ["good", "middle", "empty", "independent"] and math.isnan(s.loc["empty", "mean_rank"])
