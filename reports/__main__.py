@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                     "calibration.md/.csv and verdict.csv to --out (default reports/calibration/NAME), which later "
                     "reports read to keep metrics that fail it out of the ranks")
     ap.add_argument("--metrics", default="default", help="with --calibrate: the benchmarks/metrics/ config to score")
+    ap.add_argument("--rejudge", action="store_true", help="with --calibrate: judge OUT/calibration.csv again "
+                    "(after the ladder's checks changed) instead of scoring")
     ap.add_argument("--seeds", type=int, default=3, help="with --calibrate: seeds per set (>= 2; the noise is their spread)")
     args = ap.parse_args(argv)
     if args.calibrate is None and args.runs_dir is None:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             from .calibrate import calibrate
 
             out = Path(args.out or Path(__file__).resolve().parent / "calibration" / args.calibrate)
-            paths = calibrate(args.calibrate, out, data_paths(args.data), args.metrics, args.seeds)
+            paths = calibrate(args.calibrate, out, data_paths(args.data), args.metrics, args.seeds, rejudge=args.rejudge)
         elif args.archive and is_archive(source):
             raise ValueError(f"--archive needs a runs folder; {source} is already an archive")
         elif args.extract_to is not None:

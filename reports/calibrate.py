@@ -25,30 +25,38 @@ def shipped_config(group: str, name: str) -> dict:
 
 
 def calibrate(name: str, out: str | Path, data_paths: dict[str, str] | None = None, metrics: str = "default",
-              seeds: int = 3, options: dict | None = None) -> dict[str, Path]:
+              seeds: int = 3, options: dict | None = None, rejudge: bool = False) -> dict[str, Path]:
     """Score every metric of benchmarks/metrics/<metrics>.yaml on the ladder's sets of dataset `name` (its shipped
     config with `options` over it; the path from data_paths or that config) and write calibration.md,
     calibration.csv (every value) and verdict.csv (what reports read to keep a failed metric out of the ranks).
-    Returns the paths."""
+    rejudge: judge out/calibration.csv again (after a change of the checks) instead of scoring. Returns the paths."""
     import ehrbench.data as data_pkg
     from ehrbench.data.cache import atomic_path
     from ehrbench.metrics import ladder
 
     if type(seeds) is not int or seeds < 2:
         raise ValueError(f"--seeds must be an integer >= 2 (the ladder's noise is the spread over seeds), got {seeds!r}")
-    cfg = {**shipped_config("data", name), **(options or {})}
-    data = data_pkg.load_dataset(name, **loader_options(cfg, data_paths or {}))
-    spec = {m: kw or {} for m, kw in shipped_config("metrics", metrics).items()}
-    rows = ladder.score_sets(data, spec, seeds=seeds)
-    judged = ladder.judge(rows)
-    verdict = ladder.verdict(judged)
-    versions = {m: ladder.get_metric(m).version for m in verdict["metric"]}
-    key = data_key(cfg)
-    verdict = verdict.assign(data=name, data_key=key, metric_version=verdict["metric"].map(versions))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; give a folder for the calibration tables")
     paths = {"markdown": out / "calibration.md", "csv": out / "calibration.csv", "verdict": out / VERDICT}
+    if rejudge and not paths["csv"].is_file():
+        raise FileNotFoundError(f"--rejudge needs {paths['csv']}, which a scoring run writes")
+    cfg = {**shipped_config("data", name), **(options or {})}
+    data = data_pkg.load_dataset(name, **loader_options(cfg, data_paths or {}))
+    if rejudge:
+        rows = pd.read_csv(paths["csv"])
+        seeds = int(rows["seed"].nunique())
+        if "version" not in rows:  # written before rows recorded it: the versions of this checkout
+            rows["version"] = rows["metric"].map(lambda m: ladder.get_metric(m).version)
+    else:
+        spec = {m: kw or {} for m, kw in shipped_config("metrics", metrics).items()}
+        rows = ladder.score_sets(data, spec, seeds=seeds)
+    judged = ladder.judge(rows)
+    verdict = ladder.verdict(judged)
+    versions = rows.dropna(subset=["version"]).groupby("metric")["version"].first().astype(int)
+    key = data_key(cfg)
+    verdict = verdict.assign(data=name, data_key=key, metric_version=verdict["metric"].map(versions))
     with atomic_path(paths["csv"]) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(paths["verdict"]) as tmp:
@@ -104,6 +112,7 @@ def load_verdicts(paths: list[Path]) -> pd.DataFrame:
 
 
 def shipped_verdicts() -> list[Path]:
-    """The committed ladders: reports/calibration/<dataset>/verdict.csv."""
-    return sorted((Path(__file__).resolve().parent / "calibration").glob(f"*/{VERDICT}"))
+    """The committed ladders: reports/calibration/<dataset>/verdict.csv, and the verdicts of metric versions that
+    were replaced since, kept for the runs made with them (reports/calibration/<dataset>/previous_versions/)."""
+    return sorted((Path(__file__).resolve().parent / "calibration").rglob(VERDICT))
 

@@ -95,7 +95,7 @@ def test_judge_privacy_and_unscorable_sets():
     j = ladder.judge(r).set_index("check")
     assert not j.loc["noise: no risk", "passed"]
     r.loc[r["set"] == "resample", "status"] = "error: ValueError: x"  # real data the metric cannot score fails
-    assert not ladder.judge(r).set_index("check").loc["flip_1 > resample", "passed"]
+    assert not ladder.judge(r).set_index("check").loc["flip_20 > resample", "passed"]
     g = rows("cmd", {"unseen": [0.1, 0.1], "resample": [0.1, 0.1], "independent": [0.3, 0.3],
                      **{s: [0.9, 0.9] for s in ladder.GARBAGE}})
     g.loc[g["set"] == "empty", "status"] = "error: ValueError: constant"  # garbage it cannot score: ranked last
