@@ -198,6 +198,14 @@ def test_precision_recall_density_coverage_naive(data, synth):
     rx = np.sort(dxx, 1)[:, 2]
     assert (d(synth, data.train) == rx[None, :]).any(), "the case must contain points exactly at a radius"
     assert m("recall", data, synth, n=10_000, k=3)["value"] == pytest.approx(r)
+    assert m("coverage", data, synth, n=10_000, k=5)["value"] == pytest.approx(_naive_prdc(data.train, synth, 5)[3])
+
+
+def test_coverage_is_not_won_by_empty_or_repeated_output(data):
+    """precision scores records piled onto dense real records as inside the real manifold; coverage does not."""
+    rep = np.repeat(data.train[:1], len(data.test), 0)
+    for S in (np.zeros_like(data.test), rep):
+        assert m("coverage", data, S)["value"] < 0.5 * m("coverage", data, data.test)["value"]
     collapsed = np.repeat(data.train[:1], 200, axis=0)  # mode collapse: one record repeated
     assert m("recall", data, collapsed, k=3)["value"] < 0.2
 

@@ -105,7 +105,7 @@ def test_trtr_is_the_tstr_of_a_copy_of_train(mixed, scored):
 DETERMINISTIC = {"prevalence_pearson", "prevalence_spearman", "prevalence_mae", "nzc", "cooccurrence_pearson", "cmd",
                  "correlation_mae", "codes_per_record_wd", "continuous_mean_error", "continuous_std_error",
                  "continuous_wd", "exact_copy_rate", "tstr_auroc", "trtr_auroc"}
-SUBSAMPLE = {"mmd": {"n": 400}, "precision": {"n": 400}, "recall": {"n": 400}, "mia_auc": {"n": 150},
+SUBSAMPLE = {"mmd": {"n": 400}, "precision": {"n": 400}, "recall": {"n": 400}, "coverage": {"n": 400}, "mia_auc": {"n": 150},
              "dcr": {"n": 300}, "nnaa": {"n": 150}, "attribute_inference_f1": {"n": 150},
              "dimwise_prediction": {"n_train": 500}, "detection_auc": {"n": 600}}
 
