@@ -3,4 +3,5 @@ from .registry import (FAMILIES, GOALS, METRICS, MetricSpec, NotApplicable, chec
                        register_metric)
 from . import distribution, fidelity, privacy, utility  # noqa: F401  (register the metrics)
 
-__all__ = ["FAMILIES", "GOALS", "METRICS", "MetricSpec", "NotApplicable", "check_split", "evaluate", "get_metric", "register_metric"]
+__all__ = ["FAMILIES", "GOALS", "METRICS", "MetricSpec", "NotApplicable", "check_split", "evaluate", "get_metric",
+           "register_metric"]

@@ -88,8 +88,8 @@ def checks(name: str) -> list[tuple[str, str, str | None]]:
     if spec.goal == "info":  # does not depend on the synthetic data: nothing to order
         return []
     if spec.family == "privacy":
-        return [("not_worse", "flip_1", "resample"), ("not_worse", "flip_5", "flip_1"), ("not_worse", "flip_20", "flip_5"),
-                ("better", "flip_20", "resample"),
+        return [("not_worse", "flip_1", "resample"), ("not_worse", "flip_5", "flip_1"),
+                ("not_worse", "flip_20", "flip_5"), ("better", "flip_20", "resample"),
                 ("no_risk", "unseen", None), *[("no_risk", g, None) for g in FAR]]
     if spec.family in ("fidelity", "utility"):
         return [("not_worse", "unseen", "resample"),
@@ -122,9 +122,9 @@ def score_sets(data: EHRData, metrics: Mapping[str, Mapping[str, Any] | None], s
                     continue
                 out = evaluate(scored, X, group, seed=seed + s)
                 se = {r["metric"][: -len(".se")]: r["value"] for r in out if r["metric"].endswith(".se")}
-                rows += [{"set": set_name, "seed": s, "metric": r["metric"], "version": r["metric_version"], "n": len(X),
-                          "value": r["value"], "se": se.get(r["metric"]), "goal": r["goal"], "ideal": r.get("ideal"),
-                          "status": r["status"]} for r in out if r["metric"] in group]
+                rows += [{"set": set_name, "seed": s, "metric": r["metric"], "version": r["metric_version"],
+                          "n": len(X), "value": r["value"], "se": se.get(r["metric"]), "goal": r["goal"],
+                          "ideal": r.get("ideal"), "status": r["status"]} for r in out if r["metric"] in group]
     return pd.DataFrame(rows)
 
 
