@@ -16,15 +16,17 @@ from .registry import evaluate, get_metric
 # half is the set, the other the metrics' test split); resample: train records drawn with replacement (verbatim
 # copies, as the `real` reference); flip_k: that resample with k % of cells changed (binary cells flipped,
 # continuous cells redrawn from the column's train values); independent: each column drawn alone from its train
-# marginal; then garbage. Sizes: fidelity and utility metrics score sets as large as the unseen half (so unseen and
-# resample hold equally many records and neither is favoured by its size); privacy metrics score sets as large as
-# train, the size a leaderboard run samples (an attack's power depends on how many members have a copy), the
-# unseen half drawn with replacement (a repeated non-member reveals nothing about members).
+# marginal; then garbage. Sizes: the checks that involve unseen records are judged, for fidelity and utility
+# metrics, on sets as large as the unseen half (so unseen and resample hold equally many records and neither is
+# favoured by its size); every other check on sets as large as train, the size a leaderboard run samples (a
+# utility model's or an attack's power depends on it). Privacy metrics see unseen records drawn with replacement
+# to that size (a repeated non-member reveals nothing about members).
 SETS = ("unseen", "resample", "flip_1", "flip_5", "flip_20", "independent",
         "empty", "constant", "noise", "one_record", "all_codes", "invented", "shifted")
 GARBAGE = ("empty", "constant", "noise", "one_record", "all_codes", "invented", "shifted")
 FAR = ("empty", "noise", "all_codes", "invented", "shifted")  # far from every real record: never a privacy risk
 PARTIAL = {"invented": "binary", "shifted": "continuous"}  # garbage in one column kind only, real in the other
+LARGE = ("resample", "independent", "empty", "constant", "noise", "one_record", "all_codes")  # fidelity, utility
 FLIPS = {"flip_1": 0.01, "flip_5": 0.05, "flip_20": 0.20}
 
 
@@ -102,37 +104,41 @@ def checks(name: str) -> list[tuple[str, str, str | None]]:
 def score_sets(data: EHRData, metrics: Mapping[str, Mapping[str, Any] | None], seeds: int = 3,
                seed: int = 0) -> pd.DataFrame:
     """Every metric on every set, once per seed (the test split halved anew, the sets drawn anew, the metrics'
-    subsamples reseeded): one row per (set, seed, metric) with n (the set's records), value, reported se, goal,
-    ideal, status and the metric's version."""
+    subsamples reseeded): one row per (set, size, seed, metric) with n (the set's records), value, reported se,
+    goal, ideal, status and the metric's version; size "small" (the unseen half's) or "large" (train's)."""
     private = {m: kw for m, kw in metrics.items() if get_metric(m).family == "privacy"}
-    groups = [({m: kw for m, kw in metrics.items() if m not in private}, False), (private, True)]
+    others = {m: kw for m, kw in metrics.items() if m not in private}
+    groups = [(others, "small", SETS), (others, "large", LARGE), (private, "large", SETS)]
     rows = []
     for s in range(seeds):
         rng = np.random.default_rng([seed, s])
         order = rng.permutation(len(data.test))
         pool, rest = data.test[np.sort(order[: len(order) // 2])], data.test[np.sort(order[len(order) // 2:])]
         scored = replace(data, test=rest)  # the metrics' test split never holds an unseen record
-        for group, large in groups:
+        large = pool[rng.integers(0, len(pool), len(data.train))]
+        for group, size, names in groups:
             if not group:
                 continue
-            unseen = pool[rng.integers(0, len(pool), len(data.train))] if large else pool
-            for set_name, X in build_sets(scored, unseen, seed * 1000 + s).items():
+            sets = build_sets(scored, pool if size == "small" else large, seed * 1000 + s)
+            for set_name in names:
+                X = sets[set_name]
                 if isinstance(X, str):
-                    rows += [{"set": set_name, "seed": s, "metric": m, "status": f"skipped: {X}"} for m in group]
+                    rows += [{"set": set_name, "size": size, "seed": s, "metric": m, "status": f"skipped: {X}"}
+                             for m in group]
                     continue
                 out = evaluate(scored, X, group, seed=seed + s)
                 se = {r["metric"][: -len(".se")]: r["value"] for r in out if r["metric"].endswith(".se")}
-                rows += [{"set": set_name, "seed": s, "metric": r["metric"], "version": r["metric_version"],
+                rows += [{"set": set_name, "size": size, "seed": s, "metric": r["metric"], "version": r["metric_version"],
                           "n": len(X), "value": r["value"], "se": se.get(r["metric"]), "goal": r["goal"],
                           "ideal": r.get("ideal"), "status": r["status"]} for r in out if r["metric"] in group]
     return pd.DataFrame(rows)
 
 
 def _summary(rows: pd.DataFrame) -> dict[str, dict]:
-    """Per set: mean value, noise of one value (the larger of the sd over seeds and the reported se), seeds,
+    """Per (set, size): mean value, noise of one value (the larger of the sd over seeds and the reported se), seeds,
     ideal and status (the first non-ok status, if any)."""
     out = {}
-    for set_name, g in rows.groupby("set", sort=False):
+    for set_name, g in rows.groupby(["set", "size"], sort=False):
         ok = g[g["status"] == "ok"]
         bad = g.loc[g["status"] != "ok", "status"]
         sd = float(ok["value"].std(ddof=1)) if len(ok) > 1 else 0.0
@@ -152,6 +158,13 @@ def _badness(goal: str, value: float, ideal: float | None) -> float:
     return value
 
 
+def with_sizes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before sets had two sizes: fidelity and utility rows were "small", privacy rows "large"."""
+    if "size" in rows:
+        return rows
+    return rows.assign(size=["large" if get_metric(m).family == "privacy" else "small" for m in rows["metric"]])
+
+
 def judge(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric, check): passed True/False/None (skipped) and the reason, from score_sets' rows.
     Noise: s = the noise of one value of a set (sd over seeds or the metric's own se, the larger). "better": the
@@ -160,7 +173,7 @@ def judge(rows: pd.DataFrame) -> pd.DataFrame:
     ties do. A set the metric cannot score fails the check when it is real data (unseen, resample, flips,
     independent) and passes when it is garbage (a failing metric takes the last places in a leaderboard)."""
     out = []
-    for metric, g in rows.groupby("metric", sort=False):
+    for metric, g in with_sizes(rows).groupby("metric", sort=False):
         spec, summ = get_metric(metric), _summary(g)
         goal = spec.goal
         statuses = {s["status"] for s in summ.values()}
@@ -170,7 +183,11 @@ def judge(rows: pd.DataFrame) -> pd.DataFrame:
                         "reason": f"goal {goal}: nothing to order"})
         for kind, a, b in checks(metric):
             label = f"{a} {'>' if kind == 'better' else '>='} {b}" if b else f"{a}: no risk"
-            res = _check(kind, summ.get(a), summ.get(b) if b else None, goal, a, b)
+            real_vs = "unseen" in (a, b) or (b or a) in PARTIAL  # judged where unseen and resample are equally large
+            size = "small" if real_vs and spec.family != "privacy" else "large"
+            if (a, size) not in summ:  # rows from a run without large fidelity sets
+                size = "small"
+            res = _check(kind, summ.get((a, size)), summ.get((b, size)) if b else None, goal, a, b)
             partial = PARTIAL.get(b or a)
             if partial and spec.reads not in ("all", partial):
                 res = (None, f"skipped: {b or a} changes {partial} columns only, which {metric} does not read")

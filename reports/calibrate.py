@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .figures import SHIPPED, loader_options
@@ -77,13 +78,17 @@ def _cell(g: pd.DataFrame) -> str:
 def to_markdown(name: str, key: str, rows: pd.DataFrame, judged: pd.DataFrame, verdict: pd.DataFrame, seeds: int,
                 data) -> str:
     """The verdict per metric, the failed checks with their numbers, and every value (mean ± sd over seeds)."""
+    from ehrbench.metrics import ladder
+
     small = int(rows.loc[rows["set"] == "unseen", "n"].min())
+    rows = ladder.with_sizes(rows)
     lines = [f"# Calibration ladder: {name} (data config {key})", "",
              f"{len(data.train):,} train, {len(data.holdout):,} holdout, {len(data.test):,} test records; "
-             f"{seeds} seeds. Fidelity and utility metrics score sets of {small:,} records "
-             f"(the unseen half of the test split); privacy metrics sets of {len(data.train):,} (a leaderboard "
-             "run's size). A metric that fails a check does not rank on this dataset (metrics/ladder.py says "
-             "which orderings each family must reproduce and what 'beyond noise' means).", "",
+             f"{seeds} seeds. Checks that compare with unseen records judge fidelity and utility metrics on sets of "
+             f"{small:,} records (the unseen half of the test split; columns without a size); every other check uses "
+             f"sets of {len(data.train):,} (a leaderboard run's size; '(large)' columns for fidelity and utility). A "
+             "metric that fails a check does not rank on this dataset (metrics/ladder.py says which orderings each "
+             "family must reproduce and what 'beyond noise' means).", "",
              "| metric | family | verdict | checks passed | first failure |", "|---|---|---|---|---|"]
     for _, r in verdict.iterrows():
         lines.append(f"| {r['metric']} | {r['family']} | **{r['verdict']}** | {r['passed']}/{r['checks']} | "
@@ -92,11 +97,13 @@ def to_markdown(name: str, key: str, rows: pd.DataFrame, judged: pd.DataFrame, v
     if len(failed):
         lines += ["", "## Failed checks", "", "| metric | check | numbers |", "|---|---|---|"]
         lines += [f"| {r['metric']} | {r['check']} | {r['reason']} |" for _, r in failed.iterrows()]
-    sets = list(dict.fromkeys(rows["set"]))
-    lines += ["", "## Values (mean ± sd over seeds)", "", "| metric | " + " | ".join(sets) + " |",
-              "|---|" + "---|" * len(sets)]
+    priv = rows["metric"].map(lambda m: ladder.get_metric(m).family == "privacy")
+    rows = rows.assign(column=np.where(priv | (rows["size"] == "small"), rows["set"], rows["set"] + " (large)"))
+    cols = list(dict.fromkeys(rows["column"]))
+    lines += ["", "## Values (mean ± sd over seeds)", "", "| metric | " + " | ".join(cols) + " |",
+              "|---|" + "---|" * len(cols)]
     for metric, g in rows.groupby("metric", sort=False):
-        lines.append(f"| {metric} | " + " | ".join(_cell(g[g["set"] == s]) for s in sets) + " |")
+        lines.append(f"| {metric} | " + " | ".join(_cell(g[g["column"] == c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -123,8 +123,11 @@ def test_every_registered_metric_gets_a_verdict(scored):
         else:
             run = [c for c in ladder.checks(m) if "shifted" not in c]  # no continuous columns: no shifted set
             assert v.loc[m, "verdict"] in ("pass", "fail") and v.loc[m, "checks"] == len(run), m
-    sizes = scored.groupby("metric")["n"].max()
-    assert sizes["mia_auc"] == 960 and sizes["cmd"] == 60  # privacy: train's size; others: the unseen half
+    sizes = scored.groupby(["metric", "size"])["n"].max()
+    # privacy: train's size; fidelity and utility: the unseen half where unseen is compared, train's elsewhere
+    assert sizes[("mia_auc", "large")] == 960 and sizes[("cmd", "small")] == 60 and sizes[("cmd", "large")] == 960
+    assert set(scored.loc[scored["size"] == "large", "set"]) == set(ladder.SETS)  # privacy sees every set
+    assert set(scored.loc[(scored["size"] == "large") & (scored["metric"] == "cmd"), "set"]) == set(ladder.LARGE)
 
 
 def test_the_ladder_finds_the_flaws_of_issue_28(scored):
