@@ -222,22 +222,26 @@ def _is_copy(queries: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 # Exact copies ("identical match share", Platzer & Reutterer 2021; SDMetrics' NewRowSynthesis is 1 minus it).
 # Version 2: whole-row comparison (version 1 compared a 64-bit row hash with one candidate and missed copies).
-# Version 3: the excess over the holdout's share, ideal 0 (version 2 ranked the share against 0, so empty output
-# won and real new patients, 47 % of whom coincide with a training record on Diabetes-130, looked leaky).
-@register_metric("exact_copy_rate", goal="min", ideal=0.0, family="privacy", version=3)
+# Version 3: copies of records only members have (no holdout record equals them), as an excess over new patients;
+# version 2 ranked every copy against 0, so empty output won and real new patients, 47 % of whom equal a training
+# record on Diabetes-130 (short, common code sets that many patients share), looked leaky.
+@register_metric("exact_copy_rate", goal="min", ideal=0.0, family="privacy", version=3,
+                 splits=("train", "holdout", "test"))
 def exact_copy_rate(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
-    """Exact-copy excess: the share of synthetic records identical (all columns) to at least one training record,
-    minus the same share for real holdout records (new patients coincide with training records too: short,
-    common code sets), so a generator of new patients scores 0.
+    """Exact-copy excess: the share of synthetic records identical (all columns) to a training record that no
+    holdout record equals (a record only members have; a common record that non-members share reveals nothing),
+    minus the same share for real test records (new patients), so a generator of new patients scores 0.
 
-    value = rate - holdout, range [-1, 1], ideal 0; reports rank max(0, value - 2 se), se = sqrt(r (1 - r) / n_syn
-    + h (1 - h) / n_holdout) (binomial). Info: rate, holdout, se.
+    value = rate - baseline, range [-1, 1], ideal 0; reports rank max(0, value - 2 se), se = sqrt(r (1 - r) /
+    n_syn + b (1 - b) / n_test) (binomial). Info: rate, baseline, se.
     """
     S = checked_synth(data, synth, min_rows=1)
-    if len(data.holdout) == 0:
-        raise ValueError(f"the dataset {data.name} has an empty holdout split, so there is no baseline share")
-    tr = _row_bytes(data, data.train)
-    r = float(_is_copy(_row_bytes(data, S), tr).mean())
-    h = float(_is_copy(_row_bytes(data, data.holdout), tr).mean())
-    se = math.sqrt(r * (1 - r) / len(S) + h * (1 - h) / len(data.holdout))
-    return {"value": r - h, "rate": r, "holdout": h, "se": se}
+    tr, ho = _row_bytes(data, data.train), _row_bytes(data, data.holdout)
+
+    def members_only(X: np.ndarray) -> np.ndarray:
+        rows = _row_bytes(data, X)
+        return _is_copy(rows, tr) & ~_is_copy(rows, ho)
+
+    r, b = float(members_only(S).mean()), float(members_only(data.test).mean())
+    se = math.sqrt(r * (1 - r) / len(S) + b * (1 - b) / len(data.test))
+    return {"value": r - b, "rate": r, "baseline": b, "se": se}
