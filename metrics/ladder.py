@@ -10,6 +10,7 @@ import pandas as pd
 
 from ehrbench.data import EHRData
 
+from .privacy import _is_copy, _row_bytes
 from .registry import evaluate, get_metric
 
 # Known sets. unseen: real test records no metric compares with (each seed halves the test split at random: one
@@ -26,6 +27,7 @@ SETS = ("unseen", "resample", "flip_1", "flip_5", "flip_20", "independent",
 GARBAGE = ("empty", "constant", "noise", "one_record", "all_codes", "invented", "shifted")
 FAR = ("empty", "noise", "all_codes", "invented", "shifted")  # far from every real record: never a privacy risk
 PARTIAL = {"invented": "binary", "shifted": "continuous"}  # garbage in one column kind only, real in the other
+NOT_FAR = 0.01  # a "far" garbage set more than 1 % of whose records equal training records is not far on that data
 LARGE = ("resample", "independent", "empty", "constant", "noise", "one_record", "all_codes")  # fidelity, utility
 FLIPS = {"flip_1": 0.01, "flip_5": 0.05, "flip_20": 0.20}
 
@@ -101,11 +103,18 @@ def checks(name: str) -> list[tuple[str, str, str | None]]:
     return []
 
 
+def copy_share(data: EHRData, X: np.ndarray) -> float:
+    """Share of X's records identical to a training record (a garbage set that copies real records is not far
+    from the data: on Diabetes-130 some patients have no code, so the empty record is one of theirs)."""
+    return float(_is_copy(_row_bytes(data, X), _row_bytes(data, data.train)).mean())
+
+
 def score_sets(data: EHRData, metrics: Mapping[str, Mapping[str, Any] | None], seeds: int = 3,
                seed: int = 0) -> pd.DataFrame:
     """Every metric on every set, once per seed (the test split halved anew, the sets drawn anew, the metrics'
     subsamples reseeded): one row per (set, size, seed, metric) with n (the set's records), value, reported se,
-    goal, ideal, status and the metric's version; size "small" (the unseen half's) or "large" (train's)."""
+    goal, ideal, status, the metric's version and copies (copy_share); size "small" (the unseen half's) or "large"
+    (train's)."""
     private = {m: kw for m, kw in metrics.items() if get_metric(m).family == "privacy"}
     others = {m: kw for m, kw in metrics.items() if m not in private}
     groups = [(others, "small", SETS), (others, "large", LARGE), (private, "large", SETS)]
@@ -126,11 +135,13 @@ def score_sets(data: EHRData, metrics: Mapping[str, Mapping[str, Any] | None], s
                     rows += [{"set": set_name, "size": size, "seed": s, "metric": m, "status": f"skipped: {X}"}
                              for m in group]
                     continue
+                copies = copy_share(scored, X)
                 out = evaluate(scored, X, group, seed=seed + s)
                 se = {r["metric"][: -len(".se")]: r["value"] for r in out if r["metric"].endswith(".se")}
-                rows += [{"set": set_name, "size": size, "seed": s, "metric": r["metric"], "version": r["metric_version"],
-                          "n": len(X), "value": r["value"], "se": se.get(r["metric"]), "goal": r["goal"],
-                          "ideal": r.get("ideal"), "status": r["status"]} for r in out if r["metric"] in group]
+                rows += [{"set": set_name, "size": size, "seed": s, "metric": r["metric"],
+                          "version": r["metric_version"], "n": len(X), "value": r["value"], "se": se.get(r["metric"]),
+                          "goal": r["goal"], "ideal": r.get("ideal"), "status": r["status"], "copies": copies}
+                         for r in out if r["metric"] in group]
     return pd.DataFrame(rows)
 
 
@@ -143,8 +154,9 @@ def _summary(rows: pd.DataFrame) -> dict[str, dict]:
         bad = g.loc[g["status"] != "ok", "status"]
         sd = float(ok["value"].std(ddof=1)) if len(ok) > 1 else 0.0
         se = float(np.sqrt(np.nanmean(ok["se"].astype(float) ** 2))) if ok["se"].notna().any() else 0.0
-        out[set_name] = {"mean": float(ok["value"].mean()) if len(ok) else math.nan, "noise": max(sd, se),
-                         "n": len(ok), "ideal": ok["ideal"].dropna().mean() if "ideal" in ok and len(ok) else None,
+        copies = float(g["copies"].max()) if "copies" in g and g["copies"].notna().any() else 0.0
+        out[set_name] = {"copies": copies, "mean": float(ok["value"].mean()) if len(ok) else math.nan,
+                         "noise": max(sd, se), "n": len(ok), "ideal": ok["ideal"].dropna().mean() if "ideal" in ok and len(ok) else None,
                          "status": bad.iloc[0] if len(bad) else "ok"}
     return out
 
@@ -188,6 +200,9 @@ def judge(rows: pd.DataFrame) -> pd.DataFrame:
             if (a, size) not in summ:  # rows from a run without large fidelity sets
                 size = "small"
             res = _check(kind, summ.get((a, size)), summ.get((b, size)) if b else None, goal, a, b)
+            if kind == "no_risk" and a in FAR and (summ.get((a, size)) or {}).get("copies", 0) > NOT_FAR:
+                res = (None, f"skipped: {summ[(a, size)]['copies']:.1%} of the {a} records equal training records "
+                             "here, so the set is not far from the data")
             partial = PARTIAL.get(b or a)
             if partial and spec.reads not in ("all", partial):
                 res = (None, f"skipped: {b or a} changes {partial} columns only, which {metric} does not read")
