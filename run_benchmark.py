@@ -59,12 +59,13 @@ import ehrbench.models as models_pkg
 from ehrbench.models import distributed
 from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
-from ehrbench.models import plugins
+from ehrbench.models.plugins import prepare_argv  # noqa: F401 (the command line, before Hydra)
 from ehrbench.models.check import check_options
 from ehrbench.models.resample import FIT_KEYS, load_trained
 from ehrbench.models.budget import check_budget
+from ehrbench.models.base import one_sentence
 from ehrbench.models.rundir import (RunDirError, RunLock, clear_outputs, decide, describe_changes, missing_outputs,
-                                    output_hashes, previous_run)
+                                    output_hashes, previous_run, remove_empty)
 from ehrbench.reports.load import settings, settings_diff, settings_hash
 
 REPO = Path(__file__).resolve().parent
@@ -80,8 +81,6 @@ def bind_worker() -> None:
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
-CHOICE_GROUPS = ("model", "data", "trainer", "metrics", "experiment")  # config groups checked before Hydra composes
-NAME_KEYS = ("tag", "model.label")  # command-line values that are names, whatever YAML would make of them
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a hint read by model YAMLs, not a loader argument
 # relative file paths in these keys are taken from the repository root (README "Datasets"), not the current folder
 PATH_KEYS = {"data": ("path", "columns_file"), "model": ("path",)}
@@ -264,12 +263,6 @@ def print_summary(info: dict, run_dir: Path) -> None:
 
 
 
-def one_sentence(e: BaseException) -> str:
-    """The first line of an exception's message (KeyError without its quotes)."""
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
-
-
 def validate(cfg: DictConfig) -> dict:
     """Check the whole configuration (types, ranges, names and options of data, model, trainer, metrics) before
     any work; returns it resolved. Each problem is a ValueError of one sentence."""
@@ -443,37 +436,6 @@ def export(cfg: DictConfig) -> None:
     meta = data_pkg.export_split(data, Path(cfg.export.dir).expanduser(), cfg.export.format)
     print(f"exported {data.name}: " + ", ".join(f"{k} {v:,} rows" for k, v in meta["rows"].items())
           + f" x {len(meta['columns'])} columns -> {cfg.export.dir} (fingerprint {meta['fingerprint']})")
-
-
-def remove_empty(run_dir: Path, stop: Path) -> None:
-    """Remove run_dir and its parents below `stop` while they are empty."""
-    d, stop = run_dir.resolve(), stop.resolve()
-    while d != stop and stop in d.parents and d.is_dir() and not any(d.iterdir()):
-        d.rmdir()
-        d = d.parent
-
-
-def prepare_argv(argv: list[str]) -> list[str]:
-    """Before Hydra composes: the config packages of installed plugins (entry point group ehrbench.configs) join
-    hydra.searchpath after the user's own entries, each entry is checked, and each `model=`, `data=`, `trainer=`,
-    `metrics=` or `experiment=` choice must exist, so that these mistakes are one sentence with a hint instead of
-    Hydra's warning or 'Could not find'; a plain `tag=` or `model.label=` value is quoted, so it stays a name."""
-    user, rest = [], []
-    for arg in argv:
-        if arg.startswith("hydra.searchpath="):
-            user += [e.strip() for e in arg.split("=", 1)[1].strip().strip("[]").split(",") if e.strip()]
-        else:
-            rest.append(arg)
-    entries = user + [e for e in models_pkg.plugin_searchpath() if e not in user]
-    plugins.check_searchpath(entries)
-    for i, arg in enumerate(rest):
-        key, _, value = arg.lstrip("+").partition("=")
-        if key in CHOICE_GROUPS and value and not any(c in value for c in "()[]{}$*"):  # not sweep functions
-            for name in value.split(","):  # a sweep: a,b,c
-                plugins.check_choice(key, name.strip(), entries)
-        if key in NAME_KEYS and re.fullmatch(r"[\w.+-]+", value):  # YAML would read inf, nan, true, 1e3 as non-names
-            rest[i] = f"{arg[:len(arg) - len(value)]}'{value}'"
-    return rest + ([f"hydra.searchpath=[{','.join(entries)}]"] if entries else [])
 
 
 @hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")

@@ -65,9 +65,9 @@ def build_sets(data: EHRData, unseen: np.ndarray, seed: int) -> dict[str, np.nda
     X = unseen.copy()
     X[:, codes] = 0
     counts = np.minimum(unseen[:, codes].sum(1).astype(int), len(rare))
-    keys = rng.random((n, len(rare)))
-    ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
-    X[:, rare] = ranks < counts[:, None]
+    keys = rng.random((n, len(rare)))  # each record's codes: its `counts` smallest keys
+    kth = np.take_along_axis(np.sort(keys, axis=1), np.maximum(counts - 1, 0)[:, None], axis=1)
+    X[:, rare] = (keys <= kth) & (counts[:, None] > 0)
     sets["invented"] = X
     if b.all():
         sets["shifted"] = "the dataset has no continuous columns"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -175,7 +175,7 @@ class Synthesizer:
             if not isinstance(config, dict) or not {"name", "params", "n_features", "kinds", "columns"} <= set(config):
                 raise ValueError("not a synthesizer description")
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{d / 'config.json'} is unreadable ({one_line(e)}); run the training again "
+            raise ValueError(f"{d / 'config.json'} is unreadable ({one_sentence(e)}); run the training again "
                              "(rerun=true) to write a new one") from None
         target = get_synthesizer(config["name"])
         if cls is not Synthesizer and cls is not TorchSynthesizer and not issubclass(target, cls):
@@ -292,9 +292,10 @@ class TorchSynthesizer(Synthesizer):
                 m.eval()
 
 
-def one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def one_sentence(e: BaseException) -> str:
+    """The first line of an exception's message (KeyError without its quotes)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def read_tensors(path: Path, advice: str) -> Any:

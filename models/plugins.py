@@ -1,10 +1,14 @@
-"""Plugins: installed generators' config packages on Hydra's search path, and which package provides a model."""
+"""Plugins: installed generators' config packages on Hydra's search path, the command line checked against them
+before Hydra composes, and which package provides a model."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
 from pathlib import Path
 
+CHOICE_GROUPS = ("model", "data", "trainer", "metrics", "experiment")  # config groups checked before Hydra composes
+NAME_KEYS = ("tag", "model.label")  # command-line values that are names, whatever YAML would make of them
 CONFIG_GROUP = "ehrbench.configs"  # entry points: <any name> = "<package>.conf" (a package holding model/*.yaml)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +77,26 @@ def provider(cls: type) -> dict:
     except PackageNotFoundError:
         ver = None
     return {"module": module, "class": cls.__qualname__, "package": dist, "version": ver}
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Before Hydra composes: the config packages of installed plugins (entry point group ehrbench.configs) join
+    hydra.searchpath after the user's own entries, each entry is checked, and each `model=`, `data=`, `trainer=`,
+    `metrics=` or `experiment=` choice must exist, so that these mistakes are one sentence with a hint instead of
+    Hydra's warning or 'Could not find'; a plain `tag=` or `model.label=` value is quoted, so it stays a name."""
+    user, rest = [], []
+    for arg in argv:
+        if arg.startswith("hydra.searchpath="):
+            user += [e.strip() for e in arg.split("=", 1)[1].strip().strip("[]").split(",") if e.strip()]
+        else:
+            rest.append(arg)
+    entries = user + [e for e in plugin_searchpath() if e not in user]
+    check_searchpath(entries)
+    for i, arg in enumerate(rest):
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in CHOICE_GROUPS and value and not any(c in value for c in "()[]{}$*"):  # not sweep functions
+            for name in value.split(","):  # a sweep: a,b,c
+                check_choice(key, name.strip(), entries)
+        if key in NAME_KEYS and re.fullmatch(r"[\w.+-]+", value):  # YAML would read inf, nan, true, 1e3 as non-names
+            rest[i] = f"{arg[:len(arg) - len(value)]}'{value}'"
+    return rest + ([f"hydra.searchpath=[{','.join(entries)}]"] if entries else [])

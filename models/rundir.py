@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ehrbench.data.cache import sha256_file
+
 LOCK_NAME = "run.lock"
 # everything a run writes except run.json (rewritten at the start of every run) and the lock itself
 OUTPUTS = ("checkpoint.pt", "train_stats.jsonl", "curve.jsonl", "synthetic.npz", "results.jsonl", "synthesizer")
@@ -63,8 +65,6 @@ def has_work(run_dir: Path) -> bool:
 
 def output_hashes(run_dir: Path) -> dict[str, str]:
     """sha256 of each RECORDED file the run directory holds (run.json keeps them as "outputs")."""
-    from ehrbench.data.cache import sha256_file
-
     return {name: sha256_file(run_dir / name) for name in RECORDED if (run_dir / name).is_file()}
 
 
@@ -79,8 +79,6 @@ def missing_outputs(run_dir: Path, record: dict) -> list[str]:
                                   *(["curve.jsonl"] if curve else [])])
     if (run_dir / ARCHIVED).is_file():
         promised = {k: v for k, v in promised.items() if k.endswith(".jsonl")}
-    from ehrbench.data.cache import sha256_file
-
     out = []
     for name, digest in promised.items():
         path = run_dir / name
@@ -123,6 +121,15 @@ def clear_outputs(run_dir: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+
+
+def remove_empty(run_dir: Path, stop: Path) -> None:
+    """Remove run_dir and its parents below `stop` while they are empty (the folders Hydra made for a run that
+    was refused before it started, or an export that makes no run)."""
+    d, stop = run_dir.resolve(), stop.resolve()
+    while d != stop and stop in d.parents and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+        d = d.parent
 
 
 def describe_changes(diff: dict[str, tuple[Any, Any]], limit: int = 3) -> str:
