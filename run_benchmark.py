@@ -56,6 +56,7 @@ from omegaconf.errors import OmegaConfBaseException
 import ehrbench.data as data_pkg
 import ehrbench.metrics as metrics_pkg
 import ehrbench.models as models_pkg
+from ehrbench.metrics import canary
 from ehrbench.models import distributed
 from ehrbench.data.cache import atomic_path
 from ehrbench.metrics.registry import get_metric
@@ -183,6 +184,8 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
     try:
         info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
         data, synth, trainer = prepare(config, run_dir)
+        canaries = canary.make_canaries(data, config["canaries"], seed) if config.get("canaries") else None
+        fit_data = canary.with_canaries(data, *canaries) if canaries else data  # the audit's training data
         curve = config.get("curve") or {}
         scored = {**(curve.get("metrics") or {} if curve.get("eval_at") else {}), **(config["metrics"] or {})}
         metrics_pkg.check_split(data, list(scored))  # before any training
@@ -203,7 +206,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
                 trainer.on_eval = curve_writer(run_dir / "curve.jsonl", data, curve, seed, {
                     "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
             t0 = time.perf_counter()
-            synth.fit(data, trainer)
+            synth.fit(fit_data, trainer)
             info["fit_seconds"] = time.perf_counter() - t0
             info["n_params"] = synth.n_params
             info["steps_per_second"] = trainer.steps_per_second
@@ -220,6 +223,9 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
 
         t0 = time.perf_counter()
         rows = metrics_pkg.evaluate(data, S, config["metrics"] or {}, seed=seed)
+        if canaries:  # the privacy audit; delta: the run's, or 1e-5 for a run that is not private
+            delta = float(((config["trainer"] or {}).get("dp") or {}).get("delta") or 1e-5)
+            rows.append(canary.audit(data, *canaries, synth, S, delta=delta, seed=seed))
         info["evaluate_seconds"] = time.perf_counter() - t0
         common = {"run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed}
         extra = {"git_commit": info["git_commit"], "device": info["device"], "config_hash": config_hash,
@@ -262,7 +268,6 @@ def print_summary(info: dict, run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
-
 def validate(cfg: DictConfig) -> dict:
     """Check the whole configuration (types, ranges, names and options of data, model, trainer, metrics) before
     any work; returns it resolved. Each problem is a ValueError of one sentence."""
@@ -275,6 +280,8 @@ def validate(cfg: DictConfig) -> dict:
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if n is not None and (type(n) is not int or n < 1):
         raise ValueError(f"n_samples must be a positive integer or null, got {n!r}")
+    if type(c := config.get("canaries", 0)) is not int or c == 1 or c < 0:
+        raise ValueError(f"canaries must be 0 (no audit) or an integer of at least 2, got {config.get('canaries')!r}")
     if type(config.get("rerun")) is not bool:
         raise ValueError(f"rerun must be true or false, got {config.get('rerun')!r}")
     if not isinstance(config.get("tag"), str) or not re.fullmatch(r"[\w.+-]+", config["tag"]):

@@ -229,6 +229,10 @@ class TorchSynthesizer(Synthesizer):
     def lr_scale(self, step: int, total: int) -> float:
         return 1.0
 
+    def model_rows(self, X: np.ndarray) -> np.ndarray:
+        """Records (data columns) as the rows `loss` reads: the same unless fit reorders them."""
+        return np.ascontiguousarray(X, dtype=np.float32)
+
     def plan(self, n_rows: int) -> list | None:
         """The paper's training phases for n_rows training records (list of models.budget.Phase); None = undeclared."""
         return None

@@ -300,11 +300,18 @@ class EHRDiff(TorchSynthesizer):
         if self.cond_label is not False:  # the label goes last: the trainer's batches are [features | label]
             j = self._cond_column(data)
             self.cond_index_, self.train_prevalence_ = j, float(X[:, j].mean())
-            X = np.ascontiguousarray(np.concatenate([np.delete(X, j, axis=1), X[:, [j]]], axis=1))
+        X = self.model_rows(X)
         trainer = trainer or Trainer()
         self.init_training(self.n_features_, trainer.seed)
         self.run_plan(X, trainer)
         return self
+
+    def model_rows(self, X: np.ndarray) -> np.ndarray:
+        """A conditional model's rows are [features | label]: the label column moved last."""
+        if self.cond_label is False:
+            return super().model_rows(X)
+        j = self.cond_index_
+        return np.ascontiguousarray(np.concatenate([np.delete(X, j, axis=1), X[:, [j]]], axis=1), dtype=np.float32)
 
     def plan(self, n_rows: int) -> list[Phase]:
         """One phase: epochs x ceil(N / batch) steps (drop_last=False), one loss call per step."""

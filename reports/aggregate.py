@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .audit import audit_note, audit_rows
+from .audit import audit_note, audit_rows, canary_note, canary_rows
 from .load import RunSet, settings, settings_diff
 
 FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
@@ -301,9 +301,8 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                     notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
                                  + ", ".join("not private" if x == float("inf") else f"ε={x:g}" for x in levels)
                                  + " are ranked separately (rows ordered by ε, then mean rank)")
-                audit = audit_note(audit_rows(t_runs, values, rs.configs))
-                if audit:
-                    notes.append(audit)
+                notes += [n for n in (audit_note(audit_rows(t_runs, values, rs.configs)),
+                                      canary_note(canary_rows(t_runs, values))) if n]
                 if len(keys) > 1:
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
                 tables.append(Table(str(tag), str(data), base + suffix, cells,

@@ -1,4 +1,4 @@
-"""Privacy audit: each private run's membership-inference advantage against the most its (epsilon, delta) allows."""
+"""Privacy audits: a private run's membership-inference advantage and canary epsilon lower bound against its (epsilon, delta)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ from ehrbench.metrics.privacy import mia_advantage_bound
 
 AUDIT_COLUMNS = ["path", "model", "seed", "epsilon", "delta", "advantage", "bound", "above"]
 METRIC = "mia_auc"
+CANARY = "canary_epsilon"  # metrics/canary.py: the one-run canary audit's empirical epsilon lower bound
+CANARY_COLUMNS = ["path", "model", "seed", "epsilon", "lower_bound", "above"]
 
 
 def _number(v: object) -> float:
@@ -61,3 +63,34 @@ def audit_note(rows: pd.DataFrame) -> str | None:
     return (f"privacy audit (membership inference against (ε, δ)): {len(rows)} private run(s); the closest to its "
             f"bound is {worst['model']} seed {worst['seed']}, advantage {worst['advantage']:.3g} against "
             f"{worst['bound']:.3g} at ε {worst['epsilon']:.3g}; {verdict}")
+
+
+def canary_rows(runs: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """One row per complete run with a canary audit: its accounted epsilon (inf when not private), the audit's
+    empirical lower bound and whether the bound is above the accounted epsilon (the run is not what it claims)."""
+    ok = results[(results["metric"] == CANARY) & (results["status"] == "ok")].drop_duplicates("path", keep="last")
+    lb = ok.set_index("path")["value"]
+    rows = []
+    for r in runs[runs["ok"].astype(bool) & runs["path"].isin(lb.index)].to_dict("records"):
+        eps = _number(r.get("epsilon"))
+        eps = eps if math.isfinite(eps) else math.inf
+        rows.append({"path": r["path"], "model": r["model"], "seed": r["seed"], "epsilon": eps,
+                     "lower_bound": float(lb[r["path"]]), "above": float(lb[r["path"]]) > eps})
+    return pd.DataFrame(rows, columns=CANARY_COLUMNS)
+
+
+def canary_reason(row: dict) -> str:
+    return (f"canary audit: the empirical epsilon lower bound {row['lower_bound']:.3g} (95 % confidence) is above the "
+            f"accounted epsilon {row['epsilon']:.3g}; the run is not as private as it reports (a privacy bug)")
+
+
+def canary_note(rows: pd.DataFrame) -> str | None:
+    """One sentence: each audited run's empirical lower bound beside its accounted epsilon."""
+    if rows.empty:
+        return None
+    each = "; ".join(f"{r['model']} seed {r['seed']}: ε ≥ {r['lower_bound']:.2f} (accounted "
+                     f"{'∞' if math.isinf(r['epsilon']) else format(r['epsilon'], '.3g')})" for r in rows.to_dict("records"))
+    above = rows[rows["above"]]
+    verdict = ("no private run is above its accounted ε" if above.empty else
+               f"{len(above)} above it ({', '.join(sorted(above['path']))}): see the failures")
+    return f"canary audit (one training run, Steinke et al. 2023; empirical ε lower bounds at 95 %): {each}; {verdict}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from .audit import audit_reason, audit_rows
+from .audit import CANARY, audit_reason, audit_rows, canary_reason, canary_rows
 
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
@@ -291,6 +291,9 @@ def load_runs(root: str | Path) -> RunSet:
     for r in audit_rows(runs_df, results_df, configs).to_dict("records"):
         if r["above"]:
             fail("privacy", r["path"], ident.loc[r["path"]].to_dict(), audit_reason(r), "mia_auc")
+    for r in canary_rows(runs_df, results_df).to_dict("records"):
+        if r["above"]:
+            fail("privacy", r["path"], ident.loc[r["path"]].to_dict(), canary_reason(r), CANARY)
     runs_df = runs_df.sort_values("path", kind="stable").reset_index(drop=True)
     results_df = results_df.sort_values(["path", "metric"], kind="stable").reset_index(drop=True)
     fail_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
