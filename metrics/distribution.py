@@ -39,7 +39,7 @@ def median_sq_distance(X: np.ndarray, n: int = 1000, device: str = "auto") -> fl
 
 
 # Gretton et al. 2012, "A kernel two-sample test" (JMLR), unbiased MMD^2_u (their eq. 3).
-@register_metric("mmd", goal="min", family="fidelity")
+@register_metric("mmd", goal="min", family="fidelity", concept="joint distribution")
 def mmd(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, device: str = "auto") -> dict:
     """Unbiased squared maximum mean discrepancy between real-train and synthetic records (Gretton et al. 2012).
 
@@ -61,7 +61,7 @@ def mmd(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, devic
 
 # Detection / classifier two-sample test (Lopez-Paz & Oquab 2017; SDMetrics' LogisticDetection, synthcity's
 # detection_gbt). LightGBM instead of logistic regression: it also sees interactions between codes.
-@register_metric("detection_auc", goal="min", family="fidelity")
+@register_metric("detection_auc", goal="min", family="fidelity", concept="joint distribution")
 def detection_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 10000, folds: int = 3,
                   n_estimators: int = 100, n_jobs: int | None = 1) -> dict:
     """Detection advantage 2 |AUC - 0.5| of a cross-validated LightGBM classifier separating real from synthetic.
@@ -97,7 +97,7 @@ def _radii(X: np.ndarray, k: int, device: str) -> np.ndarray:
     return knn(X, X, k, exclude_self=True, device=device)[0][:, k - 1]
 
 
-@register_metric("precision", goal="max", family="fidelity", version=2)
+@register_metric("precision", goal="max", family="fidelity", version=2, concept="support (k-NN manifolds)")
 def precision(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, k: int = 3,
               device: str = "auto") -> dict:
     """k-NN precision (fidelity): share of synthetic records inside the real manifold (Kynkaanniemi et al. 2019).
@@ -119,7 +119,7 @@ def precision(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000,
             "coverage": float(cover.mean())}
 
 
-@register_metric("recall", goal="max", family="fidelity")
+@register_metric("recall", goal="max", family="fidelity", concept="support (k-NN manifolds)")
 def recall(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, k: int = 3,
            device: str = "auto") -> float:
     """k-NN recall (diversity): share of real records inside the synthetic manifold (Kynkaanniemi et al. 2019).
@@ -135,7 +135,7 @@ def recall(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, k:
 # Naeem et al. 2020, "Reliable fidelity and diversity metrics for generative models" (coverage, their k = 5), as a
 # ranked score of its own: the ladder showed that precision is won by piling output onto dense real records (empty
 # records score 1.0 on Diabetes-130) and that recall is inflated by diffuse noise; coverage is neither.
-@register_metric("coverage", goal="max", family="fidelity")
+@register_metric("coverage", goal="max", family="fidelity", concept="support (k-NN manifolds)")
 def coverage(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 5000, k: int = 5,
              device: str = "auto") -> float:
     """Coverage: share of real records with at least one synthetic record strictly inside their k-NN ball.

@@ -29,7 +29,7 @@ def _pearson(a: np.ndarray, b: np.ndarray, what: str) -> float:
 
 
 # ---- first order: prevalence (medGAN's dimension-wise probability; EHRDiff Figure 1) ------------------------
-@register_metric("prevalence_pearson", goal="max", family="fidelity", marginal=True, reads="binary")
+@register_metric("prevalence_pearson", goal="max", family="fidelity", marginal=True, reads="binary", concept="code prevalence")
 def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Pearson r between per-code prevalence in real train and synthetic data (dimension-wise probability).
 
@@ -40,7 +40,7 @@ def prevalence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> fl
     return _pearson(p, q, "prevalence Pearson r")
 
 
-@register_metric("prevalence_spearman", goal="max", family="fidelity", marginal=True, reads="binary")
+@register_metric("prevalence_spearman", goal="max", family="fidelity", marginal=True, reads="binary", concept="code prevalence")
 def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Spearman rank correlation of per-code prevalences (real train vs synthetic); range [-1, 1], higher is better.
 
@@ -52,7 +52,7 @@ def prevalence_spearman(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> f
     return float(stats.spearmanr(p, q)[0])
 
 
-@register_metric("prevalence_mae", goal="min", family="fidelity", marginal=True, reads="binary")
+@register_metric("prevalence_mae", goal="min", family="fidelity", marginal=True, reads="binary", concept="code prevalence")
 def prevalence_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean absolute prevalence error: mean_j |p_real_j - p_syn_j| over binary columns; range [0, 1], lower is better.
 
@@ -87,7 +87,7 @@ def nzc(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
 
 
 # ---- second order: co-occurrence and correlation ----------------------------------------------------------
-@register_metric("cooccurrence_pearson", goal="max", family="fidelity", reads="binary")
+@register_metric("cooccurrence_pearson", goal="max", family="fidelity", reads="binary", concept="dependence")
 def cooccurrence_pearson(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
     """Pearson r between real-train and synthetic pairwise co-occurrence probabilities over binary column pairs.
 
@@ -148,7 +148,7 @@ def _correlations(data: EHRData, synth: np.ndarray, device: str) -> tuple[np.nda
 
 
 # Version 2 (with correlation_mae): continuous columns in centred float64 (see correlation_matrix).
-@register_metric("cmd", goal="min", family="fidelity", version=2)
+@register_metric("cmd", goal="min", family="fidelity", version=2, concept="dependence")
 def cmd(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
     """Correlation matrix distance (Herdin et al. 2005): 1 - tr(R_r R_s) / (||R_r||_F ||R_s||_F).
 
@@ -159,7 +159,7 @@ def cmd(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto"
     return float(1.0 - (Rr * Rs).sum() / (np.linalg.norm(Rr) * np.linalg.norm(Rs)))
 
 
-@register_metric("correlation_mae", goal="min", family="fidelity", version=2)
+@register_metric("correlation_mae", goal="min", family="fidelity", version=2, concept="dependence")
 def correlation_mae(data: EHRData, synth: np.ndarray, *, seed: int = 0, device: str = "auto") -> float:
     """Mean absolute correlation error: mean_{a<b} |R_r[a,b] - R_s[a,b]| over all column pairs.
 
@@ -213,7 +213,7 @@ def _continuous(data: EHRData, synth: np.ndarray, what: str) -> tuple[np.ndarray
     return real, S[:, m].astype(np.float64), np.where(sd > 0, sd, 1.0)
 
 
-@register_metric("continuous_mean_error", goal="min", family="fidelity", marginal=True, reads="continuous")
+@register_metric("continuous_mean_error", goal="min", family="fidelity", marginal=True, reads="continuous", concept="continuous marginals")
 def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised mean error over continuous columns: mean_j |mean_s_j - mean_r_j| / std_r_j.
 
@@ -224,7 +224,7 @@ def continuous_mean_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) ->
     return float((np.abs(syn.mean(0) - real.mean(0)) / sd).mean())
 
 
-@register_metric("continuous_std_error", goal="min", family="fidelity", marginal=True, reads="continuous")
+@register_metric("continuous_std_error", goal="min", family="fidelity", marginal=True, reads="continuous", concept="continuous marginals")
 def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean relative std error over continuous columns: mean_j |std_s_j - std_r_j| / std_r_j (std_r 1 where 0).
 
@@ -235,7 +235,7 @@ def continuous_std_error(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> 
     return float((np.abs(syn.std(0) - real.std(0)) / sd).mean())
 
 
-@register_metric("continuous_wd", goal="min", family="fidelity", marginal=True, reads="continuous")
+@register_metric("continuous_wd", goal="min", family="fidelity", marginal=True, reads="continuous", concept="continuous marginals")
 def continuous_wd(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> float:
     """Mean standardised Wasserstein-1 distance over continuous columns: mean_j W1(real_j, syn_j) / std_r_j.
 

@@ -53,7 +53,7 @@ def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
 # (GAN-Leaks, "full black-box" attack); the MIR of medGAN-lineage EHR papers (Hamming for binary records).
 # Version 2: the signed advantage with ideal 0 and a standard error; version 1 reported 2 |AUC - 0.5| without
 # one, so an attack doing worse than chance counted as leakage and noise ranked generators.
-@register_metric("mia_auc", goal="min", ideal=0.0, family="privacy", version=2)
+@register_metric("mia_auc", goal="min", ideal=0.0, family="privacy", version=2, concept="membership")
 def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 5000, device: str = "auto") -> dict:
     """Membership-inference advantage of the distance-to-closest-synthetic-record attack.
 
@@ -129,7 +129,7 @@ def _closer_to_train(Q: np.ndarray, train: np.ndarray, holdout: np.ndarray, devi
 # an equal-size holdout. Version 2 (version 1 subsampled train to the holdout's size, so a copy of train scored
 # like fresh records at an 8:1 split, 0.508 vs 0.428): the whole training set, and the expected share measured on
 # real test records (patients that neither train nor holdout contains) instead of assumed.
-@register_metric("dcr", goal="min", ideal=0.0, family="privacy", version=2, splits=("train", "holdout", "test"))
+@register_metric("dcr", goal="min", ideal=0.0, family="privacy", version=2, splits=("train", "holdout", "test"), concept="membership")
 def dcr(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 10000, device: str = "auto") -> dict:
     """DCR excess: how much more often synthetic records sit closer to the training set than fresh patients do.
 
@@ -168,7 +168,7 @@ def dcr(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 1000
 # Yale et al. 2020, "Generation and evaluation of privacy preserving synthetic health data" (Neurocomputing):
 # nearest-neighbour adversarial accuracy AA_TS and privacy loss = AA_test - AA_train.
 # Version 2: ideal 0 (ranked by the excess over 0 beyond two standard errors, clipped at 0); value unchanged; "se".
-@register_metric("nnaa", goal="min", ideal=0.0, family="privacy", version=2)
+@register_metric("nnaa", goal="min", ideal=0.0, family="privacy", version=2, concept="membership")
 def nnaa(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 5000, device: str = "auto") -> dict:
     """NNAA privacy loss (Yale et al. 2020): AA(holdout, S) - AA(train, S).
 

@@ -34,13 +34,15 @@ class MetricSpec:
     splits: tuple[str, ...] = ()
     marginal: bool = False
     reads: str = "all"
+    concept: str = ""
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: float | str | None = None,
-                    splits: tuple[str, ...] | None = None, marginal: bool = False, reads: str = "all") -> Callable:
+                    splits: tuple[str, ...] | None = None, marginal: bool = False, reads: str = "all",
+                    concept: str | None = None) -> Callable:
     """Decorator: register `fn(data, synth, *, seed, **kwargs) -> float | dict` as metric `name`.
 
     `goal` is "max" or "min", "target" for a score whose ideal lies inside its range (e.g. a code count whose
@@ -59,6 +61,8 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
     `marginal`: the metric sees each column alone (independent marginals score like real data by definition; the
     calibration ladder, metrics/ladder.py, then only asks resample >= independent). `reads`: the column kinds it
     looks at, "all", "binary" or "continuous" (the ladder does not ask it to see garbage in the other kind).
+    `concept`: what it measures, shared by near-duplicates (e.g. prevalence r, rho and MAE: "code prevalence");
+    reports average a concept's ranks into one score before averaging concepts into the family (default: name).
     """
     if goal not in GOALS:
         raise ValueError(f"metric '{name}': goal must be one of {', '.join(GOALS)}; got {goal!r}")
@@ -72,7 +76,8 @@ def register_metric(name: str, goal: str, family: str, version: int = 1, ideal: 
         if name in METRICS:
             raise ValueError(f"metric '{name}' is already registered")
         METRICS[name] = MetricSpec(name, fn, goal, family, version, ideal,
-                                   splits if splits is not None else SPLITS[family], marginal, reads)
+                                   splits if splits is not None else SPLITS[family], marginal, reads,
+                                   concept or name)
         return fn
 
     return wrap

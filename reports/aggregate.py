@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .audit import audit_note, audit_rows, canary_note, canary_rows
+from ehrbench.metrics.registry import METRICS
+
 from .load import RunSet, settings, settings_diff
 
 FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
@@ -38,6 +40,7 @@ class Table:
     values: pd.DataFrame            # per-run values behind the cells (path, model, seed, metric, value, status)
     runs: pd.DataFrame              # the run rows of this table
     notes: list[str] = field(default_factory=list)
+    ladder: pd.DataFrame = field(default_factory=pd.DataFrame)  # ladder_frame: each ranked metric's verdict here
 
     @property
     def models(self) -> list[str]:
@@ -86,32 +89,51 @@ def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
     return (d - tol.fillna(0.0)).clip(lower=0.0).where(means.notna())
 
 
-def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-                tol: pd.Series | float | None = None) -> pd.Series:
-    """Rank models on one metric (1 = best; ties share the average rank); a missing/failed mean takes the
-    shared last places, so a failure never improves a model's rank. All-missing -> all NaN (metric unranked).
-    With an ideal (always for goal "target") the rank is by `deviation` from it, lower is better."""
+def _beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.Series | float | None,
+           noise: pd.Series | None) -> pd.DataFrame | None:
+    """[i, j] True where model j beats model i on this metric beyond noise; rows and columns are the models with a
+    mean. None when the metric does not rank (info, a target without ideal, nothing valid)."""
     if goal not in ("max", "min", "target"):
-        return pd.Series(np.nan, index=means.index)
+        return None
     has_ideal = ideal is not None and not (isinstance(ideal, pd.Series) and ideal.isna().all())
     if goal == "target" and not has_ideal:
-        return pd.Series(np.nan, index=means.index)
-    key = deviation(means, goal, ideal, tol) if has_ideal else means
+        return None
+    key = deviation(means, goal, ideal, tol) if has_ideal else (means if goal == "min" else -means)
     valid = _sig12(key.dropna())
     if valid.empty:
+        return None
+    k = valid.to_numpy(dtype=float)
+    s = np.zeros_like(k) if noise is None else np.nan_to_num(noise.reindex(valid.index).to_numpy(dtype=float))
+    margin = 2 * np.sqrt(s[:, None] ** 2 + s[None, :] ** 2)
+    return pd.DataFrame(k[None, :] + margin < k[:, None], index=valid.index, columns=valid.index)
+
+
+def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
+                tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
+    """Rank models on one metric (1 = best); a missing/failed mean takes the shared last places, so a failure never
+    improves a model's rank. All-missing -> all NaN (metric unranked). With an ideal (always for goal "target") the
+    key is the `deviation` from it, lower is better.
+
+    Ties are ties: model j beats model i when j's key is better by more than 2 sqrt(noise_i^2 + noise_j^2)
+    (`noise`: each mean's standard error; None = exact comparison), and rank_i = 1 + (models that beat i) + 1/2
+    (models neither beating nor beaten by i), which is the average rank when ties are exact equalities."""
+    beats = _beats(means, goal, ideal, tol, noise)
+    if beats is None:
         return pd.Series(np.nan, index=means.index)
-    ranks = valid.rank(method="average", ascending=has_ideal or goal == "min")
-    worst = (len(valid) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
+    b = beats.to_numpy()
+    tied = ~b & ~b.T
+    ranks = pd.Series(1 + b.sum(1) + 0.5 * (tied.sum(1) - 1), index=beats.index)
+    worst = (len(beats) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
     return ranks.reindex(means.index).fillna(worst)
 
 
 def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-              tol: pd.Series | float | None = None) -> pd.Series:
-    """True where a mean has the best rank of the column (ties all marked; info metrics never)."""
-    ranks = rank_metric(means, goal, ideal, tol)
-    if ranks.isna().all():
+              tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
+    """True where no other model beats a mean beyond noise (rank_metric's rule; info metrics never)."""
+    beats = _beats(means, goal, ideal, tol, noise)
+    if beats is None:
         return pd.Series(False, index=means.index)
-    return (ranks == ranks[means.notna()].min()) & means.notna()
+    return (~beats.any(axis=1)).reindex(means.index, fill_value=False)
 
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
@@ -147,18 +169,30 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["n_error"] = cells["n_error"].fillna(0).astype(int)
     cells["reference"] = cells["model"].isin(list(references))
     cells["failed"] = cells["model"].isin(list(failed))
-    cells["rank"], cells["best"] = np.nan, False
+    seeds = (cells["std"] ** 2 / cells["n"]).where(cells["n"] >= 2)
+    cells["noise"] = np.sqrt(np.fmax(seeds, (cells["tol"] / 2) ** 2))  # the mean's standard error; NaN: unknown
+    cells["concept"] = [concept_of(m) for m in cells["metric"]]
+    cells["rank"], cells["best"], cells["no_se"] = np.nan, False, False
     cells["_level"] = cells["model"].map(privacy_level)  # generators are ranked against the same target epsilon
     ranked = ~cells["reference"] & ~cells["failed"] & ~cells["metric"].isin(list(unranked))
     for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
+        if goal in ("max", "min", "target") and (sub["mean"].notna() & sub["noise"].isna()).any():
+            cells.loc[idx, "no_se"] = True  # one seed and no "se" rows: its noise is unknown, so it does not rank
+            continue
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
         if ideal_m is not None:  # a model whose rows lack the ideal (failed) borrows the others' (same data)
             ideal_m = ideal_m.fillna(ideal_m.mean())
-        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
-        cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"]).to_numpy()
+        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"], sub["noise"]).to_numpy()
+        cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"], sub["noise"]).to_numpy()
     return cells.drop(columns="_level")
+
+
+def concept_of(metric: str) -> str:
+    """The registered metric's concept (near-duplicates share one); an unregistered metric is its own."""
+    spec = METRICS.get(metric)
+    return spec.concept if spec is not None else metric
 
 
 def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozenset()) -> dict[str, str]:
@@ -220,10 +254,11 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
     out["reference"] = [m in refs for m in models]
     out["failed"] = [(failed or {}).get(m, "") for m in models]
-    out["mean_rank"] = ranked.groupby("model")["rank"].mean()
-    fam = ranked.groupby(["model", "family"])["rank"].mean().unstack("family")
+    concepts = ranked.groupby(["model", "family", "concept"])["rank"].mean()  # near-duplicates count once
+    fam = concepts.groupby(["model", "family"]).mean().unstack("family")
     for f in RANK_FAMILIES:
         out[f"rank_{f}"] = fam[f] if f in fam else np.nan
+    out["mean_rank"] = out[[f"rank_{f}" for f in RANK_FAMILIES]].mean(axis=1)  # families weigh equally
     for name, weights in profiles.items():
         w = pd.Series({f: weights.get(f, 0.0) for f in RANK_FAMILIES})
         R = out[[f"rank_{f}" for f in RANK_FAMILIES]].set_axis(list(RANK_FAMILIES), axis=1)
@@ -294,6 +329,10 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 if bad_metrics:
                     notes.append("not ranked here: failed the calibration ladder of this data config (python -m "
                                  "reports --calibrate): " + "; ".join(f"{m} ({why})" for m, why in bad_metrics.items()))
+                no_se = sorted(set(cells.loc[cells["no_se"], "metric"]))
+                if no_se:
+                    notes.append("not ranked here: no standard error (a single seed, and the metric reports none), "
+                                 "so a difference cannot be told from noise: " + ", ".join(no_se))
                 if gate:
                     notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in gate.items()))
                 levels = sorted({privacy_level(m) for m in models})
@@ -307,7 +346,8 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                     notes.append(f"runs of {tag} / {data} use {len(keys)} different data configs; each has its own table")
                 tables.append(Table(str(tag), str(data), base + suffix, cells,
                                     summarise(cells, t_runs, models, profiles, gate),
-                                    values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes))
+                                    values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes,
+                                    ladder_frame(verdicts, key, values)))
     return tables
 
 
@@ -321,6 +361,24 @@ def uncalibrated(verdicts: pd.DataFrame | None, key: str, values: pd.DataFrame) 
     v = verdicts[(verdicts["data_key"].astype(str) == str(key)) & (verdicts["verdict"] == "fail")]
     return {r.metric: r.first_failure for r in v.itertuples()
             if r.metric in versions.index and int(versions[r.metric]) == int(r.metric_version)}
+
+
+def ladder_frame(verdicts: pd.DataFrame | None, key: str, values: pd.DataFrame) -> pd.DataFrame:
+    """The calibration ladder's verdict on this data config for each ranked metric of the table, at its version:
+    metric, version, verdict ("pass", "fail" or "no ladder": none run for this data config and version), checks
+    passed / run, and the first failed check."""
+    ranked = values[values["goal"].isin(["max", "min", "target"])] if "goal" in values else values.iloc[0:0]
+    metrics = ranked.drop_duplicates("metric").set_index("metric")["metric_version"].sort_index()
+    v = (verdicts[verdicts["data_key"].astype(str) == str(key)] if verdicts is not None and not verdicts.empty
+         else pd.DataFrame(columns=["metric", "metric_version"]))
+    found = {(r.metric, int(r.metric_version)): r for r in v.itertuples()}
+    rows = []
+    for metric, version in metrics.items():
+        r = found.get((metric, int(version)))
+        rows.append({"metric": metric, "version": int(version), "verdict": r.verdict if r else "no ladder",
+                     "checks": f"{r.passed:.0f}/{r.checks:.0f}" if r and pd.notna(r.checks) else "—",
+                     "first failure": (r.first_failure if r and isinstance(r.first_failure, str) else "")})
+    return pd.DataFrame(rows, columns=["metric", "version", "verdict", "checks", "first failure"])
 
 
 def parse_profile(text: str) -> tuple[str, dict[str, float]]:

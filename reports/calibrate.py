@@ -114,8 +114,8 @@ def load_verdicts(paths: list[Path]) -> pd.DataFrame:
         raise FileNotFoundError(f"{missing[0]}: no such calibration verdict file (python -m reports --calibrate NAME "
                                 "writes one)")
     frames = [pd.read_csv(p, dtype={"data_key": str}, keep_default_na=False) for p in paths]  # "n/a" is a verdict
-    cols = ["metric", "data_key", "metric_version", "verdict", "first_failure"]
-    return pd.concat([f[cols] for f in frames], ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    cols = ["metric", "data_key", "metric_version", "verdict", "first_failure", "passed", "checks"]
+    return pd.concat([f.reindex(columns=cols) for f in frames], ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
 def shipped_verdicts() -> list[Path]:

@@ -153,6 +153,9 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     info = [m for m in t.metrics() if m not in ranked]
     if info:
         out.append(("Additional values (goal info: shown, never ranked)", *metric_frame(t, info)))
+    if not t.ladder.empty:
+        out.append(("Calibration ladder on this data (python -m reports --calibrate; a failed metric does not rank)",
+                    t.ladder.astype(str), None))
     return out
 
 
@@ -162,10 +165,13 @@ LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the nu
           "(dcr, nnaa, attribute_inference_f1, mia_auc, exact_copy_rate; ideal 0) rank by how far they exceed 0 "
           "beyond two standard errors, so values below 0 or within noise of 0 tie. A metric that failed the "
           "calibration ladder on a table's data is shown there without ranks (a note says why); a generator worse "
-          "than independent marginals on every ranked fidelity metric is marked (failed) and not ranked. Ranks are "
-          "per metric (1 = best, ties share the average rank, a failed or missing cell takes the last places); the "
-          "mean rank averages all ranked metrics, the family ranks average within fidelity, utility and privacy, and "
-          "each profile is a weighted mean of the family ranks (#n = its rank). Rows marked (reference) are "
+          "than independent marginals on every ranked fidelity metric is marked (failed) and not ranked. Ties are "
+          "ties: a generator beats another on a metric only by more than twice the standard error of the difference "
+          "(the seeds' spread and the metric's own se); rank = 1 + generators that beat it + half of those it ties "
+          "with, bold = beaten by none, a failed or missing cell takes the last places, and a metric whose noise is "
+          "unknown (one seed, no se) is not ranked. Near-duplicate metrics share one concept (their mean rank); the "
+          "family ranks average the concepts within fidelity, utility and privacy, the mean rank averages the three "
+          "families with equal weight, and each profile is a weighted mean of the family ranks (#n = its rank). Rows marked (reference) are "
           "reference points, not competitors (real = a resample of the training data: the fidelity ceiling and the "
           "privacy worst case; independent = independent marginals: the floor): they are shown below the "
           "generators with their values and are never ranked, bolded or counted in other models' ranks.")

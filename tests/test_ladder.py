@@ -176,6 +176,8 @@ def test_calibrate_writes_tables_and_reports_stop_ranking_failed_metrics(tmp_pat
     assert math.isnan(c.loc[("a", "mae"), "rank"]) and not c["best"].loc[:, "mae"].any()
     assert c.loc[("a", "auc"), "rank"] == 1 and c.loc[("b", "auc"), "rank"] == 2
     assert any("not ranked here" in n and "mae (independent >= empty: ...)" in n for n in t.notes)
+    lad = t.ladder.set_index("metric")  # the ladder's table is published with the leaderboard
+    assert lad.loc["mae", "verdict"] == "fail" and lad.loc["auc", "verdict"] == "no ladder"
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--no-figures", "--calibration",
                  str(tmp_path / "none.csv")]) == 2
     assert "none.csv: no such calibration verdict file" in capsys.readouterr().err

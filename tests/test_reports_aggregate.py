@@ -11,9 +11,12 @@ from ehrbench.reports.aggregate import (PROFILES, aggregate_cells, best_mask, bu
 from ehrbench.reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
 
 
-def rows(model, metric, values, goal="max", family="fidelity", version=1, errors=0):
+def rows(model, metric, values, goal="max", family="fidelity", version=1, errors=0, se=0.0):
+    """Result rows of one cell; se: each row's standard error as a `metric.se` row (0: exact; None: no se rows)."""
     out = [{"model": model, "seed": s, "metric": metric, "value": v, "status": "ok", "goal": goal, "family": family,
             "metric_version": version} for s, v in enumerate(values)]
+    if se is not None and goal != "info":
+        out += [{**r, "metric": f"{metric}.se", "value": se, "goal": "info"} for r in out]
     out += [{"model": model, "seed": len(values) + i, "metric": metric, "value": math.nan, "status": "error: boom",
              "goal": goal, "family": family, "metric_version": version} for i in range(errors)]
     return out
@@ -79,9 +82,8 @@ def test_family_ranks_profiles_and_order():
     s = summarise(c, _runs(["a", "b"]), ["a", "b"])
     assert s.loc["a", "rank_fidelity"] == 1 and s.loc["b", "rank_fidelity"] == 2
     assert s.loc["a", "rank_privacy"] == 2 and s.loc["a", "rank_utility"] == 1.5
-    assert s.loc["a", "mean_rank"] == pytest.approx((1 + 1 + 2 + 1.5) / 4)
-    assert s.loc["b", "mean_rank"] == pytest.approx((2 + 2 + 1 + 1.5) / 4)
-    assert list(s.index) == ["a", "b"]  # sorted by mean rank
+    # families weigh equally: two fidelity metrics do not outvote one privacy metric
+    assert s.loc["a", "mean_rank"] == s.loc["b", "mean_rank"] == pytest.approx((1 + 1.5 + 2) / 3)
     w = PROFILES["privacy_first"]
     expect_a = (w["fidelity"] * 1 + w["utility"] * 1.5 + w["privacy"] * 2) / sum(w.values())
     assert s.loc["a", "profile_privacy_first"] == pytest.approx(expect_a)
@@ -132,7 +134,7 @@ def test_metric_versions_and_datasets_never_share_a_table():
     v1, v2, e = tables
     assert set(v1.values["path"]) == {"t/d/a/seed_0", "t/d/b/seed_0", "t/d/b/seed_1"}
     assert set(v2.values["path"]) == {"t/d/a/seed_1"} and v1.notes and "versions differ" in v1.notes[0]
-    assert e.models == ["a"] and not e.notes
+    assert e.models == ["a"] and [n[:32] for n in e.notes] == ["not ranked here: no standard err"]  # one seed
 
 
 def test_two_data_configs_are_split():
@@ -171,10 +173,8 @@ def test_signed_privacy_scores_clip_at_the_ideal_and_tie_within_noise():
 
 
 def test_cells_take_ideal_and_tolerance_from_the_rows():
-    v = pd.DataFrame(rows("a", "nnaa", [-0.006, -0.004], goal="min", family="privacy")
-                     + rows("b", "nnaa", [0.004, 0.002], goal="min", family="privacy")
-                     + rows("a", "nnaa.se", [0.01, 0.01], goal="info", family="privacy")
-                     + rows("b", "nnaa.se", [0.01, 0.01], goal="info", family="privacy"))
+    v = pd.DataFrame(rows("a", "nnaa", [-0.006, -0.004], goal="min", family="privacy", se=0.01)
+                     + rows("b", "nnaa", [0.004, 0.002], goal="min", family="privacy", se=0.01))
     v["ideal"] = np.where(v["metric"] == "nnaa", 0.0, np.nan)
     c = aggregate_cells(v, ["a", "b"])
     assert cell(c, "a", "nnaa")["tol"] == pytest.approx(2 * math.sqrt(0.01 ** 2 * 2) / 2)
@@ -214,3 +214,40 @@ def test_private_rows_are_ranked_against_the_same_target_epsilon_only():
     s = summarise(c, _runs(models), models)
     assert list(s.index) == ["ehrdiff (ε=1)", "vae (ε=1)", "vae (ε=10)", "ehrdiff (ε=10)", "vae", "ehrdiff"]
     assert s.loc["vae (ε=10)", "rank_balanced"] == 1 and s.loc["ehrdiff (ε=1)", "rank_balanced"] == 1
+
+
+def test_differences_inside_the_noise_are_ties_and_not_best_marks():
+    """a 0.80 ± se 0.01, b 0.79 ± 0.01, c 0.70 ± 0.01: a and b differ by 0.01 < 2 sqrt(2) 0.01, so they tie;
+    both beat c (0.09 apart). Non-transitive case: x-y and y-z tie, x beats z: y sits between them."""
+    means, noise = pd.Series({"a": 0.80, "b": 0.79, "c": 0.70}), pd.Series({"a": 0.01, "b": 0.01, "c": 0.01})
+    assert rank_metric(means, "max", noise=noise).to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0}
+    assert best_mask(means, "max", noise=noise).to_dict() == {"a": True, "b": True, "c": False}
+    assert rank_metric(means, "max").to_dict() == {"a": 1.0, "b": 2.0, "c": 3.0}  # exact: a alone is first
+    chain = pd.Series({"x": 0.0, "y": 0.025, "z": 0.05})
+    r = rank_metric(chain, "min", noise=pd.Series(0.01, index=chain.index))
+    assert r.to_dict() == {"x": 1.5, "y": 2.0, "z": 2.5} and r.sum() == 6  # 1 + beaten-by + (ties) / 2
+
+
+def test_cells_take_noise_from_seeds_or_se_and_leave_unknown_noise_unranked():
+    """noise = max(sd over seeds / sqrt(n), the rows' se / sqrt(n)); one seed without se rows: unranked."""
+    v = pd.DataFrame(rows("a", "auc", [0.70, 0.74], se=None) + rows("b", "auc", [0.60, 0.62], se=None)
+                     + rows("a", "mae", [0.1], goal="min", se=None) + rows("b", "mae", [0.3], goal="min", se=None))
+    c = aggregate_cells(v, ["a", "b"])
+    assert cell(c, "a", "auc")["noise"] == pytest.approx(statistics.stdev([0.70, 0.74]) / math.sqrt(2))
+    assert cell(c, "a", "auc")["rank"] == 1 and cell(c, "a", "auc")["best"]
+    mae = c[c["metric"] == "mae"]
+    assert mae["rank"].isna().all() and not mae["best"].any() and mae["no_se"].all()
+    (t,) = build_tables(_runset([{**r, "path": f"t/d/{r['model']}/seed_{r['seed']}", "tag": "t", "data": "d",
+                                  "data_key": "k"} for r in v.to_dict("records")], _runs(["a", "b"], seeds=(0, 1))))
+    assert any(n.startswith("not ranked here: no standard error") and "mae" in n for n in t.notes)
+
+
+def test_near_duplicate_metrics_count_once_in_their_family():
+    """prevalence r, rho and MAE are one concept: a model best on those three but worst on co-occurrence ties."""
+    v = pd.DataFrame([r for m, (good, bad) in {"a": (0.9, 0.1), "b": (0.1, 0.9)}.items()
+                      for r in rows(m, "prevalence_pearson", [good]) + rows(m, "prevalence_spearman", [good])
+                      + rows(m, "prevalence_mae", [1 - good], goal="min") + rows(m, "cooccurrence_pearson", [bad])])
+    c = aggregate_cells(v, ["a", "b"])
+    assert set(c.loc[c["metric"].str.startswith("prevalence") & (c["goal"] != "info"), "concept"]) == {"code prevalence"}
+    s = summarise(c, _runs(["a", "b"]), ["a", "b"])
+    assert s.loc["a", "rank_fidelity"] == s.loc["b", "rank_fidelity"] == 1.5

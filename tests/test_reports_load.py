@@ -15,9 +15,10 @@ FAMILY = {"auc": ("utility", "max"), "mae": ("fidelity", "min"), "pearson": ("fi
 
 
 def make_run(root, model, seed, metrics=None, *, tag="t", data=None, status="ok", npz=True, losses=False,
-             version=1, fit_seconds=1.0):
+             version=1, fit_seconds=1.0, se=None):
     """Write runs/<tag>/<data>/<model>/seed_<seed>/ with run.json, results.jsonl and optionally synthetic.npz and
-    train_stats.jsonl. metrics: name -> value (float) or an "error: ..." string."""
+    train_stats.jsonl. metrics: name -> value (float) or an "error: ..." string; se: the standard error row
+    `name.se` written beside each ranked value (0: exact; None: none)."""
     data = dict(data or TINY)
     d = root / tag / data["name"] / model / f"seed_{seed}"
     d.mkdir(parents=True)
@@ -35,6 +36,8 @@ def make_run(root, model, seed, metrics=None, *, tag="t", data=None, status="ok"
                                  "seed": seed, "metric": name, "family": family, "goal": goal,
                                  "value": math.nan if err else value, "seconds": 0.01,
                                  "status": value if err else "ok", "metric_version": version}))
+        if se is not None and not err and goal != "info":
+            lines.append(json.dumps({**json.loads(lines[-1]), "metric": f"{name}.se", "goal": "info", "value": se}))
     if metrics is not None:
         (d / "results.jsonl").write_text("\n".join(lines) + "\n")
     if npz and data["name"] == "synthetic":
@@ -61,15 +64,15 @@ def test_tidy_rows_from_complete_runs(tmp_path):
 
 
 def test_every_broken_run_is_a_failure_row_and_never_crashes(tmp_path):
-    make_run(tmp_path, "good", 0, {"pearson": 0.9, "auc": "error: ValueError: only one class in y"})
+    make_run(tmp_path, "good", 0, {"pearson": 0.9, "auc": "error: ValueError: only one class in y"}, se=0.0)
     (make_run(tmp_path, "corrupt", 0, {"pearson": 0.5}) / "run.json").write_text("{not json")
     make_run(tmp_path, "noresults", 0, None)
     make_run(tmp_path, "crashed", 0, None, status="error: RuntimeError: loss is NaN at step 12")
     make_run(tmp_path, "killed", 0, None, status="running")
-    badline = make_run(tmp_path, "badline", 0, {"pearson": 0.7})
+    badline = make_run(tmp_path, "badline", 0, {"pearson": 0.7}, se=0.0)
     with open(badline / "results.jsonl", "a") as f:
         f.write('{"metric": "mae", "value": 0.1, "status": "ok"\n{"value": 1}\n')
-    nanok = make_run(tmp_path, "nanok", 0, {"pearson": 0.1})
+    nanok = make_run(tmp_path, "nanok", 0, {"pearson": 0.1}, se=0.0)
     (nanok / "results.jsonl").write_text((nanok / "results.jsonl").read_text().replace("0.1", "NaN"))
     lonely = tmp_path / "t" / "synthetic" / "lonely" / "seed_0" / ".hydra"
     lonely.mkdir(parents=True)
@@ -82,8 +85,8 @@ def test_every_broken_run_is_a_failure_row_and_never_crashes(tmp_path):
     assert reasons["t/synthetic/noresults/seed_0"] == "missing results.jsonl although run.json says status ok"
     assert reasons["t/synthetic/crashed/seed_0"] == "error: RuntimeError: loss is NaN at step 12"
     assert reasons["t/synthetic/killed/seed_0"].startswith("incomplete")
-    assert "line 2 is not valid JSON" in reasons["t/synthetic/badline/seed_0"]
-    assert "line 3 lacks the key(s) metric, status" in reasons["t/synthetic/badline/seed_0"]
+    assert "line 3 is not valid JSON" in reasons["t/synthetic/badline/seed_0"]
+    assert "line 4 lacks the key(s) metric, status" in reasons["t/synthetic/badline/seed_0"]
     assert "value nan is not a finite number" in reasons["t/synthetic/nanok/seed_0"]
     assert reasons["t/synthetic/lonely/seed_0"].startswith("missing run.json")
     assert reasons["t/synthetic/good/seed_0"] == "error: ValueError: only one class in y"

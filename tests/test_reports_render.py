@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
         for seed, p in enumerate(pearsons):
             auc = "error: ValueError: only one class" if model == "base" and seed == 1 else 0.6 + 0.1 * seed
             make_run(root, model, seed, {"pearson": p, "mae": 1 - p, "auc": auc, "risk": p / 2, "pearson.real": 25.0},
-                     losses=model == "gen", fit_seconds=10.0 + seed)
+                     losses=model == "gen", fit_seconds=10.0 + seed, se=0.0)
     (make_run(root, "broken", 0, {"pearson": 0.1}) / "run.json").write_text("[1, 2")
     make_run(root, "gen", 0, {"pearson": 0.3}, data={"name": "nosuchdata", "path": "/nowhere"}, npz=False)
     return root
@@ -47,8 +47,8 @@ def test_html_holds_every_table_and_figure(runs, report):
             for col in frame.columns:
                 assert f"<th>{col}</th>" in html
     pngs = sorted((out / "figures").glob("*.png"))
-    expect = [f"t_synthetic__{k}.png" for k in KINDS] + ["t_nosuchdata__metrics.png", "t_nosuchdata__ranks.png"]
-    assert [p.name for p in pngs] == sorted(expect)  # no data to load for nosuchdata: no scatters, no crash
+    expect = [f"t_synthetic__{k}.png" for k in KINDS] + ["t_nosuchdata__metrics.png"]
+    assert [p.name for p in pngs] == sorted(expect)  # nosuchdata: no data to load (no scatters), one seed (no ranks)
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert base64.b64encode(p.read_bytes()).decode() in html
@@ -78,7 +78,9 @@ def test_csv_matches_independent_means(runs, report):
     assert row["mean"] == pytest.approx(statistics.mean([0.09, 0.07])) and row["n"] == 2 and row["rank"] == 2
     assert row["std"] == pytest.approx(statistics.stdev([0.09, 0.07]))
     mr = syn[(syn["model"] == "ref") & (syn["metric"] == "mean_rank")].iloc[0]
-    assert mr["family"] == "summary" and mr["mean"] == pytest.approx((1 + 1 + 2.5 + 3) / 4)  # pearson, mae, auc (tie), risk
+    # families weigh equally: fidelity (pearson, mae) 1, utility 2 (auc: gen's 0.65 ± se 0.05 ties ref's and base's
+    # 0.6), privacy (risk) 3
+    assert mr["family"] == "summary" and mr["mean"] == pytest.approx((1 + 2 + 3) / 3)
     fit = syn[(syn["model"] == "gen") & (syn["metric"] == "fit_seconds")].iloc[0]
     assert fit["mean"] == pytest.approx(10.5)
     assert set(syn["model"]) == {"gen", "base", "ref", "broken"}
