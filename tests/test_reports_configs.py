@@ -23,13 +23,15 @@ def hydra_compose(overrides):
             return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
-DP_SUITES = ("dp_tradeoff_diabetes130", "dp_tradeoff_synthetic", "paper_cinc2012_dp", "paper_mimic3_dp")
+DP_SUITES = ("dp_audit_synthetic", "dp_tradeoff_diabetes130", "dp_tradeoff_synthetic", "paper_cinc2012_dp",
+             "paper_mimic3_dp")
+EPSILON_SWEEPS = ("dp_tradeoff", "dp_audit")  # suites that sweep trainer.dp.epsilon
 DP_ONLY = {"dp_independent", "mst"}  # the DP floor and MST: in the DP suites, not in the non-private leaderboards
 
 
 def sweep(cfg):
     p = cfg.hydra.sweeper.params
-    allowed = {"model", "seed"} | ({"trainer.dp.epsilon"} if cfg.tag.startswith("dp_tradeoff") else set())
+    allowed = {"model", "seed"} | ({"trainer.dp.epsilon"} if cfg.tag.startswith(EPSILON_SWEEPS) else set())
     assert set(p) == allowed, f"unexpected sweep keys {set(p)}"
     return str(p.model).split(","), [int(s) for s in str(p.seed).split(",")]
 
@@ -62,7 +64,7 @@ def test_guidance_studies_resample_their_leaderboards_cells_at_its_settings(name
 
 
 SEEDS = {"paper_mimic3": [2023, 2024, 2025], "paper_cinc2012": [2027, 2028, 2029],  # the paper's seed first
-         "paper_mimic3_dp": [2024, 2025, 2026], "paper_cinc2012_dp": [2023, 2024, 2025]}
+         "paper_mimic3_dp": [2024, 2025, 2026], "paper_cinc2012_dp": [2023, 2024, 2025], "dp_audit_synthetic": [0, 1]}
 
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in GUIDANCE])
@@ -75,7 +77,7 @@ def test_experiment_composes_and_names_registered_objects(name):
     assert not unknown, f"{name}: the sweep names generators without a model YAML: {unknown}"
     names, dirs = {}, {}
     for m in models:
-        eps = ["trainer.dp.epsilon=3"] if name.startswith("dp_tradeoff") else []
+        eps = ["trainer.dp.epsilon=3"] if name.startswith(EPSILON_SWEEPS) else []
         one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2", *eps])
         assert one.model.name in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
         names[m] = one.model.name
