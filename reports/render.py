@@ -122,7 +122,8 @@ def _md_escape(s: str) -> str:
 
 
 def md_table(df: pd.DataFrame, best: pd.DataFrame | None = None, index: str = "model") -> str:
-    cols = ([index] if index else []) + list(df.columns)
+    """A Markdown table; the index is the first column, headed by its name (else `index`; "" = no index column)."""
+    cols = ([df.index.name or index] if index else []) + list(df.columns)
     lines = ["| " + " | ".join(map(_md_escape, cols)) + " |", "|" + "---|" * len(cols)]
     for i, (key, row) in enumerate(df.iterrows()):
         cells = [f"**{_md_escape(v)}**" if best is not None and best.iloc[i][c] else _md_escape(v)
@@ -132,7 +133,7 @@ def md_table(df: pd.DataFrame, best: pd.DataFrame | None = None, index: str = "m
 
 
 def html_table(df: pd.DataFrame, best: pd.DataFrame | None = None, index: str = "model", cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ([index] if index else []) + list(df.columns))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ([df.index.name or index] if index else []) + list(df.columns))
     body = []
     for i, (key, row) in enumerate(df.iterrows()):
         tds = [f'<td class="best">{html.escape(str(v))}</td>' if best is not None and best.iloc[i][c]
@@ -155,7 +156,7 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
         out.append(("Additional values (goal info: shown, never ranked)", *metric_frame(t, info)))
     if not t.ladder.empty:
         out.append(("Calibration ladder on this data (python -m reports --calibrate; a failed metric does not rank)",
-                    t.ladder.astype(str), None))
+                    t.ladder.set_index("metric").astype(str), None))
     return out
 
 
