@@ -104,11 +104,6 @@ class EHRData:
         except ValueError:
             raise KeyError(f"{self.name}: no column {column!r}; e.g. {', '.join(self.columns[:5])}") from None
 
-    @property
-    def feature_columns(self) -> tuple[str, ...]:
-        """Columns that are not downstream labels."""
-        return tuple(c for c in self.columns if c not in self.label_columns)
-
 
 def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, ...]:
     """Seeded patient-level permutation cut into train/holdout/test index arrays by `fractions`."""

@@ -16,9 +16,7 @@ from .base import TorchSynthesizer
 MAX_ABS_LOSS = 1e9
 MAX_ABS_WEIGHT = 1e6
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 autocast on CUDA, fp32 elsewhere
-# torch.compile settings of the compiled step (benchmarks may try others, e.g. mode "reduce-overhead")
-COMPILE_BACKEND = "inductor"
-COMPILE_MODE: str | None = None
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for the compiled step
 
 
 class TrainingDiverged(RuntimeError):
@@ -193,7 +191,7 @@ class ForwardBackward:
     def __init__(self, synth: TorchSynthesizer, key: str, scaler: torch.amp.GradScaler, dtype: torch.dtype | None,
                  device: torch.device, compile: bool) -> None:
         self.synth, self.key, self.scaler, self.dtype, self.device = synth, key, scaler, dtype, device
-        self.compiled = torch.compile(self._eager, backend=COMPILE_BACKEND, mode=COMPILE_MODE) if compile else None
+        self.compiled = torch.compile(self._eager, backend=COMPILE_BACKEND) if compile else None
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):

@@ -105,7 +105,7 @@ def test_judge_privacy_and_unscorable_sets():
 @pytest.fixture(scope="module")
 def scored(data):
     spec = {m: {"n": 400} if "n" in inspect.signature(METRICS[m].fn).parameters else {} for m in METRICS}
-    spec["detection_auc"] = {"n": 400, "n_estimators": 10}
+    spec["detection_auc"] = spec["detection"] = {"n": 400, "n_estimators": 10}
     for m in ("tstr_auroc", "trtr_auroc"):
         spec[m] = {"n_estimators": 10}
     spec["dimwise_prediction"] = {"top_k": 10, "n_train": 400}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from ehrbench.data import from_matrix, load_dataset
@@ -170,6 +170,28 @@ def test_detection_auc_matches_sklearn_folds(data, synth):
     assert out["value"] == pytest.approx(2 * abs(np.mean(aucs) - 0.5), abs=1e-9)
     ones = np.ones_like(synth)  # trivially separable
     assert m("detection_auc", data, ones, n_estimators=20)["value"] > 0.9
+    # detection: 1 - (sklearn's out-of-fold log-loss) / ln 2 on the same folds
+    P = np.zeros(len(y))
+    for tr, te in StratifiedKFold(3, shuffle=True, random_state=0).split(X, y):
+        P[te] = lightgbm.LGBMClassifier(n_estimators=20, random_state=0, deterministic=True, force_row_wise=True,
+                                        verbose=-1, n_jobs=1).fit(X[tr], y[tr]).predict_proba(X[te])[:, 1]
+    det = m("detection", data, synth, n=10_000, folds=3, n_estimators=20)
+    assert det["value"] == pytest.approx(1 - log_loss(y, np.clip(P, 1e-6, 1 - 1e-6)) / np.log(2), abs=1e-9)
+    assert det["auc"] == pytest.approx(np.mean(aucs), abs=1e-9) and 0 < det["se"] < 0.05
+
+
+def test_detection_keeps_separating_where_the_auc_saturates():
+    """Two outputs every classifier detects (AUC 1): one record repeated and independent marginals with every
+    code doubled in prevalence. detection_auc ties them at 1; detection ranks the repeated record as worse."""
+    data = load_dataset("synthetic", n_patients=1500, n_codes=20, seed=1)
+    rng = np.random.default_rng(0)
+    T = data.train
+    one = np.tile(T[T.sum(1).argmax()], (len(T), 1))  # a record no other patient has
+    far = (rng.random(T.shape) < np.clip(2 * T.mean(0) + 0.2, 0, 1)).astype(np.float32)
+    auc = [m("detection_auc", data, S, n_estimators=50)["value"] for S in (one, far)]
+    det = [m("detection", data, S, n_estimators=50) for S in (one, far)]
+    assert min(auc) > 0.99 and abs(auc[0] - auc[1]) < 0.01
+    assert det[0]["value"] - det[1]["value"] > 2 * np.hypot(det[0]["se"], det[1]["se"])
 
 
 def _naive_prdc(X, Y, k):
