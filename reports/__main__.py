@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ladder's verdict.csv besides the committed reports/calibration/*/verdict.csv (repeatable): metrics "
                     "that failed it on a table's data config are shown there but not ranked")
     ap.add_argument("--calibrate", default=None, metavar="NAME", help="instead of a report: score every metric on the "
-                    "calibration ladder of dataset NAME (its shipped config; --data NAME=PATH for the files) and write "
+                    "calibration ladder of dataset NAME (its shipped config) or of suite NAME's data config (benchmarks/experiment/"
+                    "NAME.yaml; --data DATASET=PATH for the files) and write "
                     "calibration.md/.csv and verdict.csv to --out (default reports/calibration/NAME), which later "
                     "reports read to keep metrics that fail it out of the ranks")
     ap.add_argument("--metrics", default="default", help="with --calibrate: the benchmarks/metrics/ config to score")

@@ -25,10 +25,26 @@ def shipped_config(group: str, name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(f), resolve=True) or {}
 
 
+def ladder_config(name: str) -> tuple[str, dict]:
+    """The dataset and data config a ladder calibrates: dataset NAME's shipped config, or, for a suite NAME
+    (benchmarks/experiment/NAME.yaml), the data config its runs use (its data override and `data:` options)."""
+    from omegaconf import OmegaConf
+
+    suite = SHIPPED.parent / "experiment" / f"{name}.yaml"
+    if not suite.is_file():
+        return name, shipped_config("data", name)
+    exp = OmegaConf.to_container(OmegaConf.load(suite)) or {}
+    dataset = next((d["override /data"] for d in exp.get("defaults", []) if isinstance(d, dict)
+                    and "override /data" in d), None)
+    if dataset is None:
+        raise ValueError(f"suite {name!r} does not choose a dataset (defaults: override /data: NAME)")
+    return dataset, {**shipped_config("data", dataset), **(exp.get("data") or {})}
+
+
 def calibrate(name: str, out: str | Path, data_paths: dict[str, str] | None = None, metrics: str = "default",
               seeds: int = 3, options: dict | None = None, rejudge: bool = False) -> dict[str, Path]:
-    """Score every metric of benchmarks/metrics/<metrics>.yaml on the ladder's sets of dataset `name` (its shipped
-    config with `options` over it; the path from data_paths or that config) and write calibration.md,
+    """Score every metric of benchmarks/metrics/<metrics>.yaml on the ladder's sets of dataset or suite `name`
+    (`ladder_config`, with `options` over it; the path from data_paths or that config) and write calibration.md,
     calibration.csv (every value) and verdict.csv (what reports read to keep a failed metric out of the ranks).
     rejudge: judge out/calibration.csv again (after a change of the checks) instead of scoring. Returns the paths."""
     import ehrbench.data as data_pkg
@@ -43,8 +59,9 @@ def calibrate(name: str, out: str | Path, data_paths: dict[str, str] | None = No
     paths = {"markdown": out / "calibration.md", "csv": out / "calibration.csv", "verdict": out / VERDICT}
     if rejudge and not paths["csv"].is_file():
         raise FileNotFoundError(f"--rejudge needs {paths['csv']}, which a scoring run writes")
-    cfg = {**shipped_config("data", name), **(options or {})}
-    data = data_pkg.load_dataset(name, **loader_options(cfg, data_paths or {}))
+    dataset, cfg = ladder_config(name)
+    cfg = {**cfg, **(options or {})}
+    data = data_pkg.load_dataset(dataset, **loader_options(cfg, data_paths or {}))
     if rejudge:
         rows = pd.read_csv(paths["csv"])
         seeds = int(rows["seed"].nunique())
@@ -57,13 +74,14 @@ def calibrate(name: str, out: str | Path, data_paths: dict[str, str] | None = No
     verdict = ladder.verdict(judged)
     versions = rows.dropna(subset=["version"]).groupby("metric")["version"].first().astype(int)
     key = data_key(cfg)
-    verdict = verdict.assign(data=name, data_key=key, metric_version=verdict["metric"].map(versions))
+    verdict = verdict.assign(data=dataset, data_key=key, metric_version=verdict["metric"].map(versions))
     with atomic_path(paths["csv"]) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(paths["verdict"]) as tmp:
         verdict.to_csv(tmp, index=False)
     with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text(to_markdown(name, key, rows, judged, verdict, seeds, data))
+        tmp.write_text(to_markdown(name if name == dataset else f"{dataset} as in {name}", key, rows, judged, verdict,
+                                   seeds, data))
     return paths
 
 

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .aggregate import RANK_FAMILIES, Table, privacy_level  # noqa: E402
-from .load import RESERVED_DATA_KEYS, RunSet  # noqa: E402
+from .load import LOCATION_KEYS, RESERVED_DATA_KEYS, RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
 MAX_POINTS = 300     # training curves: at most this many logged steps per line
@@ -54,9 +54,6 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-# data options that name a file or the network: a report never takes them from a run's record (whoever wrote the
-# runs chose them), so building a report never downloads and never reads a file the user did not name
-LOCATION_KEYS = ("path", "columns_file", "url", "sha256", "download")
 SHIPPED = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
 

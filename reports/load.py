@@ -23,6 +23,10 @@ FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "re
 CURVE_COLUMNS = ["path", "model", "seed", "fraction", "phase", "step", "train_flops", "train_seconds", "metric",
                  "goal", "value"]
 RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
+# data options that name a file or the network: a report never takes them from a run's record (whoever wrote the
+# runs chose them), so building a report never downloads and never reads a file the user did not name
+LOCATION_KEYS = ("path", "columns_file", "url", "sha256", "download")
+WHERE_KEYS = ("path", "url", "sha256", "download")  # where the data came from, not what it is: not in data_key
 # Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
 # of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
 # out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
@@ -53,10 +57,11 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def data_key(data_cfg: dict | None) -> str:
-    """Short hash of a dataset config (minus reserved keys): runs with different keys never share a table."""
+    """Short hash of a dataset config (minus reserved keys and where the files were: the same data read from two
+    folders is one data config): runs with different keys never share a table."""
     if not data_cfg:
         return "unknown"
-    kw = {k: v for k, v in data_cfg.items() if k not in RESERVED_DATA_KEYS}
+    kw = {k: v for k, v in data_cfg.items() if k not in (*RESERVED_DATA_KEYS, *WHERE_KEYS)}
     return hashlib.sha1(json.dumps({"name": data_cfg.get("name"), **kw}, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
