@@ -65,9 +65,9 @@ from ehrbench.models.check import check_options
 from ehrbench.models.resample import FIT_KEYS, load_trained
 from ehrbench.models.budget import check_budget
 from ehrbench.models.base import one_sentence
-from ehrbench.models.rundir import (RunDirError, RunLock, clear_outputs, decide, describe_changes, missing_outputs,
-                                    output_hashes, previous_run, remove_empty)
-from ehrbench.reports.load import settings, settings_diff, settings_hash
+from ehrbench.models.rundir import (RESERVED_DATA_KEYS, RunDirError, RunLock, clear_outputs, decide, describe_changes,
+                                    missing_outputs, output_hashes, previous_run, remove_empty, settings, settings_diff,
+                                    settings_hash)
 
 REPO = Path(__file__).resolve().parent
 # ${ehrbench_repo:} in configs: this checkout's root (the Ray launcher puts it on its workers' PYTHONPATH)
@@ -82,7 +82,6 @@ def bind_worker() -> None:
 # benchmarks/hydra/launcher/{joblib,submitit_slurm}.yaml share the plugins' names on purpose (so that
 # `hydra/launcher=joblib` picks ours); Hydra 1.3 warns about that harmless overlay.
 warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema")
-RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a hint read by model YAMLs, not a loader argument
 # relative file paths in these keys are taken from the repository root (README "Datasets"), not the current folder
 PATH_KEYS = {"data": ("path", "columns_file"), "model": ("path",)}
 # errors caused by the input (configuration, files, data, divergence): one sentence, no traceback

@@ -1,4 +1,5 @@
-"""The run directory's own rules: one process at a time (run.lock), what an existing record allows, clean reruns.
+"""The run record: the run directory's files and rules (run.lock, what an existing record allows, clean reruns),
+the settings that make two runs comparable (settings_hash) and the data config key (data_key).
 
 run_benchmark.py decides with `previous_run` + `decide` before it changes anything in the directory, takes
 `RunLock` (fcntl.flock on `run.lock`, which holds the owner's PID), decides again under the lock, and only then
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -197,3 +199,70 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# ---- settings: what two runs must share to be comparable (run_benchmark writes them, reports read them) -----
+RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the data YAML, not a data property
+# data options that name a file or the network: a report never takes them from a run's record (whoever wrote the
+# runs chose them), so building a report never downloads and never reads a file the user did not name
+LOCATION_KEYS = ("path", "columns_file", "url", "sha256", "download")
+WHERE_KEYS = ("path", "url", "sha256", "download")  # where the data came from, not what it is: not in data_key
+# Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
+# of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
+# out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
+# device is recorded per run and shown in the reports).
+NON_SETTINGS = ("seed", "rerun", "tag", "paths", "export", "resample_from", "trainer.device", "trainer.progress",
+                "trainer.log_every", "trainer.checkpoint_every")
+
+
+def data_key(data_cfg: dict | None) -> str:
+    """Short hash of a dataset config (minus reserved keys and where the files were: the same data read from two
+    folders is one data config): runs with different keys never share a table."""
+    if not data_cfg:
+        return "unknown"
+    kw = {k: v for k, v in data_cfg.items() if k not in (*RESERVED_DATA_KEYS, *WHERE_KEYS)}
+    return hashlib.sha1(json.dumps({"name": data_cfg.get("name"), **kw}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# keys added after runs were recorded, at their neutral value: absent and neutral are the same setting
+ADDED_SETTINGS = {"trainer.dp": None, "trainer.fast": False, "model.cond_label": False, "model.guidance_scale": 0.0,
+                  "model.label_dropout": 0.1, "model.class_dim": 128, "model.label_prevalence": None}
+
+
+def settings(config: dict) -> dict:
+    """The resolved configuration minus NON_SETTINGS (JSON-normalised): what two runs must share to be comparable."""
+    out = json.loads(json.dumps(config, default=str))
+    for key, neutral in ADDED_SETTINGS.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            node.pop(leaf)
+    for key in NON_SETTINGS:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def settings_hash(config: dict | None) -> str | None:
+    """12-hex sha256 of settings(config) (None without a config); run.json and every results row record it."""
+    if not isinstance(config, dict):
+        return None
+    return hashlib.sha256(json.dumps(settings(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def settings_diff(a: dict, b: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two settings dicts: {key: (value in a, value in b)}."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(settings_diff(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out[f"{prefix}{k}"] = (va, vb)
+    return out

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .audit import audit_note, audit_rows, canary_note, canary_rows
 from ehrbench.metrics.registry import METRICS
+from ehrbench.models.rundir import settings, settings_diff
 
-from .load import RunSet, settings, settings_diff
+from .audit import audit_note, audit_rows, canary_note, canary_rows
+from .load import RunSet
 
 FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
 RANK_FAMILIES = ("fidelity", "utility", "privacy")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import SHIPPED, loader_options
-from .load import data_key
+from ehrbench.models.rundir import data_key
 
 VERDICT = "verdict.csv"  # per metric: pass / fail / n/a with the data config and metric version it holds for
 

@@ -16,8 +16,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ehrbench.models.rundir import LOCATION_KEYS, RESERVED_DATA_KEYS  # noqa: E402
+
 from .aggregate import RANK_FAMILIES, Table, privacy_level  # noqa: E402
-from .load import LOCATION_KEYS, RESERVED_DATA_KEYS, RunSet  # noqa: E402
+from .load import RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
 MAX_POINTS = 300     # training curves: at most this many logged steps per line

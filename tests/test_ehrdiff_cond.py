@@ -9,7 +9,7 @@ import run_benchmark
 from ehrbench.data import EHRData
 from ehrbench.models import Trainer, build_synthesizer, check_data, check_synthesizer
 from ehrbench.models.ehrdiff import LinearModel
-from ehrbench.reports.load import settings_hash
+from ehrbench.models.rundir import settings_hash
 from tests.conftest import TINY_PARAMS, compose
 
 COND = {**TINY_PARAMS["ehrdiff"], "cond_label": True}
