@@ -85,12 +85,24 @@ def canary_reason(row: dict) -> str:
 
 
 def canary_note(rows: pd.DataFrame) -> str | None:
-    """One sentence: each audited run's empirical lower bound beside its accounted epsilon."""
+    """One sentence: how many runs were audited, the largest lower bound, and the runs above their accounted
+    epsilon (each also a failure row); the table section "Privacy audit (canaries)" lists every run."""
     if rows.empty:
         return None
-    each = "; ".join(f"{r['model']} seed {r['seed']}: ε ≥ {r['lower_bound']:.2f} (accounted "
-                     f"{'∞' if math.isinf(r['epsilon']) else format(r['epsilon'], '.3g')})" for r in rows.to_dict("records"))
+    top = rows.loc[rows["lower_bound"].idxmax()]
     above = rows[rows["above"]]
     verdict = ("no private run is above its accounted ε" if above.empty else
                f"{len(above)} above it ({', '.join(sorted(above['path']))}): see the failures")
-    return f"canary audit (one training run, Steinke et al. 2023; empirical ε lower bounds at 95 %): {each}; {verdict}"
+    return (f"canary audit (one training run, Steinke et al. 2023; empirical ε lower bounds at 95 %): {len(rows)} "
+            f"run(s); the largest bound is {top['model']} seed {top['seed']}, ε ≥ {top['lower_bound']:.2f}; {verdict}")
+
+
+def canary_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per row label: the accounted epsilon, each seed's empirical lower bound and whether any is above."""
+    if rows.empty:
+        return pd.DataFrame()
+    g = rows.sort_values("seed").groupby("model", sort=False)
+    return pd.DataFrame({
+        "accounted ε": g["epsilon"].max().map(lambda e: "∞ (not private)" if math.isinf(e) else f"{e:.3g}"),
+        "empirical ε lower bound (per seed)": g["lower_bound"].apply(lambda v: " / ".join(f"{x:.2f}" for x in v)),
+        "above the accounted ε": g["above"].any().map({True: "**yes**", False: "no"})}).rename_axis("model")

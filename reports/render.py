@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
+from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
 from .load import RunSet, load_runs
 
@@ -154,6 +155,9 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     info = [m for m in t.metrics() if m not in ranked]
     if info:
         out.append(("Additional values (goal info: shown, never ranked)", *metric_frame(t, info)))
+    audit = canary_frame(canary_rows(t.runs, t.values))
+    if not audit.empty:
+        out.append(("Privacy audit (canaries; python run_benchmark.py canaries=M)", audit, None))
     if not t.ladder.empty:
         out.append(("Calibration ladder on this data (python -m reports --calibrate; a failed metric does not rank)",
                     t.ladder.set_index("metric").astype(str), None))

@@ -9,6 +9,7 @@ import run_benchmark
 from ehrbench.data import load_dataset
 from ehrbench.metrics import canary
 from ehrbench.reports import build_tables, load_runs
+from ehrbench.reports.render import sections
 from tests.conftest import compose
 
 
@@ -80,8 +81,13 @@ def test_the_audit_flags_a_copy_of_train_and_a_noise_free_private_run_but_not_a_
     assert lb["dp/broken"] > eps["dp/broken"] and lb["dp/correct"] <= eps["dp/correct"]
     f = rs.failures[rs.failures["metric"] == "canary_epsilon"]
     assert list(f["path"]) == ["dp/broken"] and "not as private as it reports" in f["reason"].iloc[0]
-    notes = [n for t in build_tables(rs) for n in t.notes if n.startswith("canary audit")]
+    tables = build_tables(rs)
+    notes = [n for t in tables for n in t.notes if n.startswith("canary audit")]
     assert any("1 above it (dp/broken)" in n for n in notes)
+    (dp,) = [t for t in tables if t.tag == "dp"]
+    (frame,) = [f for title, f, _ in sections(dp) if title.startswith("Privacy audit (canaries")]
+    assert frame["above the accounted ε"].tolist() == ["**yes**"] and frame.index.tolist() == ["vae (ε=0.5)"]
+    assert frame["empirical ε lower bound (per seed)"].iloc[0] == f"{lb['dp/correct']:.2f} / {lb['dp/broken']:.2f}"
 
 
 def test_bad_canary_counts_are_refused_before_any_work():
