@@ -13,8 +13,6 @@ the first (the first step holds the warm-up and ghost clipping's one-time exactn
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import sys
 import tempfile
@@ -26,10 +24,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if "ehrbench" not in sys.modules:  # this checkout's ehrbench, whichever copy is installed
-    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
-    _spec.submodule_search_locations = [str(ROOT)]
-    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
+import run_benchmark  # noqa: E402,F401  (binds `ehrbench` to this checkout)
 
 from ehrbench.data import load_dataset  # noqa: E402
 from ehrbench.models import Trainer, build_synthesizer  # noqa: E402

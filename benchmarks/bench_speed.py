@@ -20,8 +20,6 @@ Prints a Markdown table (medians over rounds) and writes every cell and the summ
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import math
 import sys
@@ -35,10 +33,8 @@ import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-if "ehrbench" not in sys.modules:  # this checkout's ehrbench, whichever copy is installed
-    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
-    _spec.submodule_search_locations = [str(ROOT)]
-    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
+sys.path.insert(0, str(ROOT))
+import run_benchmark  # noqa: E402,F401  (binds `ehrbench` to this checkout)
 
 from ehrbench import metrics  # noqa: E402
 from ehrbench.data import EHRData, load_dataset  # noqa: E402

@@ -22,13 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if "ehrbench" not in sys.modules:  # this checkout's packages, as tests/conftest.py binds them
-    import importlib.machinery
-    import importlib.util
-
-    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
-    _spec.submodule_search_locations = [str(ROOT)]
-    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
+import run_benchmark  # noqa: E402,F401  (binds `ehrbench` to this checkout)
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402

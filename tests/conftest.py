@@ -3,20 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import importlib.machinery
-import importlib.util
-import sys
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if "ehrbench" not in sys.modules:  # the tests test the checkout they sit in (`ehrbench.models` = REPO/models)
-    _spec = importlib.machinery.ModuleSpec("ehrbench", None, is_package=True)
-    _spec.submodule_search_locations = [str(REPO)]
-    sys.modules["ehrbench"] = importlib.util.module_from_spec(_spec)
+import run_benchmark  # noqa: F401  (binds `ehrbench` to this checkout: the tests test the code they sit beside)
+from ehrbench.data import load_dataset
 
-from ehrbench.data import load_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG_DIR = str(REPO / "benchmarks")
 
