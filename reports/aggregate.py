@@ -209,6 +209,8 @@ def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozen
         return {}
     out = {}
     for model, g in fid[~fid["reference"]].groupby("model"):
+        if (g["n"] == 0).all():  # no value at all (its runs failed): the failures table says why, not the gate
+            continue
         g = g.set_index("metric").reindex(floor.index)
         worse = 0
         for m, b in floor.iterrows():

@@ -197,8 +197,8 @@ def test_a_generator_worse_than_independent_everywhere_fails_the_sanity_gate():
                             "goal": spec[k][0], "metric_version": 1, "value": v, "ideal": spec[k][1], "status": "ok"}
                            for m, d in vals.items() for k, vs in d.items() for s, v in enumerate(vs)])
     models = sorted(vals)
-    cells = aggregate_cells(values, models, ["independent"])
-    gate = sanity_failures(cells)
+    cells = aggregate_cells(values, models + ["crashed"], ["independent"])  # crashed: no complete run at all
+    gate = sanity_failures(cells)  # a run that failed is a failure row, not a verdict on its output
     assert gate == {"empty": "worse than independent marginals beyond noise on all 3 ranked fidelity metrics"}
     cells = aggregate_cells(values, models, ["independent"], failed=set(gate))
     ranks = cells.set_index(["model", "metric"])["rank"]
