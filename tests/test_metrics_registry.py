@@ -1,7 +1,6 @@
 """Registry-driven checks over every metric: direction (copy vs noise), determinism, bad input, constant columns, configs."""
 import inspect
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -193,14 +192,13 @@ def test_binary_only_data_errors_only_the_continuous_metrics():
     assert all(st[k] == "ok" for k in set(st) - cont)
 
 
-def test_fast_config_is_fast():
-    """Goal: under 5 s for 2,000 x 60 data (measured 0.05 s on one core); the bound leaves room for load."""
+def test_fast_config_scores_every_metric_on_small_data():
+    """Its speed goal (under 5 s on 2,000 x 60 data) is measured by benchmarks/bench_metrics.py
+    --metrics benchmarks/metrics/fast.yaml, not asserted here."""
     data = load_dataset("synthetic", n_patients=2000, n_codes=55)
     assert data.n_features == 60
     fast = yaml.safe_load((CONFIGS / "fast.yaml").read_text())
-    t0 = time.perf_counter()
     rows = evaluate(data, data.train[::-1].copy(), fast, seed=0)
-    assert time.perf_counter() - t0 < 10
     assert all(r["status"] == "ok" for r in rows)
 
 
