@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+import run_benchmark
 from ehrbench.models import SYNTHESIZERS, build_synthesizer, check_synthesizer
-from tests.conftest import REPO
+from tests.conftest import REPO, compose
 
 
 def test_entry_point_plugin_is_registered(tmp_path, monkeypatch, tiny_data):
@@ -153,13 +155,15 @@ def test_two_outside_tools_are_two_rows_of_one_leaderboard(tmp_path):
                   f"model.fingerprint={meta['fingerprint']}" if label == "tool_b" else "model.fingerprint=null")
         assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (runs / "tools" / "synthetic").iterdir()) == ["tool_a", "tool_b"]
-    report = subprocess.run([sys.executable, "-m", "ehrbench.reports", str(runs / "tools"), "--no-figures"],
-                            capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-2000:]
+    from ehrbench.reports.__main__ import main as report  # the same command, in this process
+
+    assert report([str(runs / "tools"), "--no-figures"]) == 0
     board = (runs / "tools" / "report" / "leaderboard.md").read_text()
     assert "| tool_a |" in board and "| tool_b |" in board
-    other = cli(tmp_path, "data.n_patients=301", "data.n_codes=20", "metrics=fast", f"paths.runs={runs}",
-                "tag=other", "model=external", f"model.path={tmp_path / 'a.npz'}", "model.label=tool_a")
-    assert other.returncode == 1 and f"made from a training split with fingerprint {meta['fingerprint']}" in other.stderr
-    taken = cli(tmp_path, *data, "model=external", f"model.path={tmp_path / 'a.npz'}", "model.label=vae")
-    assert taken.returncode == 1 and "model.label 'vae' is the name of a registered generator" in taken.stderr
+    other = compose(["data.n_patients=301", "data.n_codes=20", "metrics=fast", "tag=other", "model=external",
+                     f"model.path={tmp_path / 'a.npz'}", "model.label=tool_a"])
+    with pytest.raises(ValueError, match=f"made from a training split with fingerprint {meta['fingerprint']}"):
+        run_benchmark.run(other, tmp_path / "other")
+    taken = compose([*data[:3], "model=external", f"model.path={tmp_path / 'a.npz'}", "model.label=vae"])
+    with pytest.raises(ValueError, match="model.label 'vae' is the name of a registered generator"):
+        run_benchmark.validate(taken)
