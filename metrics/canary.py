@@ -23,7 +23,7 @@ def make_canaries(data: EHRData, m: int, seed: int) -> tuple[np.ndarray, np.ndar
     from the other canaries: its binary columns (labels included) a random set as large as the mean record's, each
     continuous column drawn uniformly over its train range."""
     if m < 2:
-        raise ValueError(f"audit.canaries must be at least 2 (half go into training), got {m}")
+        raise ValueError(f"canaries must be at least 2 (each goes into training with probability 1/2), got {m}")
     rng = np.random.default_rng([seed, 0xCA4A])
     T, b = data.train, data.binary_mask
     width = max(1, round(float(T[:, b].sum(1).mean()))) if b.any() else 0
@@ -75,19 +75,19 @@ def distance_scores(data: EHRData, C: np.ndarray, synth: np.ndarray) -> np.ndarr
 
 
 def loss_scores(data: EHRData, C: np.ndarray, generator: Any, seed: int, draws: int = DRAWS) -> np.ndarray:
-    """White-box (a torch generator): minus each canary's training loss (every loss key that reads records, each
-    averaged over `draws` random draws), less the part a canary's rarity explains: the loss is regressed on the
-    canary's likelihood under independent train marginals (over all canaries, no membership used), and the residual
-    is the score, so a canary of rare codes is not taken for an excluded one."""
-    from ehrbench.models.dp import private_keys
-
+    """White-box (a torch generator): minus each canary's training loss (the loss keys that read records: the
+    model's `private_keys` where it declares them, else all; each averaged over `draws` random draws), less the part
+    a canary's rarity explains: the loss is regressed on the canary's likelihood under independent train marginals
+    (over all canaries, no membership used), and the residual is the score, so a canary of rare codes is not taken
+    for an excluded one."""
     X = torch.as_tensor(generator.model_rows(C), device=generator.device_)
-    keys = private_keys(generator, list(generator.optimizers_))
+    keys = [k for k in generator.optimizers_ if getattr(generator, "private_keys", None) is None
+            or k in generator.private_keys]
     loss = np.zeros(len(C))
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # gradients stay on: a critic's gradient penalty differentiates inside
         torch.manual_seed(seed)
-        for i in range(len(C)):  # one small batch per canary: the losses reduce over their rows
-            loss[i] = sum(float(generator.loss(X[i].expand(draws, -1), k)) for k in keys)
+        for i in range(len(C)):  # one small batch per canary: each loss reduces over its rows
+            loss[i] = sum(float(generator.loss(X[i].expand(draws, -1), k).detach()) for k in keys)
     b = data.binary_mask
     p = np.clip(data.train[:, b].mean(0, dtype=np.float64), 1e-4, 1 - 1e-4)
     nll = -(C[:, b] * np.log(p) + (1 - C[:, b]) * np.log1p(-p)).sum(1)
