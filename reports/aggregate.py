@@ -323,7 +323,8 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 t_runs = g[g["path"].isin(paths)]
                 values = res[res["path"].isin(paths)]
                 models = sorted(t_runs["model"].unique())
-                bad_metrics = uncalibrated(verdicts, key, values)
+                ladder = ladder_frame(verdicts, key, values)
+                bad_metrics = dict(ladder.loc[ladder["verdict"] == "fail", ["metric", "first failure"]].values)
                 cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics))
                 gate = sanity_failures(cells, set(bad_metrics))
                 if gate:
@@ -350,20 +351,8 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 tables.append(Table(str(tag), str(data), base + suffix, cells,
                                     summarise(cells, t_runs, models, profiles, gate),
                                     values[["path", "model", "seed", "metric", "value", "status"]], t_runs, notes,
-                                    ladder_frame(verdicts, key, values)))
+                                    ladder))
     return tables
-
-
-def uncalibrated(verdicts: pd.DataFrame | None, key: str, values: pd.DataFrame) -> dict[str, str]:
-    """metric -> first failed ladder check, for the metrics of `values` whose verdict for data config `key` at
-    their metric version is "fail"."""
-    if verdicts is None or verdicts.empty or values.empty:
-        return {}
-    versions = values.drop_duplicates("metric").set_index("metric")["metric_version"] if "metric_version" in values \
-        else pd.Series(dtype=float)
-    v = verdicts[(verdicts["data_key"].astype(str) == str(key)) & (verdicts["verdict"] == "fail")]
-    return {r.metric: r.first_failure for r in v.itertuples()
-            if r.metric in versions.index and int(versions[r.metric]) == int(r.metric_version)}
 
 
 def ladder_frame(verdicts: pd.DataFrame | None, key: str, values: pd.DataFrame) -> pd.DataFrame:
