@@ -32,6 +32,9 @@ def ladder_config(name: str) -> tuple[str, dict]:
 
     suite = SHIPPED.parent / "experiment" / f"{name}.yaml"
     if not suite.is_file():
+        if not (SHIPPED / f"{name}.yaml").is_file():
+            choices = sorted(p.stem for folder in (SHIPPED, suite.parent) for p in folder.glob("*.yaml"))
+            raise ValueError(f"--calibrate {name!r} is neither a dataset nor a suite; valid choices: {', '.join(choices)}")
         return name, shipped_config("data", name)
     exp = OmegaConf.to_container(OmegaConf.load(suite)) or {}
     dataset = next((d["override /data"] for d in exp.get("defaults", []) if isinstance(d, dict)

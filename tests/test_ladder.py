@@ -206,3 +206,13 @@ def test_a_generator_worse_than_independent_everywhere_fails_the_sanity_gate():
     runs = pd.DataFrame({"model": models, "ok": True, "seed": 0, "device": "cpu"})
     s = summarise(cells, runs, models, failed=gate)
     assert list(s.index) == ["good", "middle", "empty", "independent"] and math.isnan(s.loc["empty", "mean_rank"])
+
+
+def test_a_suite_is_calibrated_on_the_data_config_its_runs_use():
+    from ehrbench.reports.calibrate import ladder_config
+
+    dataset, cfg = ladder_config("leaderboard_physionet2012")
+    assert dataset == "physionet2012" and cfg["sets"] == ["a"] and cfg["stats"] == ["min", "max", "mean"]
+    assert ladder_config("synthetic")[0] == "synthetic"
+    with pytest.raises(ValueError, match="'nope' is neither a dataset nor a suite; valid choices: .*leaderboard_"):
+        ladder_config("nope")
