@@ -144,8 +144,9 @@ def load_data(dname: str, data_kw: dict) -> data_pkg.EHRData:
         raise
 
 
-def prepare(config: dict, run_dir: Path) -> tuple[data_pkg.EHRData, Any, Any]:
-    """The data, the untrained generator and its Trainer of one cell (every torchrun rank builds the same)."""
+def prepare(config: dict, run_dir: Path) -> tuple[data_pkg.EHRData, Any, Any, Any]:
+    """The data, the audit's canaries (None without one), the untrained generator and its Trainer of one cell (every
+    torchrun rank builds the same)."""
     key, seed = config["model"]["name"], int(config["seed"])
     torch.manual_seed(seed)
     data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
@@ -153,7 +154,8 @@ def prepare(config: dict, run_dir: Path) -> tuple[data_pkg.EHRData, Any, Any]:
     model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"
                 and (k != "label" or "label" in inspect.signature(models_pkg.get_synthesizer(key)).parameters)}
     synth = models_pkg.build_synthesizer(key, **model_kw)
-    return data, synth, models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
+    canaries = canary.make_canaries(data, config["canaries"], seed) if config.get("canaries") else None
+    return data, canaries, synth, models_pkg.Trainer(**config["trainer"], seed=seed, workdir=run_dir)
 
 
 def follow(cfg: DictConfig, run_dir: Path) -> None:
@@ -161,9 +163,9 @@ def follow(cfg: DictConfig, run_dir: Path) -> None:
     (models/distributed.py) and return; rank 0 alone writes the directory, samples and scores."""
     if not distributed.decide():  # rank 0 skipped, refused or failed before training
         return
-    data, synth, trainer = prepare(validate(cfg), run_dir)
+    data, canaries, synth, trainer = prepare(validate(cfg), run_dir)
     if isinstance(synth, models_pkg.TorchSynthesizer):  # others train without the Trainer: nothing to share
-        synth.fit(data, trainer)
+        synth.fit(canary.with_canaries(data, *canaries) if canaries else data, trainer)
 
 
 def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
@@ -182,8 +184,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
     write_json(run_json, info)
     try:
         info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
-        data, synth, trainer = prepare(config, run_dir)
-        canaries = canary.make_canaries(data, config["canaries"], seed) if config.get("canaries") else None
+        data, canaries, synth, trainer = prepare(config, run_dir)
         fit_data = canary.with_canaries(data, *canaries) if canaries else data  # the audit's training data
         curve = config.get("curve") or {}
         scored = {**(curve.get("metrics") or {} if curve.get("eval_at") else {}), **(config["metrics"] or {})}

@@ -40,6 +40,10 @@ def load_trained(source: str | Path, config: dict) -> tuple[Synthesizer, dict]:
     if (info.get("config") or {}).get("data") != config["data"]:
         raise ValueError(f"resample_from: {src} was trained on another data configuration than data "
                          f"'{config['data'].get('name')}' here; resample on the data it was trained on")
+    if (info.get("config") or {}).get("canaries", 0) != config.get("canaries", 0):
+        raise ValueError(f"resample_from: {src} was trained with canaries="
+                         f"{(info.get('config') or {}).get('canaries', 0)}, not {config.get('canaries', 0)}: an audit "
+                         "needs the canaries of its own training")
     synth = Synthesizer.load(saved)
     free = tuple(getattr(synth, "sampling_params", ()))
     trained = synth.get_params()

@@ -44,6 +44,7 @@ def test_resampling_at_the_trained_settings_reproduces_the_samples(trained, tmp_
     ([*TINY, "data.n_codes=31"], "another data configuration"),
     ([*TINY[:4], "model=vae"], "trained model 'ehrdiff', not 'vae'"),
     ([*TINY, "model.guidance_scale=-1"], "guidance_scale must be >= 0"),  # refused by validate, before any work
+    ([*TINY, "canaries=8"], "trained with canaries=0, not 8: an audit needs the canaries of its own training"),
 ])
 def test_a_mismatch_is_one_sentence(trained, overrides, match):
     with pytest.raises(ValueError, match=match):
