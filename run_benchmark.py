@@ -183,7 +183,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
     run_json = run_dir / "run.json"
     write_json(run_json, info)
     try:
-        info["peak_memory_scope"] = models_pkg.trainer.reset_peak_memory()  # this cell only, not the worker's past
+        info["peak_memory_scope"] = models_pkg.device.reset_peak_memory()  # this cell only, not the worker's past
         data, canaries, synth, trainer = prepare(config, run_dir)
         fit_data = canary.with_canaries(data, *canaries) if canaries else data  # the audit's training data
         curve = config.get("curve") or {}
@@ -232,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
                  "settings_hash": settings_key, "epsilon": info.get("epsilon")}  # spent epsilon; None = not private
         with atomic_path(run_dir / "results.jsonl") as tmp:
             tmp.write_text("".join(json.dumps({**common, **r, **extra}) + "\n" for r in rows))
-        info["peak_memory_mb"] = models_pkg.trainer.peak_memory_mb(trainer.device)
+        info["peak_memory_mb"] = models_pkg.device.peak_memory_mb(trainer.device)
         info["outputs"] = output_hashes(run_dir)  # "complete" later means these files, unchanged
         info["status"] = "ok"
         info["n_metric_errors"] = sum(r["status"] != "ok" for r in rows)
@@ -330,9 +330,9 @@ def validate(cfg: DictConfig) -> dict:
     if models_pkg.dp.dp_config(tcfg.get("dp"), precision) is not None and not (
             issubclass(cls, models_pkg.TorchSynthesizer) or getattr(cls, "supports_dp", False)):
         raise models_pkg.dp.not_private_error(mname)
-    if tcfg.get("precision", "fp32") not in models_pkg.trainer.PRECISIONS:
+    if tcfg.get("precision", "fp32") not in models_pkg.step.PRECISIONS:
         raise ValueError(f"unknown trainer.precision {tcfg.get('precision')!r}; valid choices: "
-                         f"{', '.join(models_pkg.trainer.PRECISIONS)}")
+                         f"{', '.join(models_pkg.step.PRECISIONS)}")
     models_pkg.step.resolve_compile(tcfg.get("compile", False), torch.device("cpu"))  # one sentence if unknown
     if tcfg.get("progress", "auto") not in ("auto", True, False):
         raise ValueError(f"trainer.progress must be auto, true or false, got {tcfg.get('progress')!r}")

@@ -120,7 +120,6 @@ def detection(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int = 10000
 # of VGG-16 image embeddings. Boundary rule, as each paper's official code (Hamming distances tie often, so it
 # matters): precision and recall count a point at exactly the radius as inside (`<=`, kynkaat/improved-precision-
 # and-recall-metric); density and coverage count it as outside (strict `<`, clovaai/generative-evaluation-prdc).
-# Version 2: density and coverage strict (version 1 used `<=` for all four).
 def _radii(X: np.ndarray, k: int, device: str) -> np.ndarray:
     return knn(X, X, k, exclude_self=True, device=device)[0][:, k - 1]
 

@@ -51,8 +51,7 @@ def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
 
 # Distance-to-closest-synthetic-record membership attack: Hayes et al. 2019 (LOGAN) / Chen et al. 2020
 # (GAN-Leaks, "full black-box" attack); the MIR of medGAN-lineage EHR papers (Hamming for binary records).
-# Version 2: the signed advantage with ideal 0 and a standard error; version 1 reported 2 |AUC - 0.5| without
-# one, so an attack doing worse than chance counted as leakage and noise ranked generators.
+# The signed advantage with ideal 0 and a standard error: an attack doing worse than chance is not leakage.
 @register_metric("mia_auc", goal="min", ideal=0.0, family="privacy", version=2, concept="membership")
 def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 5000, device: str = "auto") -> dict:
     """Membership-inference advantage of the distance-to-closest-synthetic-record attack.
@@ -74,8 +73,7 @@ def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 
 # Attribute inference with k-NN on known codes: Yan et al. 2022 ("A multifaceted benchmarking of synthetic
 # electronic health record generation models", AIR), synthEHRella (k = 1); risk = members' F1 minus the
 # non-members' F1, so what any model of the population would reveal is not counted as leakage.
-# Version 2: ideal 0 (ranked by the excess over 0 beyond two standard errors, clipped at 0); version 1 ranked a
-# negative value (noise below the ideal) as better than the ideal. Value unchanged; "se" added.
+# Ideal 0: ranked by the excess over 0 beyond two standard errors (noise below the ideal is not better).
 @register_metric("attribute_inference_f1", goal="min", ideal=0.0, family="privacy", version=2, reads="binary")
 def attribute_inference_f1(data: EHRData, synth: np.ndarray, *, seed: int = 0, known: int = 256, k: int = 1,
                            n: int | None = 2000, device: str = "auto") -> dict:
@@ -126,9 +124,8 @@ def _closer_to_train(Q: np.ndarray, train: np.ndarray, holdout: np.ndarray, devi
 
 # Platzer & Reutterer 2021, "Holdout-based fidelity and privacy assessment of mixed-type synthetic data" (the DCR
 # share); its relative is SDMetrics' DCROverfittingProtection, which compares the share with the 0.5 expected for
-# an equal-size holdout. Version 2 (version 1 subsampled train to the holdout's size, so a copy of train scored
-# like fresh records at an 8:1 split, 0.508 vs 0.428): the whole training set, and the expected share measured on
-# real test records (patients that neither train nor holdout contains) instead of assumed.
+# an equal-size holdout. Here: the whole training set, and the expected share measured on real test records
+# (patients that neither train nor holdout contains) instead of assumed.
 @register_metric("dcr", goal="min", ideal=0.0, family="privacy", version=2, splits=("train", "holdout", "test"), concept="membership")
 def dcr(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 10000, device: str = "auto") -> dict:
     """DCR excess: how much more often synthetic records sit closer to the training set than fresh patients do.
@@ -221,10 +218,8 @@ def _is_copy(queries: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 # Exact copies ("identical match share", Platzer & Reutterer 2021; SDMetrics' NewRowSynthesis is 1 minus it).
-# Version 2: whole-row comparison (version 1 compared a 64-bit row hash with one candidate and missed copies).
-# Version 3: copies of records only members have (no holdout record equals them), as an excess over new patients;
-# version 2 ranked every copy against 0, so empty output won and real new patients, 47 % of whom equal a training
-# record on Diabetes-130 (short, common code sets that many patients share), looked leaky.
+# Whole-row comparison; copies of records only members have (no holdout record equals them), as an excess over
+# new patients, so that short, common code sets that many real patients share do not look leaky.
 @register_metric("exact_copy_rate", goal="min", ideal=0.0, family="privacy", version=3,
                  splits=("train", "holdout", "test"))
 def exact_copy_rate(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:

@@ -48,7 +48,7 @@ def _trtr(data: EHRData, j: int, seed: int, n_estimators: int, n_jobs: int | Non
 
 # TSTR/TRTR: Esteban et al. 2017 ("Real-valued (medical) time series generation with recurrent conditional
 # GANs") introduced train-on-synthetic-test-on-real; the label is a matrix column the generator produced.
-# Version 2: the label column is never a feature (version 1 leaked a `label=` column that is not a label column).
+# The label column is never a feature (CHANGELOG.md: metric versions).
 @register_metric("tstr_auroc", goal="max", family="utility", version=2)
 def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
                n_estimators: int = 100, n_jobs: int | None = 1) -> dict:
@@ -70,8 +70,7 @@ def tstr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | 
     return {"value": value, "trtr": trtr, "gap": trtr - value}
 
 
-# Goal "info" (version 2; version 1 was ranked with goal "max"): a reference that every generator shares.
-# Version 3: the label column is never a feature (see tstr_auroc).
+# Goal "info": a reference that every generator shares; the label column is never a feature.
 @register_metric("trtr_auroc", goal="info", family="utility", version=3)
 def trtr_auroc(data: EHRData, synth: np.ndarray, *, seed: int = 0, label: str | None = None,
                n_estimators: int = 100, n_jobs: int | None = 1) -> float:

@@ -96,18 +96,24 @@ class _GlobalOnly:
         return False
 
 
-def reference_flops(reference: str, reference_steps: int, X: torch.Tensor, seed: int) -> float:
+def reference_flops(reference: str, reference_steps: int, X: torch.Tensor, seed: int,
+                    own: tuple[Any, Sequence[Phase], Sequence[int]] | None = None) -> float:
     """FLOPs of `reference_steps` average paper steps of the named generator (paper defaults) on this data: the
-    equal-compute budget that keeps one method's cost fixed (e.g. 2,000 EHRDiff steps for `make run`)."""
+    equal-compute budget that keeps one method's cost fixed (e.g. 2,000 EHRDiff steps for `make run`). `own` is
+    (model, its phases, their FLOPs per step) of the model being trained: when it is the reference at paper
+    defaults, its measured FLOPs are used and no second model is built."""
     from .base import build_synthesizer
 
     ref = build_synthesizer(reference)
-    if not hasattr(ref, "plan"):
-        raise ValueError(f"trainer.reference={reference} is not a trained (torch) generator, so it has no FLOPs")
-    ref.init_training(X.shape[1], seed)
-    phases = ref.plan(len(X))
-    paper = sum(p.total_steps * step_flops(ref, X, p) for p in phases)
-    return reference_steps * paper / sum(p.total_steps for p in phases)
+    if own is not None and type(own[0]) is type(ref) and own[0].get_params() == ref.get_params():
+        phases, flops = own[1], own[2]
+    else:
+        if not hasattr(ref, "plan"):
+            raise ValueError(f"trainer.reference={reference} is not a trained (torch) generator, so it has no FLOPs")
+        ref.init_training(X.shape[1], seed)
+        phases = ref.plan(len(X))
+        flops = [step_flops(ref, X, p) for p in phases]
+    return reference_steps * plan_flops(phases, flops) / sum(p.total_steps for p in phases)
 
 
 def ema_decay_product(a: float, b: float, cap: float) -> float:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
+from .trainer import Trainer
 
 # wgancnnmimic.py Autoencoder: (kernel, stride) of the encoder's first five Conv1d layers and of the decoder's six
 # ConvTranspose1d layers (padding 0, dilation 1). The encoder's sixth Conv1d has stride 1 and kernel 8, which maps
@@ -245,8 +246,6 @@ class CorGAN(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "CorGAN":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         self._check_params()
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")

@@ -9,6 +9,7 @@ from torch import nn
 
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
+from .trainer import Trainer
 
 
 def sinusoidal_embedding(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -293,8 +294,6 @@ class EHRDiff(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "EHRDiff":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         self._check_cond_params()
         if self.cond_label is not False:  # the label goes last: the trainer's batches are [features | label]

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
+from .trainer import Trainer
 
 
 def keras_dense(n_in: int, n_out: int) -> nn.Linear:
@@ -160,8 +161,6 @@ class EMRWGAN(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "EMRWGAN":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         self._check_params()
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")

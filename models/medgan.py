@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
+from .trainer import Trainer
 
 DATA_TYPES = ("binary", "count")
 
@@ -209,8 +210,6 @@ class MedGAN(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "MedGAN":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         self._check_params()
         if self.data_type == "binary":

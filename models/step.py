@@ -1,26 +1,19 @@
-"""One training step's machinery: the divergence guard (immediate or deferred), compiled forward+backward, fused Adam, foreach EMA."""
+"""One optimiser step of the shared Trainer: plain, fast (no host reads) or private (DP-SGD), and its machinery."""
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import TorchSynthesizer
+from .dp import private_step
+from .guard import LossGuard, TrainingDiverged
 
-# Divergence limits (README "Divergence"): a loss beyond MAX_ABS_LOSS or a parameter beyond MAX_ABS_WEIGHT stops
-# training like a NaN loss does. The loss limit is far above the largest healthy summed loss (the VAE's batch-summed
-# BCE is about batch x width x ln 2, 6.3e5 at 512 x 1,782); weights of a healthy network stay within a few units.
-MAX_ABS_LOSS = 1e9
-MAX_ABS_WEIGHT = 1e6
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 autocast on CUDA, fp32 elsewhere
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for the compiled step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN, infinite or runaway, or a weight ran away; the last good checkpoint is kept."""
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -40,94 +33,6 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     if not (compile is True or compile is False or compile == "auto"):
         raise ValueError(f"unknown trainer.compile {compile!r}; valid choices: true, false, auto")
     return device.type == "cuda" if compile == "auto" else bool(compile)
-
-
-def loss_problem(model: str, key: str, value: float, step: int, phase: str, limit: float | None) -> str | None:
-    """The start of a TrainingDiverged message for a NaN/inf or runaway loss value, or None for a healthy one."""
-    if not math.isfinite(value):
-        return f"{model}: the '{key}' loss became {value} at step {step} of phase '{phase}'; training stopped"
-    if limit is not None and abs(value) > limit:
-        return (f"{model}: the '{key}' loss ran away to {value:.3g} (limit {limit:g}) at step {step} of phase "
-                f"'{phase}'; training stopped (try a smaller model.lr)")
-    return None
-
-
-def weight_problem(model: str, named: Iterable[tuple[str, torch.Tensor]], limit: float | None, step: int,
-                   phase: str) -> str | None:
-    """The start of a TrainingDiverged message if a parameter is non-finite or beyond `limit` (one host read)."""
-    if limit is None:
-        return None
-    for name, top in max_abs(named):
-        if not math.isfinite(top) or top > limit:
-            return (f"{model}: the weights ran away (max |w| {top:.4g} in '{name}', limit {limit:g}) by step {step} "
-                    f"of phase '{phase}'; training stopped (try a smaller model.lr)")
-    return None
-
-
-class LossGuard:
-    """Stops training at the first NaN/inf or runaway loss without ever stepping on it or checkpointing after it.
-
-    Immediate (the fp32 default): each loss is read on the host before its optimiser step (`observe` returns the
-    float and `problem` is set at once). Deferred (trainer.fast): nothing in the step waits for the device. Each
-    loss's bad flag is computed on the device and its update skipped there (skip_update: fused Adam(W) takes it as
-    `found_inf`, the mechanism GradScaler uses, and leaves weights, moments and step count untouched; other
-    optimisers get its gradients zeroed), so nothing derived from a bad loss reaches the weights. The losses stay
-    on the device until `flush()`, which the trainer calls before every log row, weight check, checkpoint, curve
-    evaluation and the end of a phase: one host read of all of them, and `problem` names the first bad one.
-    """
-
-    def __init__(self, model: str, limit: float | None, deferred: bool) -> None:
-        self.model, self.limit, self.deferred = model, limit, deferred
-        self.pending: list[tuple[int, str, str, torch.Tensor]] = []
-        self.problem: str | None = None
-
-    def observe(self, loss: torch.Tensor, opt: torch.optim.Optimizer, step: int, key: str, phase: str,
-                fused_skip: bool = True) -> float | torch.Tensor:
-        """Check (immediate) or hold and guard (deferred) one loss before `opt` steps; returns its value."""
-        value = loss.detach()
-        if not self.deferred:
-            v = float(value)
-            self.problem = self.problem or loss_problem(self.model, key, v, step, phase, self.limit)
-            return v
-        value = value.float()
-        # NaN compares false, so one comparison flags NaN, inf and runaway values alike
-        bad = ~torch.isfinite(value) if self.limit is None else ~(value.abs() <= self.limit)
-        skip_update(opt, bad, fused_skip)
-        self.pending.append((step, key, phase, value))
-        return value
-
-    def flush(self) -> bool:
-        """Read the held losses (one device synchronisation); True if one was bad (then `problem` names it)."""
-        if not self.pending:
-            return self.problem is not None
-        values = torch.stack([v for *_, v in self.pending]).cpu().tolist()
-        for (step, key, phase, _), v in zip(self.pending, values):
-            self.problem = self.problem or loss_problem(self.model, key, v, step, phase, self.limit)
-        self.pending.clear()
-        return self.problem is not None
-
-
-def skip_update(opt: torch.optim.Optimizer, bad: torch.Tensor, fused_skip: bool = True) -> None:
-    """Make `opt`'s coming step ignore this loss where `bad` (a 0-d bool) holds. On a GPU without a host read:
-    fused Adam(W) gets it as `found_inf` and skips the whole update in its kernel; other optimisers get the loss's
-    gradients zeroed on the device. On a CPU, where reading it waits for nothing, the step is skipped outright
-    (no gradients: the optimiser leaves those weights and its state alone)."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if fused_skip and all(g.get("fused") for g in opt.param_groups):
-        opt.found_inf = bad.to(torch.float32)
-    elif bad.device.type == "cpu":
-        if bool(bad):
-            for p in params:
-                p.grad = None
-    else:
-        zero_grads_where(params, bad)
-
-
-def zero_grads_where(params: list[torch.Tensor], bad: torch.Tensor) -> None:
-    """Zero every gradient where the 0-d bool `bad` holds, on its device (a NaN gradient becomes 0 too)."""
-    for p in params:
-        if p.grad is not None:
-            p.grad.masked_fill_(bad, 0.0)
 
 
 def use_fused(opts: dict[str, torch.optim.Optimizer], device: torch.device) -> None:
@@ -163,16 +68,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_lerp_(e, [p.detach() for p in model.parameters()], 1 - decay)
     for a, b in zip(ema.buffers(), model.buffers()):
         a.copy_(b)
-
-
-def max_abs(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, float]]:
-    """(name, max |value|) of each tensor, read from the device in one synchronisation (0 for empty tensors)."""
-    named = list(named)
-    if not named:
-        return []
-    tops = torch.stack([t.detach().abs().amax().float() if t.numel() else t.new_zeros((), dtype=torch.float32)
-                        for _, t in named]).cpu().tolist()
-    return [(n, v) for (n, _), v in zip(named, tops)]
 
 
 def to_device(t: torch.Tensor, device: torch.device, asynchronous: bool) -> torch.Tensor:
@@ -217,3 +112,98 @@ class ForwardBackward:
             for p in self.synth.modules_.parameters():
                 p.grad = None
             return self._eager(x)
+
+
+def step_seed(seed: int, phase: str, step: int) -> int:
+    """Seed of one step's randomness: depends only on (seed, phase, step), so a resumed run replays exactly."""
+    return (seed * 1_000_003 + sum(map(ord, phase)) * 7_919 + step) % (2**63 - 1)
+
+
+class Step:
+    """One optimiser step (docs/contracts.md §3): per loss key (keys may repeat, e.g. ["d", "d", "g"]), the next
+    batch of a seeded per-epoch permutation (drop_last=False, as in the official loaders; medGAN's two discriminator
+    updates per step each see their own batch), forward and backward under autocast, the divergence guard, gradient
+    clipping and that key's optimiser step. `trainer.fast` defers the guard's host reads (models/guard.py). Under
+    torchrun each rank computes its rows of the batch and the gradients are all-reduced (models/distributed.py)."""
+
+    def __init__(self, trainer: Any, synth: TorchSynthesizer, Xd: torch.Tensor, keys: list[str], batch_size: int,
+                 phase: str) -> None:
+        self.synth, self.Xd, self.keys, self.phase = synth, Xd, keys, phase
+        self.seed, self.device, self.fast = trainer.seed, trainer.device, trainer.fast
+        self.grad_clip, self.ddp, self.last_good = trainer.grad_clip, trainer.ddp, trainer.last_good
+        self.batch_size = min(batch_size, len(Xd))
+        self.per_epoch = math.ceil(len(Xd) / self.batch_size)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=trainer.precision == "fp16")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.precision)
+        self.passes = {k: ForwardBackward(synth, k, self.scaler, dtype, self.device, trainer.compile)
+                       for k in dict.fromkeys(keys)}
+        self.guard = LossGuard(synth.name, trainer.max_abs_loss, deferred=trainer.fast)
+        self.perm, self.perm_epoch = None, -1
+
+    def __call__(self, step: int, scale: float) -> dict[str, float | torch.Tensor]:
+        """Step `step` at lr x `scale`: each key's update; the summed loss per key."""
+        losses: dict[str, float | torch.Tensor] = {}
+        for i, key in enumerate(self.keys):
+            losses[key] = losses.get(key, 0.0) + self.update(key, i, step, scale)
+        if self.ddp is not None:
+            self.ddp.broadcast(self.synth.modules_, buffers_only=True)  # batch-norm statistics: rank 0's
+        return losses
+
+    def batch(self, call: int) -> torch.Tensor:
+        """Row indices of loss call `call` of the phase: a slice of its epoch's seeded permutation."""
+        epoch, j = divmod(call, self.per_epoch)
+        if epoch != self.perm_epoch:
+            g = torch.Generator().manual_seed(step_seed(self.seed, self.phase + "/perm", epoch))
+            self.perm, self.perm_epoch = to_device(torch.randperm(len(self.Xd), generator=g), self.device,
+                                                   self.fast), epoch
+        return self.perm[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def update(self, key: str, i: int, step: int, scale: float) -> float | torch.Tensor:
+        """The i-th loss call of `step`: batch, forward + backward, guard, clip, `key`'s optimiser step."""
+        idx = self.batch(step * len(self.keys) + i)
+        opt = self.synth.optimizers_[key]
+        params = [p for gr in opt.param_groups for p in gr["params"]]
+        for gr in opt.param_groups:
+            gr["lr"] = gr["initial_lr"] * scale
+        opt.zero_grad(set_to_none=True)
+        if self.ddp is None:
+            loss = self.passes[key](self.Xd[idx])
+        else:  # this rank's rows, then the gradients and loss of the whole batch
+            loss = self.ddp.forward_backward(self.passes[key], self.Xd, idx, key, params)
+        # the guard reads the loss now (fp32 default) or skips a bad one's update on the device and reads it at the
+        # next check (fast): never a step on a bad loss either way
+        value = self.guard.observe(loss, opt, step, key, self.phase, not self.scaler.is_enabled())
+        if self.guard.problem is not None:
+            raise TrainingDiverged(f"{self.guard.problem}, {self.last_good()}")
+        if self.grad_clip:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        return value
+
+    def close(self) -> None:
+        for o in self.synth.optimizers_.values():
+            clear_skips(o)
+
+
+class PrivateStep(Step):
+    """A step of trainer.dp (models/dp.py): each loss key that reads records (`private_keys`) takes a DP-SGD update
+    on a Poisson batch seeded by (seed, phase, step, call) at constant lr, as the official DP path; others a plain one."""
+
+    def __init__(self, trainer: Any, synth: TorchSynthesizer, Xd: torch.Tensor, keys: list[str], batch_size: int,
+                 phase: str, private: set[str]) -> None:
+        super().__init__(trainer, synth, Xd, keys, batch_size, phase)
+        self.private, self.trainer = private, trainer
+
+    def update(self, key: str, i: int, step: int, scale: float) -> float | torch.Tensor:
+        if key not in self.private:
+            return super().update(key, i, step, scale)
+        t = self.trainer
+        g = torch.Generator().manual_seed(step_seed(self.seed, f"{self.phase}/dp/{i}", step))
+        value = private_step(self.synth, key, self.Xd, self.batch_size, scale, t.dp, t.dp_sigma_,
+                             g, t.dp_paths_)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{self.synth.name}: the '{key}' loss became {value} at step {step} of phase "
+                                   f"'{self.phase}'; training stopped, {self.last_good()}")
+        return value

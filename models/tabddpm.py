@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import check_unit_interval
+from .trainer import Trainer
 
 LOG_ZERO_CLAMP = 1e-30  # index_to_log_onehot clamps one-hot zeros to 1e-30 before the log (log = -69.08)
 
@@ -286,8 +287,6 @@ class TabDDPM(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "TabDDPM":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")  # the [0, 1] clip needs [0, 1] data
         trainer = trainer or Trainer()

@@ -1,11 +1,7 @@
-"""The shared training harness: device, on-device seeded batches, precision, EMA, lr schedule, NaN guard, checkpoints."""
+"""The shared training harness: one plain loop (Step, EMA, callbacks), the budget, resume from checkpoints."""
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,24 +9,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
-from ehrbench.data.cache import write_failure
 
 from .base import TorchSynthesizer
-from .dp import dp_config, plan_privacy, privacy_report, private_keys, private_step
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
+from .callbacks import Checkpoints, CurvePoints, StatsLog
 from .checkpoint import last_good, load_checkpoint, restore_weights, roll_back, save_checkpoint, truncate_stats
-from .device import DEVICES, peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401 (re-exported)
+from .device import resolve_device
 from .distributed import DataParallel, local_device, setup, world_size
-from .step import (MAX_ABS_LOSS, MAX_ABS_WEIGHT, PRECISIONS, ForwardBackward, LossGuard,  # noqa: F401 (re-exported)
-                   TrainingDiverged, clear_skips, resolve_compile, resolve_precision, to_device, update_ema, use_fused,
-                   weight_problem)
-
-
-def _step_seed(seed: int, phase: str, step: int) -> int:
-    """Seed of one step's randomness: depends only on (seed, phase, step), so a resumed run replays exactly."""
-    return (seed * 1_000_003 + sum(map(ord, phase)) * 7_919 + step) % (2**63 - 1)
+from .dp import dp_config, plan_privacy, privacy_report, private_keys
+from .guard import MAX_ABS_LOSS, MAX_ABS_WEIGHT, LossGuard, TrainingDiverged, weight_problem
+from .step import PrivateStep, Step, resolve_compile, resolve_precision, step_seed, update_ema, use_fused
 
 
 class Trainer:
@@ -45,7 +33,7 @@ class Trainer:
     (ema_decay_product: the official warm-up, first decay 2/11, and the 0.999 horizon, in paper time).
     `budget_report()` gives the mode, the steps and FLOPs per phase and the fraction of the paper schedule.
 
-    `fast` (trainer=fast, models/step.py): no host synchronisation inside a step (losses are checked on the device
+    `fast` (trainer=fast, models/guard.py): no host synchronisation inside a step (losses are checked on the device
     and read at every log row and checkpoint, a bad loss's update skipped on the device), fused Adam(W) on CUDA.
     `precision: auto` is bf16 autocast on CUDA, fp32 elsewhere; `compile: auto` compiles the step on CUDA only.
 
@@ -115,53 +103,107 @@ class Trainer:
         """Whether this process writes files: always, except torchrun ranks above 0."""
         return self.ddp is None or self.ddp.rank == 0
 
-    def _save(self, synth: TorchSynthesizer, opts: dict, phase: str, step: int, completed: list[str]) -> None:
+    def _save(self, synth: TorchSynthesizer, phase: str, step: int, completed: list[str]) -> None:
         if self.checkpoint_path is not None and self.writes:
-            save_checkpoint(self.checkpoint_path, synth, opts, phase, step, completed)
+            save_checkpoint(self.checkpoint_path, synth, synth.optimizers_, phase, step, completed)
 
-    def _last_good(self) -> str:
+    def last_good(self) -> str:
         return last_good(self.checkpoint_path)
 
-    def _check(self, synth: TorchSynthesizer, guard: LossGuard, phase: str, done: int) -> None:
-        """Before any log row, checkpoint or evaluation: TrainingDiverged if a loss so far was bad or the weights ran
-        away. A deferred guard reads the held losses here, and the model is rolled back to the last checkpoint."""
-        problem = guard.problem if guard.flush() else weight_problem(
-            synth.name, synth.modules_.named_parameters(), self.max_abs_weight, done, phase)
-        if problem is None:
-            return
-        if not guard.deferred:
-            raise TrainingDiverged(f"{problem}, {self._last_good()}")
-        raise TrainingDiverged(f"{problem} (found at the check after step {done}), "
-                               f"{roll_back(self.checkpoint_path, synth, self.device)}")
+    def _checker(self, synth: TorchSynthesizer, guard: LossGuard, phase: str) -> Callable[[int], None]:
+        """The divergence check before any log row, checkpoint or evaluation (once per step): TrainingDiverged if a
+        loss so far was bad or the weights ran away. A deferred guard reads the held losses here, and the model is
+        rolled back to the last checkpoint."""
+        checked = [-1]
+
+        def check(done: int) -> None:
+            if checked[0] == done:
+                return
+            checked[0] = done
+            problem = guard.problem if guard.flush() else weight_problem(
+                synth.name, synth.modules_.named_parameters(), self.max_abs_weight, done, phase)
+            if problem is None:
+                return
+            if not guard.deferred:
+                raise TrainingDiverged(f"{problem}, {self.last_good()}")
+            raise TrainingDiverged(f"{problem} (found at the check after step {done}), "
+                                   f"{roll_back(self.checkpoint_path, synth, self.device)}")
+        return check
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, synth: TorchSynthesizer, X: np.ndarray | torch.Tensor, *, total_steps: int, batch_size: int,
             keys: Sequence[str] | None = None, phase: str = "train") -> TorchSynthesizer:
-        """Train `synth` for one phase of `total_steps` (capped by max_steps): per step and per key (keys may repeat,
-        e.g. ["d", "d", "g"]), the next seeded batch, `loss(x, key)`, backward and that key's optimizer step."""
+        """Train `synth` for one phase of `total_steps` paper steps under the budget: per step, the `Step` chosen
+        at construction (models/step.py), EMA in paper time, then the callbacks (log row, curve points,
+        checkpoint); resumes from the last checkpoint and returns at once if the phase was completed."""
+        keys = self._keys(synth, keys, total_steps, batch_size)
+        Xd = self._prepare(synth, X)
+        steps = self._resolve_budget(synth, Xd, Phase(phase, total_steps, batch_size, tuple(keys)))
+        start, completed = self._resume(synth, phase)
+        if phase in completed:
+            synth.modules_.eval()
+            return synth
+        private = set(private_keys(synth, keys)) if self.dp is not None else set()
+        step_fn = PrivateStep(self, synth, Xd, keys, batch_size, phase, private) if private else \
+            Step(self, synth, Xd, keys, batch_size, phase)
+        check = self._checker(synth, step_fn.guard, phase)
+        t0, before = time.perf_counter(), self.train_seconds
+        curve = CurvePoints(self, synth, phase, lambda: before + time.perf_counter() - t0, check)
+        callbacks = [StatsLog(self.stats_path if self.writes else None, synth.name, phase, synth.optimizers_, keys,
+                              steps, start, self.log_every, self.progress, self.device, check), curve,
+                     Checkpoints(self.checkpoint_every, steps, lambda done: self._save(synth, phase, done, completed),
+                                 check)]
+        self.evals_done_ |= {q for q in self.eval_at if self.flops_so_far(phase, start) >= q * self.total_flops()}
+        try:
+            for step in range(start, steps):
+                torch.manual_seed(step_seed(self.seed, phase, step))
+                # the official DP path has no lr schedule (constant lr)
+                scale = 1.0 if self.dp is not None else synth.lr_scale(int(step * total_steps / steps), total_steps)
+                losses = step_fn(step, scale)
+                if synth.ema_ is not None:
+                    self._update_ema(synth, total_steps / steps)
+                for callback in callbacks:
+                    callback(step + 1, losses)
+            self.steps_done += steps - start
+            self.train_seconds += time.perf_counter() - t0 - curve.seconds
+            self._save(synth, phase, steps, completed + [phase])
+        finally:
+            step_fn.close()
+            for callback in callbacks:
+                callback.close()
+        synth.modules_.eval()
+        return synth
+
+    def _keys(self, synth: TorchSynthesizer, keys: Sequence[str] | None, total_steps: int,
+              batch_size: int) -> list[str]:
+        """The phase's loss keys (default: one call per optimizer), checked against the model's optimizers."""
         if not hasattr(synth, "optimizers_"):
             raise RuntimeError(f"{synth.name}: call init_training(n_features) before Trainer.run")
-        opts = synth.optimizers_
-        keys = list(keys) if keys is not None else list(opts)
-        unknown = [k for k in keys if k not in opts]
+        keys = list(keys) if keys is not None else list(synth.optimizers_)
+        unknown = [k for k in keys if k not in synth.optimizers_]
         if unknown:
-            raise KeyError(f"{synth.name}: no optimizer '{unknown[0]}'; valid choices: {', '.join(opts)}")
+            raise KeyError(f"{synth.name}: no optimizer '{unknown[0]}'; valid choices: {', '.join(synth.optimizers_)}")
         if batch_size < 1 or total_steps < 1:
-            raise ValueError(f"{synth.name}: batch_size and the step count must be positive, got {batch_size} and {total_steps}")
+            raise ValueError(f"{synth.name}: batch_size and the step count must be positive, got {batch_size} and "
+                             f"{total_steps}")
+        return keys
+
+    def _prepare(self, synth: TorchSynthesizer, X: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The model and the whole training matrix on the device; each optimizer's base lr kept as initial_lr."""
         if self.device.type == "cpu":
-            # denormal floats (e.g. in a saturated GAN's gradients or Adam state) slow CPU arithmetic 12x (measured:
-            # medGAN GAN steps 7.5 s vs 0.62 s on the 2-core box); flushing them to zero keeps runs deterministic.
-            # Process-wide, like torch's other numeric switches.
+            # denormal floats (e.g. in a saturated GAN's gradients or Adam state) slow CPU arithmetic many times
+            # over; flushing them to zero keeps runs deterministic. Process-wide, like torch's other numeric switches.
             torch.set_flush_denormal(True)
         synth.to(self.device)
-        Xd = torch.as_tensor(X, dtype=torch.float32).to(self.device)  # the whole matrix lives on the device
-        steps = self._resolve_budget(synth, Xd, Phase(phase, total_steps, batch_size, tuple(keys)))
-        stride = total_steps / steps  # paper steps per optimiser step of this run
-        for o in opts.values():
+        for o in synth.optimizers_.values():
             for g in o.param_groups:
                 g.setdefault("initial_lr", g["lr"])
+        return torch.as_tensor(X, dtype=torch.float32).to(self.device)
 
-        start, completed = 0, []
+    def _resume(self, synth: TorchSynthesizer, phase: str) -> tuple[int, list[str]]:
+        """Load the last checkpoint (if any): the first step to run and the phases already completed; the model in
+        training mode on the device (under torchrun: rank 0's weights on every rank)."""
+        start, completed, opts = 0, [], synth.optimizers_
         if self.ddp is not None:
             self.ddp.barrier()  # rank 0's last checkpoint is on disk before any rank reads it
         ckpt = load_checkpoint(self.checkpoint_path, synth)
@@ -169,8 +211,7 @@ class Trainer:
             restore_weights(synth, ckpt, self.device)
             completed = list(ckpt["completed"])
             if phase in completed:
-                synth.modules_.eval()
-                return synth
+                return start, completed
             if ckpt["phase"] == phase:
                 for k, o in opts.items():
                     o.load_state_dict(ckpt["optimizers"][k])
@@ -182,116 +223,14 @@ class Trainer:
         synth.to(self.device)
         synth.modules_.train()
         if self.ddp is not None:
-            self.ddp.summed = set(synth.optimizers_) if getattr(synth, "row_reduction", None) == "sum" else set()
+            self.ddp.summed = set(opts) if getattr(synth, "row_reduction", None) == "sum" else set()
             self.ddp.broadcast(synth.modules_)  # every rank starts from rank 0's weights
-        n = len(Xd)
-        batch_size = min(batch_size, n)
-        per_epoch = math.ceil(n / batch_size)  # drop_last=False, as in the official loaders
-        private = set(private_keys(synth, keys)) if self.dp is not None else set()
-        scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        passes = {k: ForwardBackward(synth, k, scaler, dtype, self.device, self.compile) for k in dict.fromkeys(keys)}
         synth.compile_sampler = self.compile  # a runtime switch for samplers that compile (EHRDiff), never saved
-        guard = LossGuard(synth.name, self.max_abs_loss, deferred=self.fast)
-        show = sys.stderr.isatty() if self.progress == "auto" else bool(self.progress)
-        bar = tqdm(total=steps, initial=start, desc=f"{synth.name}:{phase}", disable=not show, dynamic_ncols=True)
-        perm, perm_epoch = None, -1
-        t_last, step_last = time.perf_counter(), start
-        t_phase = time.perf_counter()
         if self.workdir is not None and self.writes:
             self.workdir.mkdir(parents=True, exist_ok=True)
-        log_f = open(self.stats_path, "a") if self.stats_path is not None and self.writes else None
-        self.evals_done_ |= {q for q in self.eval_at if self._flops_so_far(phase, start) >= q * self._total_flops()}
-        try:
-            for step in range(start, steps):
-                torch.manual_seed(_step_seed(self.seed, phase, step))
-                # the official DP path has no lr schedule (constant lr)
-                scale = 1.0 if self.dp is not None else synth.lr_scale(int(step * total_steps / steps), total_steps)
-                losses = {}
-                for i, key in enumerate(keys):
-                    if self.dp is not None and key in private:
-                        losses[key] = losses.get(key, 0.0) + self._private_step(synth, Xd, key, i, step, phase,
-                                                                                batch_size, scale)
-                        continue
-                    # each loss call gets the next batch of a seeded per-epoch permutation (medGAN's two
-                    # discriminator updates per step each see their own batch, as in the original code)
-                    epoch, j = divmod(step * len(keys) + i, per_epoch)
-                    if epoch != perm_epoch:
-                        g = torch.Generator().manual_seed(_step_seed(self.seed, phase + "/perm", epoch))
-                        perm, perm_epoch = to_device(torch.randperm(n, generator=g), self.device, self.fast), epoch
-                    idx = perm[j * batch_size:(j + 1) * batch_size]
-                    opt = opts[key]
-                    for gr in opt.param_groups:
-                        gr["lr"] = gr["initial_lr"] * scale
-                    opt.zero_grad(set_to_none=True)
-                    # forward + backward; the guard reads the loss now (fp32 default) or skips a bad one's update on
-                    # the device and reads it at the next check (fast): never a step on a bad loss either way
-                    if self.ddp is None:
-                        loss = passes[key](Xd[idx])
-                    else:  # this rank's rows, then the gradients and loss of the whole batch (models/distributed.py)
-                        loss = self.ddp.forward_backward(passes[key], Xd, idx, key,
-                                                         [p for gr in opt.param_groups for p in gr["params"]])
-                    value = guard.observe(loss, opt, step, key, phase, not scaler.is_enabled())
-                    if guard.problem is not None:
-                        raise TrainingDiverged(f"{guard.problem}, {self._last_good()}")
-                    if self.grad_clip:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_([p for gr in opt.param_groups for p in gr["params"]], self.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    losses[key] = losses.get(key, 0.0) + value
-                if self.ddp is not None:
-                    self.ddp.broadcast(synth.modules_, buffers_only=True)  # batch-norm statistics: rank 0's
-                if synth.ema_ is not None:
-                    self._update_ema(synth, stride)
-                bar.update(1)
-                done = step + 1
-                if done % self.log_every == 0 or done == steps or done % self.checkpoint_every == 0:
-                    self._check(synth, guard, phase, done)  # before any checkpoint: it only keeps good weights
-                if done % self.log_every == 0 or done == steps:
-                    losses = {k: float(v) for k, v in losses.items()}
-                    now = time.perf_counter()
-                    row = {"phase": phase, "step": done, "loss": losses,
-                           "lr": {k: opts[k].param_groups[0]["lr"] for k in dict.fromkeys(keys)},
-                           "seconds_per_step": (now - t_last) / max(1, done - step_last),
-                           "memory_mb": round(peak_memory_mb(self.device), 1)}
-                    t_last, step_last = now, done
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-                    if log_f is not None:
-                        try:
-                            log_f.write(json.dumps(row) + "\n")
-                            log_f.flush()
-                        except OSError as e:
-                            raise (write_failure(self.stats_path, e) or e) from None
-                if self.on_eval is not None and self.eval_at:
-                    t_phase += self._maybe_eval(synth, phase, done, self.train_seconds + time.perf_counter() - t_phase,
-                                                lambda: self._check(synth, guard, phase, done))
-                if done % self.checkpoint_every == 0 and done < steps:
-                    self._save(synth, opts, phase, done, completed)
-            self.steps_done += steps - start
-            self.train_seconds += time.perf_counter() - t_phase
-            self._save(synth, opts, phase, steps, completed + [phase])
-        finally:
-            for o in opts.values():
-                clear_skips(o)
-            bar.close()
-            if log_f is not None:
-                with contextlib.suppress(OSError):  # a failed write was reported above; its buffer cannot be kept
-                    log_f.close()
-        synth.modules_.eval()
-        return synth
+        return start, completed
 
     # ---- differential privacy (models/dp.py) -------------------------------------------------------
-    def _private_step(self, synth: TorchSynthesizer, Xd: torch.Tensor, key: str, i: int, step: int, phase: str,
-                      batch_size: int, scale: float) -> float:
-        """One DP-SGD update of `key` on a Poisson batch seeded by (seed, phase, step, call)."""
-        g = torch.Generator().manual_seed(_step_seed(self.seed, f"{phase}/dp/{i}", step))
-        value = private_step(synth, key, Xd, batch_size, scale, self.dp, self.dp_sigma_, g, self.dp_paths_)
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"{synth.name}: the '{key}' loss became {value} at step {step} of phase "
-                                   f"'{phase}'; training stopped, {self._last_good()}")
-        return value
-
     def dp_report(self) -> dict:
         """epsilon spent by the DP steps taken (the accountant's value) and the DP settings; None when not private."""
         if self.dp_external_ is not None:  # a non-torch DP generator accounted for itself (record_privacy)
@@ -326,7 +265,7 @@ class Trainer:
                     raise ValueError(f"{synth.name}: trainer.budget=compute needs the method's phases up front "
                                      "(TorchSynthesizer.plan), which this generator does not declare")
                 target = self.flops if self.flops is not None else reference_flops(
-                    self.reference, self.reference_steps, Xd, self.seed)
+                    self.reference, self.reference_steps, Xd, self.seed, own=(synth, phases, flops))
                 self.fraction_ = target / plan_flops(phases, flops)
             for p, c in zip(phases, flops):
                 steps = phase_steps(self.budget, self.fraction_, self.max_steps, p, synth.name)
@@ -335,33 +274,14 @@ class Trainer:
                 self.dp_history_, self.dp_sigma_ = plan_privacy(synth, self.dp, len(Xd), phases, self.phases_)
         return self.phases_[phase.name]["steps"]
 
-    def _flops_so_far(self, phase: str, done: int) -> float:
+    def flops_so_far(self, phase: str, done: int) -> float:
         names = list(self.phases_)
         before = names[: names.index(phase)] if phase in names else []
         return sum(self.phases_[p]["steps"] * self.phases_[p]["flops_per_step"] for p in before) + \
             done * self.phases_.get(phase, {}).get("flops_per_step", 0)
 
-    def _total_flops(self) -> float:
+    def total_flops(self) -> float:
         return sum(p["steps"] * p["flops_per_step"] for p in self.phases_.values())
-
-    def _maybe_eval(self, synth: TorchSynthesizer, phase: str, done: int, seconds: float,
-                    before: Callable[[], None] | None = None) -> float:
-        """Call on_eval for every eval_at share the training FLOPs have reached (after `before`, the divergence
-        check); returns the seconds it took, which the caller leaves out of the training time."""
-        t0 = time.perf_counter()
-        flops, total = self._flops_so_far(phase, done), self._total_flops()
-        for q in sorted(set(self.eval_at) - self.evals_done_):
-            if flops >= q * total * (1 - 1e-12):
-                if before is not None:
-                    before()
-                    before = None
-                self.evals_done_.add(q)
-                rng = torch.random.get_rng_state()
-                self.on_eval(synth, {"fraction": q, "phase": phase, "step": done, "train_flops": flops,
-                                     "train_seconds": seconds})
-                torch.random.set_rng_state(rng)
-                synth.modules_.train()
-        return time.perf_counter() - t0
 
     def budget_report(self) -> dict:
         """The budget as run: mode, steps and FLOPs per phase, training FLOPs and the share of the paper's."""

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import binarize, check_binarize, check_unit_interval
+from .trainer import Trainer
 
 # ---- the model ----------------------------------------------------------------------------------------------
 # CorGAN repo Generative/VAE/MIMIC/vae.py: fc1 d->256 ReLU, fc21/fc22 256->128 (mu, logvar), fc3 128->256 ReLU,
@@ -84,8 +85,6 @@ class VAE(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "VAE":
-        from .trainer import Trainer
-
         X = self._prepare_fit(data)
         check_binarize(self.binarize, self.name)
         check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")

@@ -138,7 +138,8 @@ def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
 
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
-                    unranked: set[str] | frozenset = frozenset(), failed: set[str] | frozenset = frozenset()) -> pd.DataFrame:
+                    unranked: set[str] | frozenset = frozenset(), failed: set[str] | frozenset = frozenset(),
+                    levels: dict[str, float] | None = None) -> pd.DataFrame:
     """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks.
 
     `references` (e.g. real, independent) get values but no rank and no best mark: they are reference points,
@@ -146,6 +147,7 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     `ideal` (mean of the rows' ideals) and `tol` = 2 sqrt(sum se_i^2) / n from their `<metric>.se` rows.
     Metrics in `unranked` (failed the dataset's calibration ladder) keep their values but get no rank and no mark;
     so do the models in `failed` (failed the sanity gate, `sanity_failures`), which are not counted in others' ranks.
+    `levels` (model -> target epsilon, `run_levels`): ranks compare models of one level only (default: one level).
     """
     ok = values[values["status"] == "ok"]
     g = ok.groupby(["model", "metric"])["value"]
@@ -174,7 +176,7 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["noise"] = np.sqrt(np.fmax(seeds, (cells["tol"] / 2) ** 2))  # the mean's standard error; NaN: unknown
     cells["concept"] = [concept_of(m) for m in cells["metric"]]
     cells["rank"], cells["best"], cells["no_se"] = np.nan, False, False
-    cells["_level"] = cells["model"].map(privacy_level)  # generators are ranked against the same target epsilon
+    cells["_level"] = cells["model"].map(levels or {}).fillna(np.inf)  # ranked against the same target epsilon
     ranked = ~cells["reference"] & ~cells["failed"] & ~cells["metric"].isin(list(unranked))
     for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
@@ -223,15 +225,14 @@ def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozen
     return out
 
 
-def privacy_level(model: str) -> float:
-    """The target epsilon in a private run's row label ("vae (ε=3)" -> 3.0); inf for a non-private row. Ranks,
-    best marks and profile ranks compare rows of one level only: a private generator is not a competitor of a
-    non-private one, nor of one given another budget."""
-    m = re.search(r" \(ε=([^)]*)\)", str(model))
-    try:
-        return float(m.group(1)) if m else float("inf")
-    except ValueError:
-        return float("inf")
+def run_levels(runs: pd.DataFrame) -> dict[str, float]:
+    """Model row -> its runs' target epsilon (load_runs' field; inf: not private). Ranks, best marks and profile
+    ranks compare rows of one level only: a private generator is not a competitor of a non-private one, nor of one
+    given another budget."""
+    if "target_epsilon" not in runs:
+        return {}
+    eps = pd.to_numeric(runs["target_epsilon"], errors="coerce").fillna(np.inf)
+    return dict(zip(runs["model"], eps))
 
 
 def reference_models(runs: pd.DataFrame) -> list[str]:
@@ -239,8 +240,8 @@ def reference_models(runs: pd.DataFrame) -> list[str]:
     if runs.empty:
         return []
     flag = runs["reference"] if "reference" in runs else pd.Series(None, index=runs.index)
-    is_ref = [bool(f) if isinstance(f, (bool, np.bool_)) else (str(m).split(" [")[0] in REFERENCE_MODELS)
-              for f, m in zip(flag, runs["model"])]
+    names = runs["generator"] if "generator" in runs else runs["model"]
+    is_ref = [bool(f) if isinstance(f, (bool, np.bool_)) else (str(m) in REFERENCE_MODELS) for f, m in zip(flag, names)]
     return sorted(set(runs.loc[is_ref, "model"]))
 
 
@@ -253,7 +254,7 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     """
     ranked = cells.dropna(subset=["rank"])
     out = pd.DataFrame(index=pd.Index(models, name="model"))
-    level = pd.Series([privacy_level(m) for m in models], index=out.index)
+    level = pd.Series(models, index=out.index).map(run_levels(runs)).fillna(np.inf)
     refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
     out["reference"] = [m in refs for m in models]
     out["failed"] = [(failed or {}).get(m, "") for m in models]
@@ -325,10 +326,12 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 models = sorted(t_runs["model"].unique())
                 ladder = ladder_frame(verdicts, key, values)
                 bad_metrics = dict(ladder.loc[ladder["verdict"] == "fail", ["metric", "first failure"]].values)
-                cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics))
+                levels = run_levels(t_runs)
+                cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), levels=levels)
                 gate = sanity_failures(cells, set(bad_metrics))
                 if gate:
-                    cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), set(gate))
+                    cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), set(gate),
+                                            levels)
                 notes = ([note] if note else []) + settings_notes
                 if bad_metrics:
                     notes.append("not ranked here: failed the calibration ladder of this data config (python -m "
@@ -339,10 +342,10 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                                  "so a difference cannot be told from noise: " + ", ".join(no_se))
                 if gate:
                     notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in gate.items()))
-                levels = sorted({privacy_level(m) for m in models})
-                if len(levels) > 1:
+                eps_levels = sorted({levels.get(m, np.inf) for m in models})
+                if len(eps_levels) > 1:
                     notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
-                                 + ", ".join("not private" if x == float("inf") else f"ε={x:g}" for x in levels)
+                                 + ", ".join("not private" if x == float("inf") else f"ε={x:g}" for x in eps_levels)
                                  + " are ranked separately (rows ordered by ε, then mean rank)")
                 notes += [n for n in (audit_note(audit_rows(t_runs, values, rs.configs)),
                                       canary_note(canary_rows(t_runs, values))) if n]

@@ -18,7 +18,7 @@ import seaborn as sns  # noqa: E402
 
 from ehrbench.models.rundir import LOCATION_KEYS, RESERVED_DATA_KEYS  # noqa: E402
 
-from .aggregate import RANK_FAMILIES, Table, privacy_level  # noqa: E402
+from .aggregate import RANK_FAMILIES, Table  # noqa: E402
 from .load import RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
@@ -320,10 +320,10 @@ def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     if not runs["epsilon"].notna().any():
         return [], []
     v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(EPSILON_METRICS)]
-    v = v.merge(runs[["path", "epsilon"]], on="path")
-    target = v["model"].map(privacy_level).replace(np.inf, np.nan)  # the label's epsilon; NaN = not private
+    v = v.merge(runs[["path", "epsilon", "generator", "target_epsilon"]], on="path")
+    target = pd.to_numeric(v["target_epsilon"], errors="coerce").replace(np.inf, np.nan)  # NaN = not private
     inf_x = float(target.max()) * 4 if target.notna().any() else 1.0
-    v = v.assign(x=target.fillna(inf_x), generator=v["model"].str.replace(r" \(ε=[^)]*\)", "", regex=True))
+    v = v.assign(x=target.fillna(inf_x))
     metrics = [m for m in EPSILON_METRICS if m in set(v["metric"])]
     fig, axes = _grid(len(metrics), 3, 3.8)
     for i, (ax, m) in enumerate(zip(axes, metrics)):

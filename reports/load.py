@@ -17,7 +17,7 @@ from .audit import CANARY, audit_reason, audit_rows, canary_reason, canary_rows
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
                "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference",
-               "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon"]
+               "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon", "generator", "target_epsilon"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
@@ -158,8 +158,12 @@ def load_runs(root: str | Path) -> RunSet:
         ident = _identity(rel, config)
         if info:
             ident.update({k: info[k] for k in ("tag", "data", "model", "seed") if info.get(k) is not None})
-        if dp_target(config) is not None:  # a private run is its own row: "vae (ε=3)" beside "vae"
-            ident["model"] = f"{ident['model']} (ε={dp_target(config):g})"
+        # the facts in fields: `generator` (the model's name) and `target_epsilon` (inf: not private); a private run
+        # is its own row, labelled "vae (ε=3)" beside "vae"
+        ident["generator"], target = ident["model"], dp_target(config)
+        ident["target_epsilon"] = target if target is not None else math.inf
+        if target is not None:
+            ident["model"] = f"{ident['model']} (ε={target:g})"
         if config:
             configs[rel] = config
         dkey = data_key((config or {}).get("data"))

@@ -151,3 +151,24 @@ def test_curve_points_leave_training_untouched(tiny_data, tmp_path):
     c = t.phases_["train"]["flops_per_step"]
     assert all(q * total <= p["train_flops"] < q * total + c for (p, _), q in zip(points, [0.25, 0.5, 1.0]))
     assert points[-1][0]["train_flops"] == total and points[-1][0]["step"] == t.phases_["train"]["steps"]
+
+
+def test_the_reference_itself_is_measured_once(tiny_data, monkeypatch):
+    """Training the reference at paper defaults sizes its budget from its own FLOPs per step: no second model is
+    built (one FlopCounter pass per phase), and the budget equals the one sized from a separate reference model."""
+    import ehrbench.models.budget as budget
+
+    X = torch.as_tensor(tiny_data.train, dtype=torch.float32)
+    separate = budget.reference_flops("ehrdiff", 3, X, 0)
+    calls = []
+    counted = budget.step_flops
+    monkeypatch.setattr(budget, "step_flops", lambda *a: calls.append(1) or counted(*a))
+    import ehrbench.models.trainer as trainer_mod
+    monkeypatch.setattr(trainer_mod, "step_flops", budget.step_flops)
+    m = build_synthesizer("ehrdiff")
+    m.init_training(X.shape[1])
+    t = Trainer(device="cpu", budget="compute", reference="ehrdiff", reference_steps=3)
+    t._resolve_budget(m, X, m.plan(len(X))[0])
+    assert len(calls) == 1
+    assert t.fraction_ == pytest.approx(separate / (t.phases_["train"]["paper_steps"]
+                                                    * t.phases_["train"]["flops_per_step"]))

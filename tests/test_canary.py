@@ -71,10 +71,10 @@ def test_the_audit_flags_a_copy_of_train_and_a_noise_free_private_run_but_not_a_
     run_benchmark.run(compose(["model=real", "trainer=debug", *TINY[:2], "metrics=fast", "canaries=512",
                                "tag=copy"]), tmp_path / "copy")
     run_benchmark.run(compose([*VAE, *TINY, "tag=dp"]), tmp_path / "dp" / "correct")
-    import ehrbench.models.trainer as trainer
+    import ehrbench.models.step as step
 
-    honest = trainer.private_step
-    monkeypatch.setattr(trainer, "private_step", lambda *a: honest(*a[:6], 0.0, *a[7:]))  # sigma 0, same accounting
+    honest = step.private_step
+    monkeypatch.setattr(step, "private_step", lambda *a: honest(*a[:6], 0.0, *a[7:]))  # sigma 0, same accounting
     run_benchmark.run(compose([*VAE, *TINY, "tag=dp", "seed=1"]), tmp_path / "dp" / "broken")
     rs = load_runs(tmp_path)
     lb = rs.results[rs.results["metric"] == "canary_epsilon"].set_index("path")["value"]

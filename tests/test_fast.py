@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ehrbench.models import Trainer, TrainingDiverged, build_synthesizer
+from ehrbench.models import guard as guard_mod
 from ehrbench.models import step as step_mod
 from ehrbench.models.budget import ema_decay_product
 from tests.conftest import TINY_PARAMS, compose
@@ -94,7 +95,7 @@ def test_nothing_of_a_bad_loss_reaches_the_weights_or_moments():
     opt = torch.optim.AdamW([p], lr=0.1)
     loss = (p * float("nan")).sum()
     loss.backward()
-    guard = step_mod.LossGuard("m", 1e9, deferred=True)
+    guard = guard_mod.LossGuard("m", 1e9, deferred=True)
     guard.observe(loss, opt, 0, "k", "train")
     opt.step()
     assert torch.equal(p.detach(), torch.ones(3)) and not opt.state[p]
@@ -105,11 +106,11 @@ def test_gpu_style_skip_zeroes_the_gradients_on_the_device():
     """Non-fused optimisers on CUDA: gradients zeroed where the device flag is set, left alone where it is not."""
     grads = [torch.full((2, 2), float("nan")), torch.tensor([1.0, float("inf")])]
     kept = [_with_grad(g) for g in grads]
-    step_mod.zero_grads_where(kept, torch.tensor(False))
+    guard_mod.zero_grads_where(kept, torch.tensor(False))
     for p, g in zip(kept, grads):
         torch.testing.assert_close(p.grad, g, equal_nan=True)
     zeroed = [_with_grad(g) for g in grads]
-    step_mod.zero_grads_where(zeroed, torch.tensor(True))
+    guard_mod.zero_grads_where(zeroed, torch.tensor(True))
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in zeroed)
 
 
@@ -216,7 +217,7 @@ def test_fast_on_cuda_fuses_adam_and_skips_bad_steps_on_device(tiny_data, tmp_pa
     opt = torch.optim.AdamW([p], lr=0.1)
     step_mod.use_fused({"p": opt}, torch.device("cuda"))
     (p * float("nan")).sum().backward()
-    step_mod.skip_update(opt, torch.tensor(True, device="cuda"))
+    guard_mod.skip_update(opt, torch.tensor(True, device="cuda"))
     opt.step()
     assert torch.equal(p.detach().cpu(), torch.ones(3))  # the fused kernel skipped the whole update
 

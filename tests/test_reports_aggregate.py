@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ehrbench.reports.aggregate import (PROFILES, aggregate_cells, best_mask, build_tables, parse_profile, rank_metric,
-                               summarise)
+                               run_levels, summarise)
 from ehrbench.reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
 
 
@@ -207,11 +207,13 @@ def test_private_rows_are_ranked_against_the_same_target_epsilon_only():
     scores = {"ehrdiff (ε=1)": 0.6, "vae (ε=1)": 0.5, "ehrdiff (ε=10)": 0.7, "vae (ε=10)": 0.95, "ehrdiff": 0.8,
               "vae": 0.9}
     v = pd.DataFrame([r for m in models for r in rows(m, "auc", [scores[m]])])
-    c = aggregate_cells(v, models)
+    eps = {"ehrdiff (ε=1)": 1.0, "vae (ε=1)": 1.0, "ehrdiff (ε=10)": 10.0, "vae (ε=10)": 10.0}
+    runs = _runs(models).assign(target_epsilon=lambda r: r["model"].map(eps).fillna(np.inf))
+    c = aggregate_cells(v, models, levels=run_levels(runs))  # the level is the runs' field, not the label's text
     assert {m: cell(c, m, "auc")["rank"] for m in models} == {
         "ehrdiff (ε=1)": 1, "vae (ε=1)": 2, "ehrdiff (ε=10)": 2, "vae (ε=10)": 1, "ehrdiff": 2, "vae": 1}
     assert sorted(m for m in models if cell(c, m, "auc")["best"]) == ["ehrdiff (ε=1)", "vae", "vae (ε=10)"]
-    s = summarise(c, _runs(models), models)
+    s = summarise(c, runs, models)
     assert list(s.index) == ["ehrdiff (ε=1)", "vae (ε=1)", "vae (ε=10)", "ehrdiff (ε=10)", "vae", "ehrdiff"]
     assert s.loc["vae (ε=10)", "rank_balanced"] == 1 and s.loc["ehrdiff (ε=1)", "rank_balanced"] == 1
 

@@ -42,7 +42,7 @@ def test_complete_run_directory(name, tmp_path):
     assert rows and all({"data", "model", "seed", "metric", "family", "goal", "value", "seconds", "status"} <= set(r)
                         for r in rows)
     npz = np.load(tmp_path / "synthetic.npz")
-    assert npz["X"].shape == (240, 35) and len(npz["columns"]) == 35
+    assert npz["X"].shape == (500, 35) and len(npz["columns"]) == 35  # trainer=debug draws 500 records
     assert (tmp_path / "synthesizer" / "config.json").exists() and (tmp_path / "synthesizer" / "state.pt").exists()
     assert not (tmp_path / "checkpoint.pt").exists()
 

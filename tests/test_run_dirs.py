@@ -81,7 +81,7 @@ def test_changed_settings_refused_and_nothing_changes(finished):
     before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
     out = cli(finished, "n_samples=50")
     line = one_sentence(out)
-    assert "already holds a complete run made with other settings (n_samples: null -> 50)" in line
+    assert "already holds a complete run made with other settings (n_samples: 500 -> 50)" in line  # trainer=debug: 500
     assert "pass rerun=true" in line and "choose another directory" in line
     assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before  # .hydra/config.yaml included
     same = cli(finished, "trainer.progress=true")  # a key that does not change results: still the same run

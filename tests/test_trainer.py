@@ -103,7 +103,7 @@ def test_compressed_schedule_reaches_zero_lr(tiny_data):
 
 def test_peak_memory_window_resets_between_runs():
     """A sweep worker runs many cells: each cell's peak must not include an earlier cell's (Linux VmHWM reset)."""
-    from ehrbench.models.trainer import peak_memory_mb, reset_peak_memory
+    from ehrbench.models.device import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     if reset_peak_memory() != "run":
