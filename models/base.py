@@ -210,8 +210,8 @@ class TorchSynthesizer(Synthesizer):
     `row_reduction` says how its losses reduce over the batch's rows: "mean" or "sum" of per-row terms, row j's
     term a function of row j and its own random draws only, or None (undeclared). One fact, three readers: ghost
     clipping needs it declared (models/ghost.py); DP noise multiplicity averages a record's K copies, so a "sum"
-    loss is divided by K there (models/dp.py); under torchrun the ranks' "sum" losses and gradients are added, the
-    others averaged by rows (models/distributed.py).
+    loss is divided by K there (models/dp.py); under torchrun a rank's slice of a "sum" loss weighs 1, of a mean
+    its share of the rows (models/distributed.py).
     """
 
     ema_decay: float | None = None

@@ -1,24 +1,18 @@
-"""Data-parallel training over processes (torchrun): the process group, each rank's rows of a batch, the all-reduce."""
+"""Data-parallel training over processes (torchrun): the process group and torch's DistributedDataParallel."""
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.nn.parallel import DistributedDataParallel
 
 # rank 0 alone checks the run directory, writes checkpoints and scores curve points; the others wait for it at their
 # next collective, so the timeout is generous
 TIMEOUT = timedelta(hours=2)
-# draws that RowDraws makes for the whole batch and slices: factories, *_like, in-place fills, dropout
-FACTORIES = (torch.randn, torch.rand, torch.randint)
-LIKE = {torch.randn_like: torch.randn, torch.rand_like: torch.rand}
-IN_PLACE = (torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_, torch.Tensor.exponential_,
-            torch.Tensor.random_, torch.Tensor.geometric_, torch.Tensor.log_normal_, torch.Tensor.cauchy_)
 
 
 def world_size() -> int:
@@ -70,92 +64,56 @@ def rows(n: int, rank: int, world: int) -> tuple[int, int]:
     return lo, lo + q + (rank < r)
 
 
-class RowDraws(TorchFunctionMode):
-    """While a rank computes the loss of rows [lo, hi) of an n-row batch, each random draw whose leading dimension
-    is the rank's row count (torch.rand/randn/randint and their *_like, in-place fills such as normal_, dropout) is
-    made for all n rows and sliced: every row gets the numbers one process would give it, and the random stream
-    advances alike on every rank. Other draws are made whole, identical on every rank."""
+class LossModule(nn.Module):
+    """The generator's `loss(x, key)` as a module's forward over its `modules_`, for DistributedDataParallel."""
 
-    def __init__(self, lo: int, hi: int, n: int) -> None:
+    def __init__(self, synth: Any) -> None:
         super().__init__()
-        self.lo, self.hi, self.n = lo, hi, n
+        self.net = synth.modules_
+        self.loss = synth.loss
 
-    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
-        kwargs = kwargs or {}
-        k, whole = self.hi - self.lo, slice(self.lo, self.hi)
-        if func in FACTORIES:
-            if "size" in kwargs:
-                if self._rows(kwargs["size"]):
-                    return func(*args, **{**kwargs, "size": (self.n, *kwargs["size"][1:])})[whole]
-            elif func is torch.randint:
-                if args and self._rows(args[-1]):
-                    return func(*args[:-1], (self.n, *args[-1][1:]), **kwargs)[whole]
-            else:
-                size = tuple(args[0]) if len(args) == 1 and not isinstance(args[0], int) else args
-                if self._rows(size):
-                    return func(self.n, *size[1:], **kwargs)[whole]
-        elif func in LIKE and args[0].dim() and len(args[0]) == k:
-            x = args[0]
-            kw = {"dtype": x.dtype, "device": x.device, **kwargs}
-            kw.pop("memory_format", None)
-            return LIKE[func]((self.n, *x.shape[1:]), **kw)[whole]
-        elif func in IN_PLACE and args[0].dim() and len(args[0]) == k:
-            x = args[0]
-            full = x.new_empty((self.n, *x.shape[1:]))
-            func(full, *args[1:], **kwargs)
-            return x.copy_(full[whole])
-        elif func is F.dropout:
-            x, p, training = args[0], kwargs.get("p", args[1] if len(args) > 1 else 0.5), \
-                kwargs.get("training", args[2] if len(args) > 2 else True)
-            if training and p > 0 and x.dim() and len(x) == k:
-                return x * F.dropout(x.new_ones((self.n, *x.shape[1:])), p, True)[whole]
-        return func(*args, **kwargs)
-
-    def _rows(self, size) -> bool:
-        size = tuple(size)
-        return bool(size) and isinstance(size[0], int) and size[0] == self.hi - self.lo and self.n != size[0]
+    def forward(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        return self.loss(x, key)
 
 
 class DataParallel:
-    """One rank of a data-parallel job. Every rank draws the same global batch, takes its own contiguous rows, and
-    the gradients are summed over the ranks weighted so that the result is one process's gradient of the global
-    batch's loss: rows/batch for a mean over rows, 1 for a sum over rows (`row_reduction` "sum"). The loss is
-    combined the same way, so every rank steps on the same gradient and logs the global loss."""
+    """One rank of a data-parallel job on torch's DistributedDataParallel (gloo on CPU, NCCL on GPUs). Every rank
+    draws the same global batch and computes the loss of its own contiguous rows; DDP averages the gradients over
+    the ranks during backward. Each rank's loss is scaled by world x rows/batch (a mean over rows) or world (a sum,
+    `row_reduction` "sum"), so the average is one process's gradient of the global batch's loss, and every rank
+    takes the same optimiser step. Random draws inside a loss (noise, dropout) are each rank's own, so a stochastic
+    loss trains like one process on the same batches without equalling it draw for draw."""
 
-    def __init__(self, summed: tuple[str, ...] = ()) -> None:
-        self.rank, self.world, self.summed = dist.get_rank(), dist.get_world_size(), set(summed)
+    def __init__(self) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.module: DistributedDataParallel | None = None
+        self.summed = False
 
-    def forward_backward(self, fb: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, idx: torch.Tensor,
-                         key: str, params: list[torch.Tensor]) -> torch.Tensor:
-        """This rank's forward and backward on its rows of the batch X[idx], then the all-reduce; the global loss."""
+    def wrap(self, synth: Any) -> None:
+        """Wrap the model once its weights are loaded: DDP starts every rank from rank 0's parameters and buffers
+        (and broadcasts rank 0's buffers, e.g. batch-norm statistics, before every forward)."""
+        self.summed = getattr(synth, "row_reduction", None) == "sum"
+        # find_unused_parameters: a GAN's loss keys each reach only part of the model
+        self.module = DistributedDataParallel(LossModule(synth), find_unused_parameters=True)
+
+    def forward_backward(self, fb: Callable[..., torch.Tensor], X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's forward and backward on its rows of the batch X[idx] through DDP; the global batch's loss."""
         n = len(idx)
         lo, hi = rows(n, self.rank, self.world)
-        weight = (1.0 if key in self.summed else (hi - lo) / n) if hi > lo else 0.0
-        if hi == lo:  # fewer rows than ranks: a stand-in row, weight 0, keeps this rank's random stream in step
+        weight = (1.0 if self.summed else (hi - lo) / n) if hi > lo else 0.0
+        if hi == lo:  # fewer rows than ranks: a stand-in row of weight 0 keeps this rank in DDP's collectives
             lo, hi = 0, 1
-        with RowDraws(lo, hi, n):
-            loss = fb(X[idx[lo:hi]])
-        return all_reduce(params, loss, weight)
+        loss = fb(X[idx[lo:hi]], self.module, weight * self.world)
+        total = (loss.detach().float() * weight).reshape(1)
+        dist.all_reduce(total)
+        return total[0].to(loss.dtype)
 
-    def broadcast(self, modules: nn.Module, buffers_only: bool = False) -> None:
-        """Rank 0's parameters and buffers (or buffers only: batch-norm running statistics) to every rank."""
-        tensors = list(modules.buffers()) + ([] if buffers_only else [p.data for p in modules.parameters()])
-        for t in tensors:
-            if t.is_floating_point() or not buffers_only:
+    def broadcast_buffers(self, modules: nn.Module) -> None:
+        """Rank 0's floating buffers (batch-norm statistics) to every rank, so that every rank ends a step alike."""
+        for t in modules.buffers():
+            if t.is_floating_point():
                 dist.broadcast(t, src=0)
 
     @staticmethod
     def barrier() -> None:
         dist.barrier()
-
-
-def all_reduce(params: list[torch.Tensor], loss: torch.Tensor, weight: float) -> torch.Tensor:
-    """Sum weight x (gradient, loss) over the ranks in one flat buffer; the gradients are replaced in place."""
-    grads = [p.grad for p in params if p.grad is not None]  # the same parameters have gradients on every rank
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss.reshape(1).float()]) * weight
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return flat[-1].to(loss.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -88,15 +88,17 @@ class ForwardBackward:
         self.synth, self.key, self.scaler, self.dtype, self.device = synth, key, scaler, dtype, device
         self.compiled = torch.compile(self._eager, backend=COMPILE_BACKEND) if compile else None
 
-    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+    def _eager(self, x: torch.Tensor, forward: Callable | None = None, scale: float = 1.0) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            loss = self.synth.loss(x, self.key)
-        self.scaler.scale(loss).backward()
+            loss = forward(x, self.key) if forward is not None else self.synth.loss(x, self.key)
+        self.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
         return loss.detach().clone()  # a copy: compiled graphs may reuse their output memory at the next call
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
-            return self._eager(x)
+    def __call__(self, x: torch.Tensor, forward: Callable | None = None, scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of `key` on x (through `forward`, e.g. a DDP wrapper, with the loss scaled by
+        `scale` for the backward only); the detached loss."""
+        if self.compiled is None or forward is not None:
+            return self._eager(x, forward, scale)
         cuda = self.device.type == "cuda"
         state = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
         try:
@@ -124,7 +126,7 @@ class Step:
     batch of a seeded per-epoch permutation (drop_last=False, as in the official loaders; medGAN's two discriminator
     updates per step each see their own batch), forward and backward under autocast, the divergence guard, gradient
     clipping and that key's optimiser step. `trainer.fast` defers the guard's host reads (models/guard.py). Under
-    torchrun each rank computes its rows of the batch and the gradients are all-reduced (models/distributed.py)."""
+    torchrun each rank computes its rows of the batch through DistributedDataParallel (models/distributed.py)."""
 
     def __init__(self, trainer: Any, synth: TorchSynthesizer, Xd: torch.Tensor, keys: list[str], batch_size: int,
                  phase: str) -> None:
@@ -146,7 +148,7 @@ class Step:
         for i, key in enumerate(self.keys):
             losses[key] = losses.get(key, 0.0) + self.update(key, i, step, scale)
         if self.ddp is not None:
-            self.ddp.broadcast(self.synth.modules_, buffers_only=True)  # batch-norm statistics: rank 0's
+            self.ddp.broadcast_buffers(self.synth.modules_)  # batch-norm statistics: rank 0's
         return losses
 
     def batch(self, call: int) -> torch.Tensor:
@@ -168,8 +170,8 @@ class Step:
         opt.zero_grad(set_to_none=True)
         if self.ddp is None:
             loss = self.passes[key](self.Xd[idx])
-        else:  # this rank's rows, then the gradients and loss of the whole batch
-            loss = self.ddp.forward_backward(self.passes[key], self.Xd, idx, key, params)
+        else:  # this rank's rows through DDP: the gradients and loss of the whole batch (models/distributed.py)
+            loss = self.ddp.forward_backward(self.passes[key], self.Xd, idx)
         # the guard reads the loss now (fp32 default) or skips a bad one's update on the device and reads it at the
         # next check (fast): never a step on a bad loss either way
         value = self.guard.observe(loss, opt, step, key, self.phase, not self.scaler.is_enabled())

@@ -38,8 +38,9 @@ class Trainer:
     `precision: auto` is bf16 autocast on CUDA, fp32 elsewhere; `compile: auto` compiles the step on CUDA only.
 
     Under torchrun (WORLD_SIZE > 1, models/distributed.py) every rank draws the same global batch and computes its
-    own rows of it, the gradients are all-reduced into the single-process gradient of the global batch's loss, and
-    every rank takes the same optimiser step; only rank 0 writes checkpoints and train_stats.jsonl.
+    own rows of it through torch's DistributedDataParallel, whose averaged gradient is the single-process gradient
+    of the global batch's loss; every rank takes the same optimiser step, with its own random draws; only rank 0
+    writes checkpoints and train_stats.jsonl.
     """
 
     def __init__(self, device: str = "auto", precision: str = "fp32", compile: bool | str = False,
@@ -64,9 +65,8 @@ class Trainer:
         # under torchrun: join the process group (waits for every rank)
         self.ddp: DataParallel | None = DataParallel() if setup() > 1 else None
         if self.ddp is not None and compile:
-            warnings.warn("trainer.compile is off under torchrun: a compiled step bypasses the per-row slicing of the "
-                          "loss's random draws (models/distributed.py), so the step runs eagerly", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn("trainer.compile is off under torchrun: the step runs eagerly through "
+                          "DistributedDataParallel (models/distributed.py)", RuntimeWarning, stacklevel=2)
             compile = False
         self.dp_sigma_: float | None = None
         self.dp_history_: list[tuple[float, int]] = []
@@ -156,7 +156,7 @@ class Trainer:
         self.evals_done_ |= {q for q in self.eval_at if self.flops_so_far(phase, start) >= q * self.total_flops()}
         try:
             for step in range(start, steps):
-                torch.manual_seed(step_seed(self.seed, phase, step))
+                torch.manual_seed(step_seed(self.seed, self._stream(phase), step))
                 # the official DP path has no lr schedule (constant lr)
                 scale = 1.0 if self.dp is not None else synth.lr_scale(int(step * total_steps / steps), total_steps)
                 losses = step_fn(step, scale)
@@ -173,6 +173,10 @@ class Trainer:
                 callback.close()
         synth.modules_.eval()
         return synth
+
+    def _stream(self, phase: str) -> str:
+        """The name of this process's random stream: the phase, and under torchrun each rank above 0 its own."""
+        return phase if self.ddp is None or self.ddp.rank == 0 else f"{phase}/rank{self.ddp.rank}"
 
     def _keys(self, synth: TorchSynthesizer, keys: Sequence[str] | None, total_steps: int,
               batch_size: int) -> list[str]:
@@ -223,8 +227,7 @@ class Trainer:
         synth.to(self.device)
         synth.modules_.train()
         if self.ddp is not None:
-            self.ddp.summed = set(opts) if getattr(synth, "row_reduction", None) == "sum" else set()
-            self.ddp.broadcast(synth.modules_)  # every rank starts from rank 0's weights
+            self.ddp.wrap(synth)  # every rank starts from rank 0's weights
         synth.compile_sampler = self.compile  # a runtime switch for samplers that compile (EHRDiff), never saved
         if self.workdir is not None and self.writes:
             self.workdir.mkdir(parents=True, exist_ok=True)
