@@ -18,7 +18,7 @@ run: install
 	$(PY) run_benchmark.py model=ehrdiff
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto  # one worker per core (pytest-xdist)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
