@@ -207,7 +207,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
                     "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
             t0 = time.perf_counter()
             synth.fit(fit_data, trainer)
-            info["fit_seconds"] = time.perf_counter() - t0
+            info["fit_seconds"] = time.perf_counter() - t0 + trainer.resumed_seconds_  # an interrupted fit's too
             info["n_params"] = synth.n_params
             info["steps_per_second"] = trainer.steps_per_second
             info.update(trainer.budget_report())  # budget mode, steps and FLOPs per phase (none if untrained)

@@ -14,13 +14,15 @@ CHECKPOINT_KEYS = {"name", "params", "n_features", "phase", "step", "completed",
 
 
 def save_checkpoint(path: Path, synth: TorchSynthesizer, opts: dict, phase: str, step: int,
-                    completed: list[str]) -> None:
-    """Write the model, EMA, optimiser states and position to `path` through a temporary file and a rename, so a
-    crash while writing leaves the previous checkpoint intact."""
+                    completed: list[str], clock: dict | None = None) -> None:
+    """Write the model, EMA, optimiser states, position and `clock` (training seconds and steps so far, so that a
+    resumed run reports its whole cost) to `path` through a temporary file and a rename, so a crash while writing
+    leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"name": synth.name, "params": synth.get_params(), "n_features": synth.n_features_,
             "phase": phase, "step": step, "completed": completed, "n_ema": getattr(synth, "n_ema_", 0),
-            "state": synth.state_tensors(), "optimizers": {k: o.state_dict() for k, o in opts.items()}}
+            "state": synth.state_tensors(), "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "clock": clock or {}}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(ckpt, f)
 

@@ -86,8 +86,9 @@ class Trainer:
         self.progress, self.seed = progress, seed
         self.max_abs_loss, self.max_abs_weight = max_abs_loss, max_abs_weight
         self.workdir = Path(workdir) if workdir is not None else None
-        self.steps_done = 0
+        self.steps_done = 0  # optimiser steps and training seconds of the run, an interrupted process's included
         self.train_seconds = 0.0
+        self.resumed_seconds_ = 0.0  # of those, the seconds an earlier process trained before this one resumed
 
     # ---- checkpoints -----------------------------------------------------------------------------
     @property
@@ -103,9 +104,11 @@ class Trainer:
         """Whether this process writes files: always, except torchrun ranks above 0."""
         return self.ddp is None or self.ddp.rank == 0
 
-    def _save(self, synth: TorchSynthesizer, phase: str, step: int, completed: list[str]) -> None:
+    def _save(self, synth: TorchSynthesizer, phase: str, step: int, completed: list[str], seconds: float,
+              steps_done: int) -> None:
         if self.checkpoint_path is not None and self.writes:
-            save_checkpoint(self.checkpoint_path, synth, synth.optimizers_, phase, step, completed)
+            save_checkpoint(self.checkpoint_path, synth, synth.optimizers_, phase, step, completed,
+                            {"train_seconds": seconds, "steps_done": steps_done})
 
     def last_good(self) -> str:
         return last_good(self.checkpoint_path)
@@ -147,12 +150,13 @@ class Trainer:
         step_fn = PrivateStep(self, synth, Xd, keys, batch_size, phase, private) if private else \
             Step(self, synth, Xd, keys, batch_size, phase)
         check = self._checker(synth, step_fn.guard, phase)
-        t0, before = time.perf_counter(), self.train_seconds
+        t0, before, done_before = time.perf_counter(), self.train_seconds, self.steps_done
         curve = CurvePoints(self, synth, phase, lambda: before + time.perf_counter() - t0, check)
+        save = lambda done: self._save(synth, phase, done, completed,  # noqa: E731
+                                       before + time.perf_counter() - t0 - curve.seconds, done_before + done - start)
         callbacks = [StatsLog(self.stats_path if self.writes else None, synth.name, phase, synth.optimizers_, keys,
                               steps, start, self.log_every, self.progress, self.device, check), curve,
-                     Checkpoints(self.checkpoint_every, steps, lambda done: self._save(synth, phase, done, completed),
-                                 check)]
+                     Checkpoints(self.checkpoint_every, steps, save, check)]
         self.evals_done_ |= {q for q in self.eval_at if self.flops_so_far(phase, start) >= q * self.total_flops()}
         try:
             for step in range(start, steps):
@@ -166,7 +170,7 @@ class Trainer:
                     callback(step + 1, losses)
             self.steps_done += steps - start
             self.train_seconds += time.perf_counter() - t0 - curve.seconds
-            self._save(synth, phase, steps, completed + [phase])
+            self._save(synth, phase, steps, completed + [phase], self.train_seconds, self.steps_done)
         finally:
             step_fn.close()
             for callback in callbacks:
@@ -214,6 +218,11 @@ class Trainer:
         if ckpt is not None:
             restore_weights(synth, ckpt, self.device)
             completed = list(ckpt["completed"])
+            clock = ckpt.get("clock") or {}
+            if not self.steps_done and not self.train_seconds:  # an earlier process's training: counted once
+                self.resumed_seconds_ = float(clock.get("train_seconds", 0.0))
+            self.train_seconds = float(clock.get("train_seconds", self.train_seconds))
+            self.steps_done = int(clock.get("steps_done", self.steps_done))
             if phase in completed:
                 return start, completed
             if ckpt["phase"] == phase:

@@ -67,8 +67,8 @@ def worker(rank: int, world: int, port: int, root: str, names: list[str], keep_s
     if keep_step is not None:  # keep the checkpoint written at keep_step: the state a kill right after it leaves
         save = trainer_mod.save_checkpoint
 
-        def keeping(path, synth, opts, phase, step, completed):
-            save(path, synth, opts, phase, step, completed)
+        def keeping(path, synth, opts, phase, step, completed, clock=None):
+            save(path, synth, opts, phase, step, completed, clock)
             if step == keep_step and phase not in completed:
                 shutil.copy(path, path.with_name(f"step{step}.pt"))
         trainer_mod.save_checkpoint = keeping

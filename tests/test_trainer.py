@@ -78,7 +78,12 @@ def test_crash_and_resume_gives_identical_weights(tiny_data, tmp_path, monkeypat
     kw = dict(device="cpu", max_steps=10, checkpoint_every=3, progress=False, workdir=tmp_path / "run", log_every=1)
     with pytest.raises(KeyboardInterrupt):
         crashing.fit(tiny_data, Trainer(**kw))
-    resumed = tiny().fit(tiny_data, Trainer(**kw))
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["clock"]
+    trainer = Trainer(**kw)
+    resumed = tiny().fit(tiny_data, trainer)
+    # the cost is the whole run's: the 6 steps before the crash (and their seconds) count, once
+    assert saved["steps_done"] == 6 and trainer.steps_done == 10 and trainer.resumed_seconds_ == saved["train_seconds"] > 0
+    assert trainer.train_seconds > saved["train_seconds"]
     for k, v in ref.state_tensors().items():
         assert torch.equal(v, resumed.state_tensors()[k]), k
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "train_stats.jsonl").read_text().splitlines()]
