@@ -181,9 +181,12 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
         goal = sub["goal"].iloc[0]
-        if goal in ("max", "min", "target") and (sub["mean"].notna() & sub["noise"].isna()).any():
-            cells.loc[idx, "no_se"] = True  # one seed and no "se" rows: its noise is unknown, so it does not rank
-            continue
+        if goal in ("max", "min", "target"):  # one seed and no "se" rows: that cell's noise is unknown, no rank
+            unknown = (sub["mean"].notna() & sub["noise"].isna()).to_numpy()
+            cells.loc[idx[unknown], "no_se"] = True
+            idx, sub = idx[~unknown], sub[~unknown]
+            if len(sub) < 2:
+                continue
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
         if ideal_m is not None:  # a model whose rows lack the ideal (failed) borrows the others' (same data)
             ideal_m = ideal_m.fillna(ideal_m.mean())
@@ -336,10 +339,11 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 if bad_metrics:
                     notes.append("not ranked here: failed the calibration ladder of this data config (python -m "
                                  "reports --calibrate): " + "; ".join(f"{m} ({why})" for m, why in bad_metrics.items()))
-                no_se = sorted(set(cells.loc[cells["no_se"], "metric"]))
-                if no_se:
+                no_se = cells[cells["no_se"]].groupby("metric")["model"].apply(lambda m: ", ".join(sorted(m)))
+                if len(no_se):
                     notes.append("not ranked here: no standard error (a single seed, and the metric reports none), "
-                                 "so a difference cannot be told from noise: " + ", ".join(no_se))
+                                 "so a difference cannot be told from noise: "
+                                 + "; ".join(f"{k} ({v})" for k, v in no_se.items()))
                 if gate:
                     notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in gate.items()))
                 eps_levels = sorted({levels.get(m, np.inf) for m in models})

@@ -241,7 +241,16 @@ def test_cells_take_noise_from_seeds_or_se_and_leave_unknown_noise_unranked():
     assert mae["rank"].isna().all() and not mae["best"].any() and mae["no_se"].all()
     (t,) = build_tables(_runset([{**r, "path": f"t/d/{r['model']}/seed_{r['seed']}", "tag": "t", "data": "d",
                                   "data_key": "k"} for r in v.to_dict("records")], _runs(["a", "b"], seeds=(0, 1))))
-    assert any(n.startswith("not ranked here: no standard error") and "mae" in n for n in t.notes)
+    assert any(n.startswith("not ranked here: no standard error") and "mae (a, b)" in n for n in t.notes)
+
+
+def test_a_cell_of_unknown_noise_is_left_out_and_the_others_still_rank():
+    """c has one seed and no se on auc: c is not ranked there, a and b are (a beats b beyond their noise)."""
+    v = pd.DataFrame(rows("a", "auc", [0.80, 0.81], se=None) + rows("b", "auc", [0.60, 0.61], se=None)
+                     + rows("c", "auc", [0.99], se=None))
+    c = aggregate_cells(v, ["a", "b", "c"])
+    assert cell(c, "a", "auc")["rank"] == 1 and cell(c, "b", "auc")["rank"] == 2 and cell(c, "a", "auc")["best"]
+    assert math.isnan(cell(c, "c", "auc")["rank"]) and cell(c, "c", "auc")["no_se"] and not cell(c, "c", "auc")["best"]
 
 
 def test_near_duplicate_metrics_count_once_in_their_family():
