@@ -122,7 +122,7 @@ def step_seed(seed: int, phase: str, step: int) -> int:
 
 
 class Step:
-    """One optimiser step (docs/contracts.md §3): per loss key (keys may repeat, e.g. ["d", "d", "g"]), the next
+    """One optimiser step (docs/contracts.md §4): per loss key (keys may repeat, e.g. ["d", "d", "g"]), the next
     batch of a seeded per-epoch permutation (drop_last=False, as in the official loaders; medGAN's two discriminator
     updates per step each see their own batch), forward and backward under autocast, the divergence guard, gradient
     clipping and that key's optimiser step. `trainer.fast` defers the guard's host reads (models/guard.py). Under

@@ -185,7 +185,7 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
             unknown = (sub["mean"].notna() & sub["noise"].isna()).to_numpy()
             cells.loc[idx[unknown], "no_se"] = True
             idx, sub = idx[~unknown], sub[~unknown]
-            if len(sub) < 2:
+            if sub.empty:
                 continue
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
         if ideal_m is not None:  # a model whose rows lack the ideal (failed) borrows the others' (same data)
