@@ -89,8 +89,8 @@ def fit_logistic_multi(X: np.ndarray | sp.csr_matrix, Y: np.ndarray, exclude: np
         gW *= mask
         return float(loss), np.concatenate([gW.ravel(), P.sum(0)])
 
-    # torch's L-BFGS (strong-Wolfe line search) on a float64 CPU vector: scipy's L-BFGS-B spent 50 ms per
-    # iteration in its bound-handling Fortran for the d*K = 89k weights of the MIMIC-sized case (measured).
+    # torch's L-BFGS (strong-Wolfe line search) on a float64 CPU vector: scipy's L-BFGS-B is slow in its
+    # bound-handling code for the d*K weights of wide data.
     theta = torch.zeros(d * K + K, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=10, line_search_fn="strong_wolfe")
@@ -101,7 +101,7 @@ def fit_logistic_multi(X: np.ndarray | sp.csr_matrix, Y: np.ndarray, exclude: np
         return torch.tensor(loss, dtype=torch.float64)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the optimizer's vector ops are tiny: 2 threads on a busy 2-core box ran 16x slower
+    torch.set_num_threads(1)  # the optimizer's vector ops are tiny: more threads only add synchronisation
     try:
         opt.step(closure)
     finally:

@@ -11,14 +11,14 @@ import torch
 from ehrbench.data import EHRData
 
 # Queries are cut into chunks of QUERY_CHUNK rows and references into chunks of REF_CHUNK_CPU rows on CPU (a
-# 8,192 x 512 float32 block = 16 MB stays in cache while it is reduced; each full pass over a RAM-sized block
-# cost ~3 ns per number on the 2-core box) or REF_CHUNK_CUDA rows on CUDA. Nothing n x n is ever held.
+# 8,192 x 512 float32 block = 16 MB stays in cache while it is reduced) or REF_CHUNK_CUDA rows on CUDA. Nothing
+# n x n is ever held.
 QUERY_CHUNK = 8192
 REF_CHUNK_CPU = 512
 REF_CHUNK_CUDA = 8192
 # On CPU a reference matrix with fewer non-zeros than this share is multiplied as a sparse CSR matrix: EHR code
-# matrices are ~1% dense, so x @ y.T touches ~100x fewer numbers (measured 3.3 s sparse vs 22 s dense float32
-# for an 8,192 x 41,868 nearest-neighbour search at 1,782 codes on 2 cores). On CUDA blocks are dense cuBLAS.
+# matrices are ~1% dense, so x @ y.T touches ~100x fewer numbers (benchmarks/bench_metrics.py). On CUDA blocks
+# are dense cuBLAS.
 SPARSE_DENSITY = 0.10
 
 

@@ -321,8 +321,7 @@ class TabDDPM(TorchSynthesizer):
                 z = mean + (i > 0) * torch.exp(0.5 * tab.model_log_var[i]) * eps
                 # Deviation (the same law, another random stream): the official Gumbel-max over p_pred's two
                 # log-probabilities is one logistic draw against their log-odds (p_logit), on (batch, n) tensors, not
-                # (batch, n, 2): half the elementwise work (at a9d4fb9 a step at 2,000 x 1,000 binaries took
-                # 0.23-0.31 s against 0.38-0.48 s; FoldedDenoiser has the current figures).
+                # (batch, n, 2): half the elementwise work.
                 cat = logistic_draw(tab.p_logit(d, cat, i), torch.rand(b, n_bin, generator=g, device=device))
             nums.append(z.cpu())
             cats.append(cat.cpu())
