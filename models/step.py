@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import TorchSynthesizer
 from .dp import private_step
-from .guard import LossGuard, TrainingDiverged
+from .guard import LossGuard, TrainingDiverged, loss_problem
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 autocast on CUDA, fp32 elsewhere
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for the compiled step
@@ -205,7 +205,7 @@ class PrivateStep(Step):
         g = torch.Generator().manual_seed(step_seed(self.seed, f"{self.phase}/dp/{i}", step))
         value = private_step(self.synth, key, self.Xd, self.batch_size, scale, t.dp, t.dp_sigma_,
                              g, t.dp_paths_)
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"{self.synth.name}: the '{key}' loss became {value} at step {step} of phase "
-                                   f"'{self.phase}'; training stopped, {self.last_good()}")
+        problem = loss_problem(self.synth.name, key, value, step, self.phase, None)  # NaN or inf
+        if problem is not None:
+            raise TrainingDiverged(f"{problem}, {self.last_good()}")
         return value
