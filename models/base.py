@@ -16,6 +16,8 @@ from torch import nn
 from ehrbench.data import EHRData, check_matrix
 from ehrbench.data.cache import atomic_path
 
+from .options import check_options
+
 SYNTHESIZERS: dict[str, type["Synthesizer"]] = {}
 _SHAPE_KEYS = ("n_features_", "kinds_", "columns_")  # saved in config.json, not in state.pt
 ENTRY_POINT_GROUP = "ehrbench.synthesizers"
@@ -108,9 +110,7 @@ class Synthesizer:
         raise NotImplementedError
 
     def _check_ranges(self) -> None:
-        """Each hyperparameter's type and range (models/check.py:RANGES), one sentence naming the first bad one."""
-        from .check import check_options  # check.py imports this module
-
+        """Each hyperparameter's type and range (models/options.py:RANGES), one sentence naming the first bad one."""
         check_options(f"model '{self.name}'", self.name, type(self).__init__, self.get_params())
 
     def _check_fitted(self) -> None:

@@ -1,14 +1,13 @@
 """check_synthesizer: the contract check every generator, built in or plugin, must pass (docs/plugins.md)."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -217,83 +216,3 @@ def _fresh_process(cls: type[Synthesizer], name: str, directory: Path, S: np.nda
 
 __all__ = ["ContractError", "check_data", "check_synthesizer"]
 
-
-# ---- configuration options against a signature (run_benchmark.py validates every config section with it) ----
-def _accepts(annotation: str, value: Any) -> bool:
-    """Whether `value` (a YAML/CLI scalar, list or mapping) fits a signature annotation such as 'int | None'."""
-    heads, depth, cur = [], 0, ""
-    for ch in annotation + "|":  # top-level alternatives only: 'Sequence[str]' must not accept a str
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "|" and depth == 0:
-            heads.append(cur.split("[")[0].strip().split(".")[-1])
-            cur = ""
-        else:
-            cur += ch
-    kinds = {"None": (type(None),), "Optional": (type(None),), "bool": (bool,), "int": (int,), "float": (int, float),
-             "str": (str,), "list": (list,), "tuple": (list,), "Sequence": (list,), "dict": (dict,),
-             "Mapping": (dict,)}
-    if any(h not in kinds for h in heads):  # Any, Path, ... : not checked here
-        return True
-    ok = tuple(t for h in heads for t in kinds[h])
-    return isinstance(value, ok) and not (isinstance(value, bool) and bool not in ok)
-
-
-# The range of every numeric option of the built-in generators, the trainer, the metrics and the loaders, by name
-# (run_benchmark.py checks them before any work; the fits check again): (low, low included, high, high included).
-# A list-valued option (layer widths) holds numbers in the range; None (where an option allows it) is not checked.
-POSITIVE, AT_LEAST_0, AT_LEAST_1, AT_LEAST_2 = (0, False, None, False), (0, True, None, False), (1, True, None, False), (2, True, None, False)
-UNIT_OPEN, UNIT = (0, True, 1, False), (0, True, 1, True)
-RANGES: dict[str, tuple] = {
-    **dict.fromkeys(["batch_size", "sample_batch_size", "pretrain_batch_size", "epochs", "num_steps", "num_timesteps",
-                     "steps", "d_updates", "iters", "z_dim", "latent_dim", "hidden_dim", "embedding_dim", "noise_dim",
-                     "time_dim", "class_dim", "dim_t", "n_channels_base", "unit_dims", "generator_dims",
-                     "discriminator_dims", "critic_dims", "d_layers", "compress_dims", "decompress_dims", "k",
-                     "known", "max_iter", "n_estimators", "n_train", "top_k", "n_codes", "min_count", "max_steps",
-                     "checkpoint_every", "log_every", "reference_steps", "bins", "warmup_d_updates"], AT_LEAST_1),
-    **dict.fromkeys(["warmup_steps", "pretrain_epochs", "burn_in_batches"], AT_LEAST_0),
-    **dict.fromkeys(["n", "folds", "learned_sinusoidal_dim"], AT_LEAST_2),
-    "n_patients": (3, True, None, False),
-    **dict.fromkeys(["lr", "lr_d", "lr_g", "decoder_lr", "sigma_data", "sigma_min", "sigma_max", "rho", "rms_eps",
-                     "bn_eps", "clip_value", "p_std", "hours", "C", "grad_clip", "max_abs_loss", "max_abs_weight",
-                     "flops", "fraction"], POSITIVE),
-    **dict.fromkeys(["weight_decay", "l2", "gp_weight", "guidance_scale"], AT_LEAST_0),
-    **dict.fromkeys(["ema_decay", "bn_decay", "beta1", "beta2", "dropout", "label_dropout", "rms_rho",
-                     "warmup_fraction"], UNIT_OPEN),
-    **dict.fromkeys(["label_prevalence", "split"], UNIT),
-}
-
-
-def _in_range(value: Any, rule: tuple) -> bool:
-    lo, lo_in, hi, hi_in = rule
-    if isinstance(value, list):
-        return all(_in_range(v, rule) for v in value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return True  # a type error, reported by the annotation check
-    return (value > lo or (lo_in and value == lo)) and (hi is None or value < hi or (hi_in and value == hi))
-
-
-def describe_range(rule: tuple) -> str:
-    lo, lo_in, hi, hi_in = rule
-    if hi is None:
-        return f"{'>=' if lo_in else '>'} {lo}"
-    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
-
-
-def check_options(where: str, prefix: str, fn: Callable, options: dict, skip: tuple[str, ...] = ()) -> None:
-    """Every option must be a parameter of fn (unless it takes **kwargs), fit the parameter's annotation and lie
-    in its RANGES entry."""
-    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", *skip)
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    for k, v in options.items():
-        if k not in params:
-            if open_ended:
-                continue
-            raise ValueError(f"{where} has no option '{k}'; valid choices: {', '.join(params) or 'none'}")
-        ann = params[k].annotation
-        if ann is not inspect.Parameter.empty and not _accepts(str(ann), v):
-            raise ValueError(f"{prefix}.{k} must be {ann}, got {v!r}")
-        if k in RANGES and v is not None and not _in_range(v, RANGES[k]):
-            each = "each entry " if isinstance(v, list) else ""
-            raise ValueError(f"{prefix}.{k} must be {each}{describe_range(RANGES[k])}, got {v!r}")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .base import TorchSynthesizer
+from .base import SYNTHESIZERS, TorchSynthesizer, one_sentence
 from .budget import Phase, check_budget, ema_decay_product, phase_steps, plan_flops, reference_flops, step_flops
 from .callbacks import Checkpoints, CurvePoints, StatsLog
 from .checkpoint import last_good, load_checkpoint, restore_weights, roll_back, save_checkpoint, truncate_stats
@@ -18,7 +18,29 @@ from .device import resolve_device
 from .distributed import DataParallel, local_device, setup, world_size
 from .dp import dp_config, plan_privacy, privacy_report, private_keys
 from .guard import MAX_ABS_LOSS, MAX_ABS_WEIGHT, LossGuard, TrainingDiverged, weight_problem
-from .step import PrivateStep, Step, resolve_compile, resolve_precision, step_seed, update_ema, use_fused
+from .options import check_options
+from .step import (PRECISIONS, PrivateStep, Step, resolve_compile, resolve_precision, step_seed, update_ema,
+                   use_fused)
+
+
+def check_trainer(options: dict) -> None:
+    """The trainer options' names, types, ranges and choices, without building anything (one sentence on the first
+    bad one): a configuration is checked with it before any work, and Trainer() checks its own arguments."""
+    check_options("trainer", "trainer", Trainer.__init__, options, skip=("seed", "workdir"))
+    get = options.get
+    budget = get("budget") or ("steps" if get("max_steps") is not None else "paper")
+    check_budget(budget, get("fraction"), get("flops"), get("max_steps"), get("reference"), get("reference_steps"))
+    if budget == "compute" and get("flops") is None and get("reference") not in SYNTHESIZERS:
+        raise ValueError(f"unknown trainer.reference {get('reference')!r}; valid choices: {', '.join(sorted(SYNTHESIZERS))}")
+    if get("precision", "fp32") not in PRECISIONS:
+        raise ValueError(f"unknown trainer.precision {get('precision')!r}; valid choices: {', '.join(PRECISIONS)}")
+    resolve_compile(get("compile", False), torch.device("cpu"))
+    if get("progress", "auto") not in ("auto", True, False):
+        raise ValueError(f"trainer.progress must be auto, true or false, got {get('progress')!r}")
+    try:
+        resolve_device(str(get("device", "auto")))
+    except RuntimeError as e:
+        raise ValueError(one_sentence(e)) from None
 
 
 class Trainer:
@@ -50,14 +72,10 @@ class Trainer:
                  max_abs_weight: float | None = MAX_ABS_WEIGHT, budget: str | None = None,
                  fraction: float | None = None, flops: float | None = None, reference: str | None = None,
                  reference_steps: int | None = None, dp: dict | None = None, fast: bool = False) -> None:
+        check_trainer({k: v for k, v in locals().items() if k not in ("self", "seed", "workdir")})
         self.device = local_device(resolve_device(device))  # cuda:LOCAL_RANK under torchrun
         precision, compile = resolve_precision(precision, self.device), resolve_compile(compile, self.device)
-        if not isinstance(fast, bool):
-            raise ValueError(f"trainer.fast must be true or false, got {fast!r}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"trainer.max_steps must be a positive integer or null, got {max_steps}")
         budget = budget if budget is not None else ("steps" if max_steps is not None else "paper")
-        check_budget(budget, fraction, flops, max_steps, reference, reference_steps)
         self.dp = dp_config(dp, precision)  # None: not private (the code path below is then unchanged)
         if world_size() > 1 and self.dp is not None:
             raise ValueError("trainer.dp cannot run under torchrun (WORLD_SIZE > 1): DP-SGD's Poisson batches and "

@@ -75,7 +75,7 @@ def loader_options(cfg: dict, data_paths: dict[str, str]) -> dict:
     loader's types and ranges) minus LOCATION_KEYS; the path is the command line's `--data NAME=PATH`, else the
     shipped config's."""
     import ehrbench.data as data_pkg
-    from ehrbench.models.check import check_options
+    from ehrbench.models.options import check_options
 
     name = cfg["name"]
     if name not in data_pkg.DATASETS:

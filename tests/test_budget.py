@@ -1,6 +1,5 @@
 """Training budgets: paper = fraction 1.0 step for step, lr and EMA in paper time, equal compute, one-sentence errors."""
 import json
-import math
 
 import numpy as np
 import pytest
@@ -94,7 +93,7 @@ def test_flops_are_counted_by_torch_not_by_hand(tiny_data):
 def test_reference_budget_is_the_reference_generators_flops(tiny_data):
     """budget=compute with reference=ehrdiff, reference_steps=2: a tiny VAE gets the FLOPs of two paper-default
     EHRDiff steps on this data (measured separately here), within one of its own steps."""
-    from ehrbench.models.budget import Phase, step_flops
+    from ehrbench.models.budget import step_flops
 
     X = torch.as_tensor(tiny_data.train, dtype=torch.float32)
     ref = build_synthesizer("ehrdiff")

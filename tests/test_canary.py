@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.data import load_dataset
 from ehrbench.models import SYNTHESIZERS, TorchSynthesizer
 from ehrbench.metrics import canary
@@ -68,14 +68,14 @@ VAE = ["model=vae", "model.hidden_dim=256", "model.latent_dim=64", "model.lr=3e-
 
 
 def test_the_audit_flags_a_copy_of_train_and_a_noise_free_private_run_but_not_a_correct_one(tmp_path, monkeypatch):
-    run_benchmark.run(compose(["model=real", "trainer=debug", *TINY[:2], "metrics=fast", "canaries=512",
+    pipeline.run(compose(["model=real", "trainer=debug", *TINY[:2], "metrics=fast", "canaries=512",
                                "tag=copy"]), tmp_path / "copy")
-    run_benchmark.run(compose([*VAE, *TINY, "tag=dp"]), tmp_path / "dp" / "correct")
+    pipeline.run(compose([*VAE, *TINY, "tag=dp"]), tmp_path / "dp" / "correct")
     import ehrbench.models.step as step
 
     honest = step.private_step
     monkeypatch.setattr(step, "private_step", lambda *a: honest(*a[:6], 0.0, *a[7:]))  # sigma 0, same accounting
-    run_benchmark.run(compose([*VAE, *TINY, "tag=dp", "seed=1"]), tmp_path / "dp" / "broken")
+    pipeline.run(compose([*VAE, *TINY, "tag=dp", "seed=1"]), tmp_path / "dp" / "broken")
     rs = load_runs(tmp_path)
     lb = rs.results[rs.results["metric"] == "canary_epsilon"].set_index("path")["value"]
     eps = rs.runs.set_index("path")["epsilon"]
@@ -98,7 +98,7 @@ def test_every_generator_can_be_audited(name, tmp_path):
     with the white-box attack wherever there is a torch loss."""
     skip_unavailable(name)
     tiny = [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_PARAMS.get(name, {}).items()]
-    info = run_benchmark.run(compose([f"model={name}", "trainer=debug", "metrics={}", "data.n_patients=200",
+    info = pipeline.run(compose([f"model={name}", "trainer=debug", "metrics={}", "data.n_patients=200",
                                       "data.n_codes=20", "canaries=16", *tiny]), tmp_path)
     (row,) = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines() if "canary_epsilon" in l]
     assert info["status"] == "ok" and row["status"] == "ok" and row["value"] >= 0 and row["canaries"] == 16
@@ -109,4 +109,4 @@ def test_every_generator_can_be_audited(name, tmp_path):
 def test_bad_canary_counts_are_refused_before_any_work():
     for bad in ("1", "-4", "2.5"):
         with pytest.raises(ValueError, match="canaries must be 0 .no audit. or an integer of at least 2"):
-            run_benchmark.validate(compose([f"canaries={bad}"]))
+            pipeline.validate(compose([f"canaries={bad}"]))

@@ -1,5 +1,4 @@
 """Every config in benchmarks/ composes and names a registered object."""
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ehrbench.models import SYNTHESIZERS, Trainer, TorchSynthesizer, build_synthesizer
-from ehrbench.models.budget import Phase
 from ehrbench.models.dp import DPConfig, calibrate_noise, dp_config, epsilon_spent, private_gradient
 from tests.conftest import TINY_PARAMS, skip_unavailable
 
@@ -249,7 +248,7 @@ def test_dp_independent_adds_the_calibrated_noise_and_records_epsilon(tiny_data)
 
 
 def test_epsilon_reaches_run_json_every_row_and_the_leaderboard(tmp_path):
-    import run_benchmark
+    from ehrbench.models import pipeline
     from ehrbench.reports import write_report
     from tests.conftest import compose
 
@@ -257,7 +256,7 @@ def test_epsilon_reaches_run_json_every_row_and_the_leaderboard(tmp_path):
             "model.latent_dim=4", "model.batch_size=32"]
     for sub, extra in (("private", ["trainer.dp={epsilon:5,delta:0.001}"]), ("plain", [])):
         cfg = compose(["model=vae", *tiny, *extra])
-        info = run_benchmark.run(cfg, tmp_path / "runs" / "t" / "synthetic" / sub / "seed_0")
+        info = pipeline.run(cfg, tmp_path / "runs" / "t" / "synthetic" / sub / "seed_0")
         rows = [json.loads(l) for l in (tmp_path / "runs" / "t" / "synthetic" / sub / "seed_0" /
                                         "results.jsonl").read_text().splitlines()]
         if sub == "private":

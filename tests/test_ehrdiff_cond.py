@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.data import EHRData
 from ehrbench.models import Trainer, build_synthesizer, check_data, check_synthesizer
 from ehrbench.models.ehrdiff import LinearModel
@@ -128,8 +128,8 @@ def test_cli_conditional_run_is_its_own_row(tmp_path):
     tiny = [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY_PARAMS["ehrdiff"].items()]
     cfg = compose(["model=ehrdiff_cond", "trainer=debug", "metrics=fast", "data.n_patients=300", "data.n_codes=30",
                    *tiny])
-    run_benchmark.validate(cfg)
-    info = run_benchmark.run(cfg, tmp_path)
+    pipeline.validate(cfg)
+    info = pipeline.run(cfg, tmp_path)
     assert info["status"] == "ok" and info["model"] == "ehrdiff_cond" and info["generator"] == "ehrdiff"
     npz = np.load(tmp_path / "synthetic.npz")
     y = npz["X"][:, list(npz["columns"]).index("MORTALITY")]
@@ -139,10 +139,10 @@ def test_cli_conditional_run_is_its_own_row(tmp_path):
 
 def test_unconditional_settings_are_unchanged_by_the_new_keys():
     """Runs recorded before the conditioning keys existed keep their settings hash (and resume/compare)."""
-    cfg = run_benchmark.validate(compose(["model=ehrdiff"]))
+    cfg = pipeline.validate(compose(["model=ehrdiff"]))
     old = json.loads(json.dumps(cfg))
     for key in ("cond_label", "guidance_scale", "label_dropout", "class_dim", "label_prevalence"):
         old["model"].pop(key)
     assert settings_hash(old) == settings_hash(cfg)
-    cond = run_benchmark.validate(compose(["model=ehrdiff_cond"]))
+    cond = pipeline.validate(compose(["model=ehrdiff_cond"]))
     assert settings_hash(cond) != settings_hash(cfg)

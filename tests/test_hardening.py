@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.data import load_dataset
 from ehrbench.data.cache import fetch
 from ehrbench.models import Synthesizer, build_synthesizer
 from ehrbench.reports.__main__ import main as reports_main
 from ehrbench.reports.archive import pack, unpack
-from ehrbench.reports.render import write_report
 from tests.conftest import REPO, compose
 from tests.test_reports_load import make_run
 
@@ -183,7 +183,7 @@ class Payload:
 
 @pytest.mark.parametrize("content", ["truncated", "pickle"])
 def test_resample_from_a_bad_state_is_one_sentence(tmp_path, content):
-    config = run_benchmark.validate(compose(TINY))
+    config = pipeline.validate(compose(TINY))
     data = load_dataset("synthetic", n_patients=300, n_codes=20)
     src = tmp_path / "src"
     m = build_synthesizer("vae", **{k: v for k, v in config["model"].items() if k != "name"})
@@ -196,7 +196,7 @@ def test_resample_from_a_bad_state_is_one_sentence(tmp_path, content):
     else:
         torch.save({"modules.x": Payload()}, src / "synthesizer" / "state.pt")
     with pytest.raises(ValueError) as e:
-        run_benchmark.run(compose([*TINY, f"resample_from={src}"]), tmp_path / "dst")
+        pipeline.run(compose([*TINY, f"resample_from={src}"]), tmp_path / "dst")
     assert str(e.value).startswith(f"{src / 'synthesizer' / 'state.pt'} is unreadable (")
     record = (tmp_path / "dst" / "run.json").read_text()
     assert "weights_only" not in str(e.value) and "weights_only" not in record
@@ -217,7 +217,7 @@ def test_a_three_row_matrix_is_refused_naming_the_sizes(tmp_path):
                                          "holdout rows; use more patients or another data.split"):
         check_split(data, ["prevalence_pearson", "mia_auc"])
     with pytest.raises(ValueError, match="splits into train 2, holdout 0 and test 1 rows"):
-        run_benchmark.run(compose(["model=independent", "data=matrix", f"data.path={csv}", "metrics=fast"]),
+        pipeline.run(compose(["model=independent", "data=matrix", f"data.path={csv}", "metrics=fast"]),
                           tmp_path / "run")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"].startswith("error: ValueError: data")
 
@@ -246,7 +246,7 @@ def test_an_unknown_data_choice_is_one_sentence():
 @pytest.mark.parametrize("tag", ["inf", "nan", "true", "1e3", "null"])
 def test_a_tag_that_yaml_reads_as_a_value_stays_a_name(tag):
     args = run_benchmark.prepare_argv([f"tag={tag}", "+model.label=1e3"])
-    config = run_benchmark.validate(compose(args))
+    config = pipeline.validate(compose(args))
     assert config["tag"] == tag and config["model"]["label"] == "1e3"
 
 

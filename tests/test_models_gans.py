@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.data import EHRData
 from ehrbench.models import Synthesizer, Trainer, TrainingDiverged, build_synthesizer
 from ehrbench.models.emrwgan import EMRWGAN, gradient_penalty
@@ -343,6 +343,6 @@ def test_divergence_is_recorded_in_run_json(tmp_path):
     cfg = compose(["model=emrwgan", "trainer=debug", "trainer.max_steps=50", "metrics=fast", "data.n_patients=300",
                    "data.n_codes=30", *[f"model.{k}={v}" for k, v in p.items()]])
     with pytest.raises(TrainingDiverged):
-        run_benchmark.run(cfg, tmp_path)
+        pipeline.run(cfg, tmp_path)
     status = json.loads((tmp_path / "run.json").read_text())["status"]
     assert status.startswith("error: TrainingDiverged: emrwgan: the '")

@@ -227,7 +227,7 @@ def test_private_fits_are_seeded_and_noise_depends_on_the_seed():
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
 def test_a_missing_extra_is_one_sentence_naming_the_install_command(monkeypatch, tiny_data):
-    import run_benchmark
+    from ehrbench.models import pipeline
     from tests.conftest import compose
 
     monkeypatch.setitem(sys.modules, "mbi", None)  # `import mbi` now fails as if it were not installed
@@ -235,7 +235,7 @@ def test_a_missing_extra_is_one_sentence_naming_the_install_command(monkeypatch,
     with pytest.raises(ImportError, match=r'^mst needs the optional package mbi .*pip install -e "\.\[dp\]"$'):
         build_synthesizer("mst").fit(tiny_data)
     with pytest.raises(ValueError, match=r'pip install -e "\.\[dp\]"'):
-        run_benchmark.validate(compose(["model=mst", "trainer=dp"]))
+        pipeline.validate(compose(["model=mst", "trainer=dp"]))
 
 
 def test_epsilon_must_be_positive_and_delta_below_one_over_n(tiny_data):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.models import SYNTHESIZERS, build_synthesizer, check_synthesizer
 from tests.conftest import REPO, compose
 
@@ -163,7 +163,7 @@ def test_two_outside_tools_are_two_rows_of_one_leaderboard(tmp_path):
     other = compose(["data.n_patients=301", "data.n_codes=20", "metrics=fast", "tag=other", "model=external",
                      f"model.path={tmp_path / 'a.npz'}", "model.label=tool_a"])
     with pytest.raises(ValueError, match=f"made from a training split with fingerprint {meta['fingerprint']}"):
-        run_benchmark.run(other, tmp_path / "other")
+        pipeline.run(other, tmp_path / "other")
     taken = compose([*data[:3], "model=external", f"model.path={tmp_path / 'a.npz'}", "model.label=vae"])
     with pytest.raises(ValueError, match="model.label 'vae' is the name of a registered generator"):
-        run_benchmark.validate(taken)
+        pipeline.validate(taken)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.models.resample import load_trained
 from tests.conftest import TINY_PARAMS, compose
 
@@ -15,14 +15,14 @@ TINY = ["trainer=debug", "metrics=fast", "data.n_patients=300", "data.n_codes=30
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("trained")
-    assert run_benchmark.run(compose(TINY), d)["status"] == "ok"
+    assert pipeline.run(compose(TINY), d)["status"] == "ok"
     return d
 
 
 def test_resampling_with_guidance_skips_training_and_keeps_the_source_budget(trained, tmp_path):
     src = json.loads((trained / "run.json").read_text())
     cfg = compose([*TINY, f"resample_from={trained}", "model.guidance_scale=2", "model.label=ehrdiff_cond_w2"])
-    info = run_benchmark.run(cfg, tmp_path)
+    info = pipeline.run(cfg, tmp_path)
     assert info["status"] == "ok" and info["resampled_from"]["path"] == str(trained.resolve())
     assert info["fit_seconds"] == src["fit_seconds"] and info["phases"] == src["phases"]
     assert not (tmp_path / "synthesizer").exists() and not (tmp_path / "train_stats.jsonl").exists()
@@ -34,7 +34,7 @@ def test_resampling_with_guidance_skips_training_and_keeps_the_source_budget(tra
 
 
 def test_resampling_at_the_trained_settings_reproduces_the_samples(trained, tmp_path):
-    info = run_benchmark.run(compose([*TINY, f"resample_from={trained}"]), tmp_path)
+    info = pipeline.run(compose([*TINY, f"resample_from={trained}"]), tmp_path)
     assert info["status"] == "ok"
     assert np.array_equal(np.load(tmp_path / "synthetic.npz")["X"], np.load(trained / "synthetic.npz")["X"])
 
@@ -48,11 +48,11 @@ def test_resampling_at_the_trained_settings_reproduces_the_samples(trained, tmp_
 ])
 def test_a_mismatch_is_one_sentence(trained, overrides, match):
     with pytest.raises(ValueError, match=match):
-        load_trained(trained, run_benchmark.validate(compose(overrides)))
+        load_trained(trained, pipeline.validate(compose(overrides)))
 
 
 def test_an_incomplete_source_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a complete run directory"):
-        load_trained(tmp_path, run_benchmark.validate(compose(TINY)))
+        load_trained(tmp_path, pipeline.validate(compose(TINY)))
     with pytest.raises(ValueError, match="resample_from must be a run directory"):
-        run_benchmark.validate(compose([*TINY, "resample_from=3", "curve.eval_at=[0.5]"]))
+        pipeline.validate(compose([*TINY, "resample_from=3", "curve.eval_at=[0.5]"]))

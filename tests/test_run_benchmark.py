@@ -5,13 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.models import SYNTHESIZERS, load_entry_points
 from tests.conftest import REPO, TINY_PARAMS, compose, skip_unavailable
 
@@ -29,7 +28,7 @@ load_entry_points()  # installed plugins get the same end-to-end test (their con
 def test_complete_run_directory(name, tmp_path):
     skip_unavailable(name)
     cfg = compose([f"model={name}", "trainer=debug", "metrics=fast", *TINY_DATA, *tiny_overrides(name)])
-    info = run_benchmark.run(cfg, tmp_path)
+    info = pipeline.run(cfg, tmp_path)
     assert info["status"] == "ok"
     saved = json.loads((tmp_path / "run.json").read_text())
     for key in ("n_params", "fit_seconds", "sample_seconds", "steps_per_second", "peak_memory_mb", "device",
@@ -50,7 +49,7 @@ def test_complete_run_directory(name, tmp_path):
 def test_failing_run_still_writes_run_json(tmp_path):
     cfg = compose(["trainer=debug", "metrics=fast", *TINY_DATA, "model.batch_size=-3"])
     with pytest.raises(Exception):
-        run_benchmark.run(cfg, tmp_path)
+        pipeline.run(cfg, tmp_path)
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["status"].startswith("error: ")
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import run_benchmark
+from ehrbench.models import pipeline
 from ehrbench.models import Trainer, TrainingDiverged, build_synthesizer
 from ehrbench.reports import build_tables, load_runs
 from tests.conftest import REPO, TINY_PARAMS, compose
@@ -60,7 +59,7 @@ def test_report_splits_models_by_settings(tmp_path):
     for i, extra in enumerate([[], ["model.lr=0.0001"]]):
         for seed in (0, 1):
             d = tmp_path / f"v{i}" / f"seed_{seed}"
-            info = run_benchmark.run(compose([*base, *extra, f"seed={seed}"]), d)
+            info = pipeline.run(compose([*base, *extra, f"seed={seed}"]), d)
             assert info["settings_hash"] and info["config_hash"]
     rows = [json.loads(l) for l in (d / "results.jsonl").read_text().splitlines()]
     assert {r["settings_hash"] for r in rows} == {info["settings_hash"]}
@@ -147,7 +146,8 @@ def test_corrupt_checkpoint(tmp_path, tiny_data):
 KILL_SCRIPT = """
 import sys, time, numpy as np
 from pathlib import Path
-import run_benchmark
+import run_benchmark  # noqa: F401
+from ehrbench.models import pipeline
 from tests.conftest import compose
 def slow(f, **arrays):
     f.write(b"PK\\x03\\x04 half a zip")
@@ -155,7 +155,7 @@ def slow(f, **arrays):
     Path(sys.argv[2]).write_text("writing")
     time.sleep(120)
 np.savez_compressed = slow
-run_benchmark.run(compose(sys.argv[3:]), Path(sys.argv[1]))
+pipeline.run(compose(sys.argv[3:]), Path(sys.argv[1]))
 """
 
 
@@ -202,7 +202,7 @@ def test_kill_during_npz_write_keeps_previous_file(tmp_path):
 ])
 def test_validation_before_any_work(override, expected):
     with pytest.raises(ValueError) as e:
-        run_benchmark.validate(compose(["model=vae", *TINY, override]))
+        pipeline.validate(compose(["model=vae", *TINY, override]))
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
@@ -215,7 +215,7 @@ def test_validation_before_any_work(override, expected):
 ])
 def test_model_ranges_before_any_work(model, override, expected):
     with pytest.raises(ValueError, match=re.escape(expected)):
-        run_benchmark.validate(compose([f"model={model}", override]))
+        pipeline.validate(compose([f"model={model}", override]))
     from omegaconf import OmegaConf
 
     model_cfg = OmegaConf.to_container(compose([f"model={model}", override]), resolve=True)["model"]
@@ -232,7 +232,7 @@ def test_every_numeric_option_has_a_range():
     from ehrbench.data import DATASETS
     from ehrbench.metrics.registry import METRICS
     from ehrbench.models import SYNTHESIZERS
-    from ehrbench.models.check import RANGES
+    from ehrbench.models.options import RANGES
 
     free = {"seed", "split_seed", "p_mean", "n_jobs", "reference_steps"}
     fns = [c.__init__ for c in SYNTHESIZERS.values()] + [Trainer.__init__] + [m.fn for m in METRICS.values()]
@@ -258,7 +258,7 @@ def test_every_shipped_configuration_validates():
                 cfg = hydra_compose(config_name="config", overrides=[override, "trainer.device=cpu"])
                 if cfg.data.name == "matrix":
                     cfg.data.path = "x.csv"
-                run_benchmark.validate(cfg)
+                pipeline.validate(cfg)
 
 
 # 7. user errors are one sentence; Ctrl-C is one line and status "interrupted" ---------------------------------------
