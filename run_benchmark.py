@@ -44,7 +44,7 @@ import ehrbench.models as models_pkg
 from ehrbench.models import distributed
 from ehrbench.models.base import one_sentence
 from ehrbench.models.pipeline import REPO, execute, export, follow
-from ehrbench.models.plugins import prepare_argv  # noqa: F401 (the command line, before Hydra)
+from ehrbench.models.plugins import prepare_argv
 from ehrbench.models.rundir import RunDirError, remove_empty
 
 # ${ehrbench_repo:} in configs: this checkout's root (the Ray launcher puts it on its workers' PYTHONPATH)
@@ -75,7 +75,7 @@ class UserError(CompactHydraException):
     """One sentence that Hydra prints without a traceback (exit code 1); the cause stays chained."""
 
 
-@hydra.main(version_base="1.3", config_path="benchmarks", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(REPO / "benchmarks"), config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     told = []  # under torchrun: whether rank 0 has told the other ranks if the run goes ahead
@@ -117,14 +117,22 @@ def main(cfg: DictConfig) -> None:
         distributed.teardown()
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> int:
+    """`python run_benchmark.py ARGV`: the exit code (Hydra parses sys.argv, so it is set here)."""
     try:
-        sys.argv[1:] = prepare_argv(sys.argv[1:])
+        sys.argv[1:] = prepare_argv(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     try:
-        sys.exit(main())
+        main()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,12 +1,19 @@
 """Shared fixtures: a tiny simulator dataset and Hydra composition of the real config tree."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import run_benchmark  # noqa: F401  (binds `ehrbench` to this checkout: the tests test the code they sit beside)
+import run_benchmark  # (binds `ehrbench` to this checkout: the tests test the code they sit beside)
 from ehrbench.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +94,25 @@ def compose(overrides: list[str] | None = None):
         overrides.append(f"hydra.searchpath=[{','.join(plugin_searchpath())}]")  # installed plugins' configs
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """`python run_benchmark.py ARGV` in this process (no interpreter start-up): its exit code, stdout and stderr.
+    Hydra's logging set-up is off (its dictConfig would close handlers that other libraries bound to pytest's
+    streams). Tests of signals, kills, other folders and installed plugins start a real process instead."""
+    out, err, root = io.StringIO(), io.StringIO(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # Hydra configures logging per run: put it back after
+    argv_before, sigterm, full = sys.argv, signal.getsignal(signal.SIGTERM), os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        sys.argv = ["run_benchmark.py"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_benchmark.cli([*argv, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    finally:
+        for h in set(root.handlers) - set(handlers):
+            h.close()
+        root.handlers[:], root.level = handlers, level
+        sys.argv = argv_before
+        signal.signal(signal.SIGTERM, sigterm)
+        if full is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

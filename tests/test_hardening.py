@@ -19,7 +19,7 @@ from ehrbench.data.cache import fetch
 from ehrbench.models import Synthesizer, build_synthesizer
 from ehrbench.reports.__main__ import main as reports_main
 from ehrbench.reports.archive import pack, unpack
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, compose, run_cli
 from tests.test_reports_load import make_run
 
 TINY = ["model=vae", "trainer=debug", "metrics=fast", "data.n_patients=300", "data.n_codes=20"]
@@ -76,6 +76,9 @@ def test_the_report_cli_names_a_bad_data_option_and_an_out_file(tmp_path, capsys
 
 # 2. complete means the outputs are there, as recorded -------------------------------------------------------------
 def cli(runs: Path, *extra: str, limit: int | None = None) -> subprocess.CompletedProcess:
+    if limit is None:
+        return run_cli(*TINY, f"paths.runs={runs}", *extra)
+
     def lower_limit():
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -12,7 +12,7 @@ import torch
 
 from ehrbench.models import pipeline
 from ehrbench.models import SYNTHESIZERS, load_entry_points
-from tests.conftest import REPO, TINY_PARAMS, compose, skip_unavailable
+from tests.conftest import REPO, TINY_PARAMS, compose, run_cli, skip_unavailable
 
 TINY_DATA = ["data.n_patients=300", "data.n_codes=30"]
 
@@ -55,9 +55,8 @@ def test_failing_run_still_writes_run_json(tmp_path):
 
 
 def test_cli_unknown_model_lists_valid_names(tmp_path):
-    out = subprocess.run([sys.executable, "run_benchmark.py", "model=nope", f"paths.runs={tmp_path}"], cwd=REPO,
-                         capture_output=True, text=True)
-    assert out.returncode != 0
+    out = run_cli("model=nope", f"paths.runs={tmp_path}")
+    assert out.returncode == 1 and "\n" not in out.stderr.strip()
     assert "ehrdiff" in out.stderr and "independent" in out.stderr
 
 

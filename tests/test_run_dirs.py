@@ -15,7 +15,7 @@ import pytest
 from ehrbench.models import pipeline
 from ehrbench.models import Trainer, TrainingDiverged, build_synthesizer
 from ehrbench.reports import build_tables, load_runs
-from tests.conftest import REPO, TINY_PARAMS, compose
+from tests.conftest import REPO, TINY_PARAMS, compose, run_cli
 
 TINY = ["trainer=debug", "metrics=fast", "data.n_patients=300", "data.n_codes=20"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -24,6 +24,8 @@ ENV.pop("HYDRA_FULL_ERROR", None)
 
 def cli(runs: Path, *extra: str, cwd: Path = REPO, wait: bool = True):
     tiny = TINY[:2] if any(e.startswith("data=") for e in extra) else TINY  # n_patients/n_codes: simulator only
+    if wait and cwd == REPO:
+        return run_cli("model=vae", *tiny, f"paths.runs={runs}", *extra)
     args = [sys.executable, str(REPO / "run_benchmark.py"), "model=vae", *tiny, f"paths.runs={runs}", *extra]
     if not wait:
         # SIGINT back to its default: a test runner started in the background (`cmd &`) inherits it ignored
