@@ -260,13 +260,14 @@ def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInf
 
 
 def describe(rs: RunSet, runs_dir: str) -> str:
-    """One deterministic sentence on what was read (no wall-clock time, so regenerated files diff cleanly)."""
+    """One deterministic sentence on what was read (no wall-clock time and no machine path, only the folder's or
+    archive's name, so regenerated files diff cleanly wherever they are made)."""
     r = rs.runs
     finished = sorted(str(x)[:10] for x in r["finished"].dropna())
     span = f"; runs finished {finished[0]} to {finished[-1]}" if finished else ""
     commits = sorted({str(c)[:10] for c in r["git_commit"].dropna()})
     tags = ", ".join(sorted({str(t) for t in r["tag"].dropna()})) or "none"
-    return (f"{len(r)} run directories under `{runs_dir}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
+    return (f"{len(r)} run directories in `{Path(str(runs_dir).rstrip('/')).name}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
             f"git commit(s): {', '.join(commits) or 'unknown'}). {len(rs.failures)} failure row(s).")
 
 

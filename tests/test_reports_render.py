@@ -125,3 +125,10 @@ def test_failures_display_merges_one_metric_failing_alike_in_many_runs():
     assert (merged["path"], merged["model"], merged["seed"], merged["runs"]) == ("t/d/*", "a, b", "0, 1", 4)
     assert len(f) == 3 and f.loc[f["kind"] == "run", "path"].item() == "t/d/c/seed_0"
     assert f.loc[f["reason"] == "error: other", "path"].item() == "t/d/b/seed_1"
+
+
+def test_the_header_names_no_machine_path(tmp_path):
+    from ehrbench.reports.render import describe
+
+    rs = load_runs(tmp_path)
+    assert describe(rs, str(tmp_path / "sweeps" / "leaderboard_x") + "/").startswith("0 run directories in `leaderboard_x` (")
