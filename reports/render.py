@@ -259,6 +259,15 @@ def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInf
             f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
+def source_name(runs_dir: str | Path) -> str:
+    """What a header calls the runs: the folder's name; an archive's name without .tar.gz, or for a report's own
+    runs.tar.gz the report folder's name (so a report rebuilt from its archive has the same header)."""
+    p = Path(str(runs_dir).rstrip("/"))
+    if p.name.endswith(".tar.gz"):
+        return p.parent.name if p.name == "runs.tar.gz" and p.parent.name else p.name[:-len(".tar.gz")]
+    return p.name
+
+
 def describe(rs: RunSet, runs_dir: str) -> str:
     """One deterministic sentence on what was read (no wall-clock time and no machine path, only the folder's or
     archive's name, so regenerated files diff cleanly wherever they are made)."""
@@ -267,7 +276,7 @@ def describe(rs: RunSet, runs_dir: str) -> str:
     span = f"; runs finished {finished[0]} to {finished[-1]}" if finished else ""
     commits = sorted({str(c)[:10] for c in r["git_commit"].dropna()})
     tags = ", ".join(sorted({str(t) for t in r["tag"].dropna()})) or "none"
-    return (f"{len(r)} run directories in `{Path(str(runs_dir).rstrip('/')).name}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
+    return (f"{len(r)} run directories in `{source_name(runs_dir)}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
             f"git commit(s): {', '.join(commits) or 'unknown'}). {len(rs.failures)} failure row(s).")
 
 

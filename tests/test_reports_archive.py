@@ -9,6 +9,7 @@ import pytest
 from ehrbench.reports import write_report
 from ehrbench.reports.__main__ import main
 from ehrbench.reports.archive import pack, thin_lines, unpack
+from tests.conftest import REPO
 from tests.test_reports_load import make_run
 
 
@@ -116,3 +117,14 @@ def test_extracting_never_replaces_a_run(runs, tmp_path, capsys):
     assert mine.read_text() == "my newer rows\n" and not (tmp_path / "x" / "t/synthetic/gen/seed_2/run.json").exists()
     assert main([str(root), "--extract-to", str(tmp_path / "y")]) == 2
     assert "needs a runs.tar.gz archive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (REPO / "reports").glob("*/runs.tar.gz")))
+def test_every_committed_report_rebuilds_from_its_archive(name, tmp_path):
+    """The tables of every report in the repository come from its runs.tar.gz (no hand-edited numbers): rebuilt from
+    the archive, leaderboard.csv is byte-identical and the header names the report, not a machine path."""
+    report = REPO / "reports" / name
+    assert main([str(report / "runs.tar.gz"), "--out", str(tmp_path), "--no-figures"]) == 0
+    assert (tmp_path / "leaderboard.csv").read_bytes() == (report / "leaderboard.csv").read_bytes()
+    header = (report / "leaderboard.md").read_text().splitlines()[2]
+    assert f" run directories in `{name}` (" in header and header == (tmp_path / "leaderboard.md").read_text().splitlines()[2]
