@@ -16,7 +16,7 @@ from .audit import CANARY, audit_reason, audit_rows, canary_reason, canary_rows
 
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
-               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "finished", "reference",
+               "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "git_dirty", "finished", "reference",
                "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon", "generator", "target_epsilon"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]

@@ -276,8 +276,10 @@ def describe(rs: RunSet, runs_dir: str) -> str:
     span = f"; runs finished {finished[0]} to {finished[-1]}" if finished else ""
     commits = sorted({str(c)[:10] for c in r["git_commit"].dropna()})
     tags = ", ".join(sorted({str(t) for t in r["tag"].dropna()})) or "none"
+    dirty = int((r["git_dirty"] == True).sum())  # noqa: E712 (None: an older record that did not say)
+    state = f", {dirty} of {len(r)} runs with uncommitted changes" if dirty else ""
     return (f"{len(r)} run directories in `{source_name(runs_dir)}` ({int(r['ok'].sum())} complete; tags: {tags}{span}; "
-            f"git commit(s): {', '.join(commits) or 'unknown'}). {len(rs.failures)} failure row(s).")
+            f"git commit(s): {', '.join(commits) or 'unknown'}{state}). {len(rs.failures)} failure row(s).")
 
 
 def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict[str, float]] = PROFILES,

@@ -130,5 +130,10 @@ def test_failures_display_merges_one_metric_failing_alike_in_many_runs():
 def test_the_header_names_no_machine_path(tmp_path):
     from ehrbench.reports.render import describe
 
-    rs = load_runs(tmp_path)
-    assert describe(rs, str(tmp_path / "sweeps" / "leaderboard_x") + "/").startswith("0 run directories in `leaderboard_x` (")
+    assert describe(load_runs(tmp_path), str(tmp_path / "sweeps" / "leaderboard_x") + "/").startswith(
+        "0 run directories in `leaderboard_x` (")
+    for seed in (0, 1, 2):
+        make_run(tmp_path, "gen", seed, npz=False)
+    run_json = tmp_path / "t" / "synthetic" / "gen" / "seed_1" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"git_commit": "abc123"', '"git_commit": "abc123", "git_dirty": true'))
+    assert "git commit(s): abc123, 1 of 3 runs with uncommitted changes)" in describe(load_runs(tmp_path), "runs.tar.gz")
