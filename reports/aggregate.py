@@ -332,6 +332,11 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 levels = run_levels(t_runs)
                 cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), levels=levels)
                 gate = sanity_failures(cells, set(bad_metrics))
+                done = set(t_runs.loc[t_runs["ok"].astype(bool), "model"])
+                unfinished = {m: "no complete run (" + ", ".join(sorted(set(t_runs.loc[t_runs["model"] == m, "status"]
+                                                                            .astype(str).str.split(":").str[0]))) + ")"
+                              for m in models if m not in done}
+                gate = {**gate, **unfinished}
                 if gate:
                     cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), set(gate),
                                             levels)
@@ -344,8 +349,15 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                     notes.append("not ranked here: no standard error (a single seed, and the metric reports none), "
                                  "so a difference cannot be told from noise: "
                                  + "; ".join(f"{k} ({v})" for k, v in no_se.items()))
-                if gate:
-                    notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in gate.items()))
+                insane = {m: why for m, why in gate.items() if m not in unfinished}
+                if insane:
+                    notes.append("failed the sanity gate, not ranked: " + "; ".join(f"{m} ({why})" for m, why in insane.items()))
+                if unfinished:
+                    notes.append("listed, not ranked: " + "; ".join(f"{m} ({why})" for m, why in unfinished.items()))
+                refs = set(reference_models(t_runs))
+                if len([m for m in models if m not in refs and m not in gate]) == 1:
+                    notes.append("one generator only: there is nothing to rank it against, so its ranks are 1 and its "
+                                 "cells bold by construction; compare it with the references' values")
                 eps_levels = sorted({levels.get(m, np.inf) for m in models})
                 if len(eps_levels) > 1:
                     notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "

@@ -100,7 +100,9 @@ def test_every_broken_run_is_a_failure_row_and_never_crashes(tmp_path):
     assert set(t.models) == {"good", "corrupt", "noresults", "crashed", "killed", "badline", "nanok", "lonely"}
     c = t.cells.set_index(["model", "metric"])
     assert c.loc[("good", "auc"), "n_error"] == 1 and c.loc[("good", "auc"), "n"] == 0
-    assert c.loc[("crashed", "pearson"), "n"] == 0 and c.loc[("crashed", "pearson"), "rank"] == c["rank"].max()
+    assert c.loc[("crashed", "pearson"), "n"] == 0 and np.isnan(c.loc[("crashed", "pearson"), "rank"])
+    listed = next(n for n in t.notes if n.startswith("listed, not ranked: "))  # no complete run: shown, never ranked
+    assert "crashed (no complete run (error))" in listed and "killed (no complete run (" in listed
 
 
 def test_duplicates_are_not_counted_twice(tmp_path):
