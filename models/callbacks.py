@@ -29,6 +29,9 @@ class StatsLog:
         self.log_every, self.device, self.check = log_every, device, check
         show = sys.stderr.isatty() if progress == "auto" else bool(progress)
         self.bar = tqdm(total=steps, initial=start, desc=f"{name}:{phase}", disable=not show, dynamic_ncols=True)
+        # no terminal (a log file, a batch job): a plain line at every tenth of the phase instead of the bar
+        self.lines = progress == "auto" and not show and path is not None
+        self.desc, self.next_line = f"{name}:{phase}", (start * 10 // max(steps, 1) + 1) * steps / 10
         self.f = open(path, "a") if path is not None else None
         self.t_last, self.step_last = time.perf_counter(), start
 
@@ -45,6 +48,11 @@ class StatsLog:
                "memory_mb": round(peak_memory_mb(self.device), 1)}
         self.t_last, self.step_last = now, done
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+        if self.lines and done >= self.next_line:
+            self.next_line = (done * 10 // self.steps + 1) * self.steps / 10
+            print(f"{self.desc} step {done:,}/{self.steps:,} ({100 * done / self.steps:.0f} %), "
+                  + ", ".join(f"loss {k} {v:.4g}" for k, v in losses.items())
+                  + f", {1 / max(row['seconds_per_step'], 1e-9):.3g} steps/s", flush=True)
         if self.f is not None:
             try:
                 self.f.write(json.dumps(row) + "\n")

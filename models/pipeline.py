@@ -127,9 +127,15 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
             "config": config, "config_hash": config_hash, "settings_hash": settings_key, "epsilon": None, **provenance()}
     run_json = run_dir / "run.json"
     write_json(run_json, info)
+    t_start = time.perf_counter()
+
+    def say(what: str) -> None:  # one line per phase, also into a log file
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {what}", flush=True)
     try:
         info["peak_memory_scope"] = device.reset_peak_memory()  # this cell only, not the worker's past
+        say(f"{info['run_id']}: loading {dname}")
         data, canaries, synth, trainer = prepare(config, run_dir)
+        say(f"{dname}: {len(data.train):,} training rows x {data.n_features:,} columns")
         fit_data = canary.with_canaries(data, *canaries) if canaries else data  # the audit's training data
         curve = config.get("curve") or {}
         scored = {**(curve.get("metrics") or {} if curve.get("eval_at") else {}), **(config["metrics"] or {})}
@@ -150,6 +156,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
                 trainer.eval_at = [float(q) for q in curve["eval_at"]]
                 trainer.on_eval = curve_writer(run_dir / "curve.jsonl", data, curve, seed, {
                     "run_id": info["run_id"], "tag": cfg.tag, "data": dname, "model": mname, "seed": seed})
+            say(f"training {mname} on {trainer.device}")
             t0 = time.perf_counter()
             synth.fit(fit_data, trainer)
             info["fit_seconds"] = time.perf_counter() - t0 + trainer.resumed_seconds_  # an interrupted fit's too
@@ -159,6 +166,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
             synth.save(run_dir / "synthesizer")
 
         n = int(cfg.n_samples) if cfg.n_samples is not None else len(data.train)
+        say(f"sampling {n:,} records")
         t0 = time.perf_counter()
         S = synth.sample(n, seed=seed)
         info["sample_seconds"] = time.perf_counter() - t0
@@ -166,6 +174,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
         with atomic_path(run_dir / "synthetic.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, X=S, columns=np.asarray(data.columns))
 
+        say(f"scoring {len(config['metrics'] or {})} metrics" + (" and the canary audit" if canaries else ""))
         t0 = time.perf_counter()
         rows = metrics_pkg.evaluate(data, S, config["metrics"] or {}, seed=seed)
         if canaries:  # the privacy audit; delta: the run's, or 1e-5 for a run that is not private
@@ -211,6 +220,7 @@ def print_summary(info: dict, run_dir: Path) -> None:
         value = f"{r['value']:.4f}" if r["status"] == "ok" else r["status"]
         print(f"  {r['metric']:<{width}}  {r['goal']:<4}  {value}")
     print(f"run directory: {run_dir}")
+    print(f"next: python -m reports {run_dir.parents[2]}   (the leaderboard of every run under it)")
 
 
 def curve_writer(path: Path, data: Any, curve: dict, seed: int, common: dict) -> Callable[[Any, dict], None]:
