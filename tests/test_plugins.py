@@ -167,3 +167,28 @@ def test_two_outside_tools_are_two_rows_of_one_leaderboard(tmp_path):
     taken = compose([*data[:3], "model=external", f"model.path={tmp_path / 'a.npz'}", "model.label=vae"])
     with pytest.raises(ValueError, match="model.label 'vae' is the name of a registered generator"):
         pipeline.validate(taken)
+
+
+def test_the_documented_plugin_builds_a_wheel_with_its_configs(tmp_path):
+    """docs/plugins.md's pyproject.toml, as written there, builds a wheel that carries conf/model/*.yaml and both
+    entry points (an example that only worked editable would leave an installed plugin without its configs)."""
+    import re
+    import zipfile
+
+    doc = (REPO / "docs" / "plugins.md").read_text()
+    toml = re.search(r"```toml\n(.*?)```", doc, re.S).group(1)
+    pkg = tmp_path / "acme_gen"
+    (pkg / "acme_gen" / "conf" / "model").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text(toml)
+    (pkg / "acme_gen" / "__init__.py").write_text("class AcmeSynthesizer:\n    pass\n")
+    (pkg / "acme_gen" / "conf" / "__init__.py").write_text("")
+    (pkg / "acme_gen" / "conf" / "model" / "acme.yaml").write_text("name: acme\n")
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path / "dist"), str(pkg)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("acme_gen-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "acme_gen/conf/model/acme.yaml" in names and "acme_gen/conf/__init__.py" in names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[ehrbench.synthesizers]" in entry and "acme = acme_gen:AcmeSynthesizer" in entry
+    assert "[ehrbench.configs]" in entry and "acme_gen = acme_gen.conf" in entry
