@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-# Divergence limits (README "Divergence"): a loss beyond MAX_ABS_LOSS or a parameter beyond MAX_ABS_WEIGHT stops
+# Divergence limits (docs/guide.md "Divergence"): a loss beyond MAX_ABS_LOSS or a parameter beyond MAX_ABS_WEIGHT stops
 # training like a NaN loss does. The loss limit is far above the largest healthy summed loss (the VAE's batch-summed
 # BCE is about batch x width x ln 2, 6.3e5 at 512 x 1,782); weights of a healthy network stay within a few units.
 MAX_ABS_LOSS = 1e9

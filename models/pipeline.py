@@ -33,7 +33,7 @@ from .rundir import (RESERVED_DATA_KEYS, RunLock, clear_outputs, decide, describ
                      output_hashes, previous_run, settings, settings_diff, settings_hash)
 from .trainer import Trainer
 
-# relative file paths in these keys are taken from the repository root (README "Datasets"), not the current folder
+# relative file paths in these keys are taken from the repository root (docs/guide.md "Datasets"), not the current folder
 PATH_KEYS = {"data": ("path", "columns_file"), "model": ("path",)}
 
 

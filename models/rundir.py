@@ -207,7 +207,7 @@ RESERVED_DATA_KEYS = ("name", "sigma_data")  # sigma_data is a model hint in the
 # runs chose them), so building a report never downloads and never reads a file the user did not name
 LOCATION_KEYS = ("path", "columns_file", "url", "sha256", "download")
 WHERE_KEYS = ("path", "url", "sha256", "download")  # where the data came from, not what it is: not in data_key
-# Keys of the resolved configuration that do not change a run's results (README "What happens when..."): left out
+# Keys of the resolved configuration that do not change a run's results (docs/guide.md "What happens when..."): left out
 # of settings(), so runs that differ only here resume each other and share a leaderboard row. The seed is left
 # out because seeds are what a row averages over; trainer.device because the same settings run anywhere (the
 # device is recorded per run and shown in the reports).

@@ -46,5 +46,15 @@ def test_no_reference_points_outside_the_repository():
         text = f.read_text()
         for outside in ("DESIGN" + ".md", "research/" + "ehrdiff.md", "research/" + "peers.md", "shared/" + "research"):
             assert outside not in text, (f, outside)
-    for link in re.findall(r"\]\(((?!https?:)[^)#]+)", (REPO / "README.md").read_text() + (DOCS / "plugins.md").read_text()):
-        assert (REPO / link).exists() or (DOCS / link).exists(), link
+    for doc, base in [(REPO / "README.md", REPO), *((d, DOCS) for d in DOCS.glob("*.md"))]:
+        for link in re.findall(r"\]\(((?!https?:)[^)#]+)", doc.read_text()):
+            assert (base / link).exists(), (doc.name, link)
+
+
+def test_the_readme_is_a_front_page_and_the_guide_holds_the_rest():
+    """README <= 250 lines (issue 31); every section the guide's contents list names exists in the guide."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
+    guide = (DOCS / "guide.md").read_text()
+    for anchor in re.findall(r"^- \[[^\]]+\]\(#([^)]+)\)", guide, re.M):
+        heads = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", guide, re.M)}
+        assert anchor in heads, anchor
