@@ -58,7 +58,8 @@ class RunConfig:
     n_samples: Optional[int] = must("a positive integer or null", default=None)
     canaries: int = must("0 (no audit) or an integer of at least 2", default=0)
     rerun: bool = must("true or false", default=False)
-    tag: str = must("a non-empty name of letters, digits, '.', '+', '-' or '_'", default="default")
+    tag: str = must("a non-empty name of letters, digits, '.', '+', '-' or '_' (in a YAML file, quote one that YAML "
+                    "reads as a number or boolean: tag: 'inf')", default="default")
     resample_from: Optional[str] = must("a run directory (a string), without torchrun or curve.eval_at (it trains "
                                         "nothing)", default=None)
     paths: PathsConfig = must("a mapping", default_factory=PathsConfig)
@@ -98,9 +99,8 @@ def check_schema(config: dict) -> None:
         raise _bad("n_samples", n)
     if c == 1 or c < 0:
         raise _bad("canaries", c)
-    if not re.fullmatch(NAME, str(config.get("tag"))) or not isinstance(config.get("tag"), str):
-        raise ValueError(f"tag must be a non-empty name of letters, digits, '.', '+', '-' or '_' (in a YAML file, quote "
-                         f"one that YAML reads as a number or boolean: tag: 'inf'), got {config.get('tag')!r}")
+    if not isinstance(config.get("tag"), str) or not re.fullmatch(NAME, config["tag"]):
+        raise _bad("tag", config.get("tag"))
     eval_at = curve.get("eval_at")
     if eval_at is not None and (not eval_at or not all(0 < q <= 1 for q in eval_at)):
         raise _bad("curve.eval_at", eval_at)

@@ -220,7 +220,10 @@ def print_summary(info: dict, run_dir: Path) -> None:
         value = f"{r['value']:.4f}" if r["status"] == "ok" else r["status"]
         print(f"  {r['metric']:<{width}}  {r['goal']:<4}  {value}")
     print(f"run directory: {run_dir}")
-    print(f"next: python -m reports {run_dir.parents[2]}   (the leaderboard of every run under it)")
+    tag_dir = Path(info["config"]["paths"]["runs"]) / info["tag"]
+    if not run_dir.resolve().is_relative_to(tag_dir.resolve()):  # hydra.run.dir put the run elsewhere
+        tag_dir = run_dir
+    print(f"next: python -m reports {tag_dir}   (the leaderboard of every run under it)")
 
 
 def curve_writer(path: Path, data: Any, curve: dict, seed: int, common: dict) -> Callable[[Any, dict], None]:

@@ -92,7 +92,8 @@ def values(d: Path) -> dict:
 
 def test_lost_outputs_are_made_again(tmp_path):
     d = tmp_path / "default" / "synthetic" / "vae" / "seed_0"
-    assert cli(tmp_path).returncode == 0
+    out = cli(tmp_path)
+    assert out.returncode == 0 and f"next: python -m reports {tmp_path / 'default'} " in out.stdout  # the tag's folder
     first, X, stats = values(d), np.load(d / "synthetic.npz")["X"], (d / "train_stats.jsonl").read_bytes()
     record = json.loads((d / "run.json").read_text())
     assert set(record["outputs"]) == {"results.jsonl", "synthetic.npz", "synthesizer/config.json",
