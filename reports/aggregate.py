@@ -90,7 +90,7 @@ def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
     return (d - tol.fillna(0.0)).clip(lower=0.0).where(means.notna())
 
 
-def _beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.Series | float | None,
+def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.Series | float | None,
            noise: pd.Series | None) -> pd.DataFrame | None:
     """[i, j] True where model j beats model i on this metric beyond noise; rows and columns are the models with a
     mean. None when the metric does not rank (info, a target without ideal, nothing valid)."""
@@ -118,23 +118,23 @@ def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = N
     Ties are ties: model j beats model i when j's key is better by more than 2 sqrt(noise_i^2 + noise_j^2)
     (`noise`: each mean's standard error; None = exact comparison), and rank_i = 1 + (models that beat i) + 1/2
     (models neither beating nor beaten by i), which is the average rank when ties are exact equalities."""
-    beats = _beats(means, goal, ideal, tol, noise)
-    if beats is None:
+    m = beats(means, goal, ideal, tol, noise)
+    if m is None:
         return pd.Series(np.nan, index=means.index)
-    b = beats.to_numpy()
+    b = m.to_numpy()
     tied = ~b & ~b.T
-    ranks = pd.Series(1 + b.sum(1) + 0.5 * (tied.sum(1) - 1), index=beats.index)
-    worst = (len(beats) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
+    ranks = pd.Series(1 + b.sum(1) + 0.5 * (tied.sum(1) - 1), index=m.index)
+    worst = (len(m) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
     return ranks.reindex(means.index).fillna(worst)
 
 
 def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
               tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
     """True where no other model beats a mean beyond noise (rank_metric's rule; info metrics never)."""
-    beats = _beats(means, goal, ideal, tol, noise)
-    if beats is None:
+    m = beats(means, goal, ideal, tol, noise)
+    if m is None:
         return pd.Series(False, index=means.index)
-    return (~beats.any(axis=1)).reindex(means.index, fill_value=False)
+    return (~m.any(axis=1)).reindex(means.index, fill_value=False)
 
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),

@@ -19,6 +19,7 @@ import seaborn as sns  # noqa: E402
 from ehrbench.models.rundir import LOCATION_KEYS, RESERVED_DATA_KEYS  # noqa: E402
 
 from .aggregate import RANK_FAMILIES, Table  # noqa: E402
+from .headline import headline_metrics, scores  # noqa: E402
 from .load import RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
@@ -142,6 +143,8 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
         real = load_real(rs, next(iter(runs.values()))[0], cache, data_paths)
     except ValueError as e:
         return [], [f"{t.label}: {kind} figure skipped: {e}"]
+    if not any((rs.root / path / "synthetic.npz").exists() for path, _ in runs.values()):
+        return [], [f"{t.label}: {kind} figure skipped: the runs hold no samples (an archive never does)"]
     # prevalence: every column's mean (the prevalence of a binary column); co-occurrence: binary features only
     cols = [c for c, b in zip(real.columns, real.binary_mask)
             if kind == "prevalence" or (b and c not in real.label_columns)]
@@ -270,19 +273,36 @@ def fig_losses(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
 
 
 def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
-    s = t.summary.loc[t.summary["runs_ok"] > 0, ["rank_utility", "rank_privacy"]].dropna()
-    if s.empty:
-        return [], [f"{t.label}: privacy–utility figure skipped: no model has both utility and privacy ranks"]
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    sns.scatterplot(x=s["rank_utility"], y=s["rank_privacy"], hue=s.index, hue_order=list(s.index), s=60, ax=ax,
-                    legend=False)
-    for m, (u, pr) in s.iterrows():
-        ax.annotate(m, (u, pr), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="utility mean rank (lower is better)", ylabel="privacy mean rank (lower is better)")
+    """The headline figure: each model's headline utility score (x) against its headline privacy risk (y), in the
+    metrics' own units with 95 % intervals; references hollow, generators that are not ranked as crosses."""
+    heads = headline_metrics(t)
+    if "utility" not in heads or "privacy" not in heads:
+        return [], [f"{t.label}: privacy–utility figure skipped: the table has no utility or no privacy score"]
+    u, p_ = scores(t, heads["utility"]), scores(t, heads["privacy"])
+    models = [m for m in t.models if m in u and m in p_ and u[m].n and p_[m].n]
+    if not models:
+        return [], [f"{t.label}: privacy–utility figure skipped: no model has both a utility and a privacy score"]
+    s = t.summary
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colors = sns.color_palette("tab20", n_colors=max(1, len(models)))
+    for i, m in enumerate(models):
+        ref, failed = bool(s.loc[m, "reference"]), s.loc[m, "failed"] != ""
+        x, y = u[m], p_[m]
+        xerr = [[x.mean - x.low], [x.high - x.mean]] if np.isfinite(x.low) else None
+        yerr = [[y.mean - y.low], [y.high - y.mean]] if np.isfinite(y.low) else None
+        tag = " (reference)" if ref else " (not ranked)" if failed else ""
+        ax.errorbar(x.mean, y.mean, xerr=xerr, yerr=yerr, fmt="X" if failed else "o", ms=7, capsize=3,
+                    color=colors[i], mfc="white" if ref else colors[i], lw=1, label=f"{m}{tag}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    goal = t.cells.drop_duplicates("metric").set_index("metric")["goal"]
+    ax.set(xlabel=f"utility: {heads['utility']} {ARROWS.get(goal[heads['utility']], '')}",
+           ylabel=f"privacy risk: {heads['privacy']} {ARROWS.get(goal[heads['privacy']], '')}")
     p = out / f"{t.slug}__privacy_utility.png"
     _save(fig, p)
-    return [FigureInfo(t.label, "privacy_utility", f"{t.label}: privacy vs utility", "Family mean ranks; models near "
-                       "the origin are good on both.", p)], []
+    return [FigureInfo(t.label, "privacy_utility", f"{t.label}: privacy vs utility", f"Headline scores in their own "
+                       f"units: {heads['utility']} (x) against {heads['privacy']} (y), means over seeds with 95 % "
+                       "intervals; hollow markers are the references, crosses generators that are not ranked. "
+                       "Better is toward the higher utility and the lower risk.", p)], []
 
 
 def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:

@@ -12,6 +12,7 @@ import pandas as pd
 from .aggregate import EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
 from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
+from .headline import FEW_MARK, FEW_SEEDS, INTERVALS, compact, headline_metrics, interval, question, regime, verdict
 from .load import RunSet, load_runs
 
 ARROW = {"max": "↑", "min": "↓", "target": "◎", "info": ""}
@@ -39,16 +40,18 @@ def fmt_num(x: float, sig: int = 4) -> str:
 
 
 def fmt_cell(mean: float, std: float, n: int, n_error: int = 0) -> str:
-    """'mean ± std (n)' with the mean rounded to the std's second significant digit; single seed: 'mean (n=1)'."""
+    """'mean ± std (n)' with the mean rounded to the std's second significant digit; single seed: 'mean (n=1†)';
+    fewer than FEW_SEEDS seeds carry FEW_MARK."""
     if n == 0:
         return f"error ×{n_error}" if n_error else "—"
     err = f", {n_error} err" if n_error else ""
+    few = FEW_MARK if n < FEW_SEEDS else ""
     if n == 1 or std is None or not np.isfinite(std):
-        return f"{fmt_num(mean)} (n={n}{err})"
+        return f"{fmt_num(mean)} (n={n}{few}{err})"
     if std == 0:
-        return f"{fmt_num(mean)} ± 0 (n={n}{err})"
+        return f"{fmt_num(mean)} ± 0 (n={n}{few}{err})"
     decimals = int(min(6, max(0, 1 - math.floor(math.log10(abs(std))))))
-    return f"{mean:,.{decimals}f} ± {std:,.{decimals}f} (n={n}{err})"
+    return f"{mean:,.{decimals}f} ± {std:,.{decimals}f} (n={n}{few}{err})"
 
 
 def metric_frame(t: Table, metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -164,7 +167,7 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     return out
 
 
-LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the number of seeds that gave a value; "
+LEGEND = ("Cells are mean ± sample standard deviation over seeds, with n the number of seeds that gave a value († fewer than 3); "
           "**bold** marks the best generator per metric (ties all marked); ↑ higher is better, ↓ lower is better, "
           "◎ closest to the metric's ideal is best (nzc: the real count, shown as nzc.real). Signed privacy scores "
           "(dcr, nnaa, attribute_inference_f1, mia_auc, exact_copy_rate; ideal 0) rank by how far they exceed 0 "
@@ -195,29 +198,55 @@ def split_notes(tables: list[Table], notes: list[str]) -> tuple[list[str], dict[
     return rest, own
 
 
+HEADLINE_KIND = "privacy_utility"  # the figure shown on a table's first screen
+
+
+def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.DataFrame, pd.DataFrame]]]:
+    """A table's first screen: [(label, sentence)] for the question, budget and verdict, and the compact tables
+    [(title, text, best mask)] ("" for the ranked generators)."""
+    heads = headline_metrics(t)
+    lines = [("Question", question(t)), ("Budget", regime(t)), ("Verdict", verdict(t, heads))]
+    titles = {"ranked": "", "not ranked": "Not ranked (values shown, no rank)",
+              "references": "References (reference points, never ranked)"}
+    tabs = [(titles[g], text, best) for g, (text, best) in compact(t, heads).items()]
+    return lines, tabs
+
+
 def to_markdown(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInfo], notes: list[str],
-                header: str, fig_prefix: str = "figures/") -> str:
-    parts = [f"# ehrbench leaderboard\n\n{header}\n\n{LEGEND}"]
+                header: str, name: str = "", fig_prefix: str = "figures/") -> str:
+    """The page: per table its first screen (question, budget, verdict, compact tables, headline figure), then the
+    details (what was read, the legend, notes, every metric table and figure) and the failures."""
+    parts = [f"# ehrbench leaderboard{': ' + name if name else ''}"]
+    figure = lambda f: f"![{f.title}]({fig_prefix}{f.path.name})\n\n*{f.title}.* {f.caption}".rstrip()  # noqa: E731
+    for t in tables:
+        lines, tabs = first_screen(t)
+        parts.append(f"## {t.label}\n\n" + "\n".join(f"**{k}.** {v}  " for k, v in lines).rstrip())
+        for title, text, best in tabs:
+            parts.append((f"**{title}**\n\n" if title else "") + md_table(text, best))
+        parts.append(INTERVALS)
+        parts += [figure(f) for f in figures if f.table == t.label and f.kind == HEADLINE_KIND]
+    parts.append(f"## Details\n\n{header}\n\n{LEGEND}")
     notes, own = split_notes(tables, notes)
     parts += [f"> {n}" for n in notes]
     for t in tables:
-        parts.append(f"## {t.label}")
+        parts.append(f"## {t.label}: every metric")
         parts += [f"> {n}" for n in own[t.label]]
         for title, frame, best in sections(t):
             parts.append(f"### {title}\n\n{md_table(frame, best)}")
-        for fig in [f for f in figures if f.table == t.label]:
-            parts.append(f"![{fig.title}]({fig_prefix}{fig.path.name})\n\n*{fig.title}.* {fig.caption}".rstrip())
+        parts += [figure(f) for f in figures if f.table == t.label and f.kind != HEADLINE_KIND]
     parts.append("## Failures\n\n" + (md_table(failures_frame(failures), index="") if len(failures)
                                       else "No run, file or metric failed."))
     return "\n\n".join(parts) + "\n"
 
 
 def to_csv(tables: list[Table]) -> pd.DataFrame:
-    """Long table: one row per (leaderboard, model, metric) with full precision, plus summary rows."""
+    """Long table: one row per (leaderboard, model, metric) with full precision (se: the mean's standard error,
+    ci_low/ci_high: its 95 % interval), plus summary rows."""
     frames = []
     for t in tables:
-        c = t.cells.assign(table=t.label, tag=t.tag, data=t.data)
-        frames.append(c)
+        c = t.cells.assign(table=t.label, tag=t.tag, data=t.data, se=t.cells["noise"])
+        ci = [interval(m, e, n) for m, e, n in zip(c["mean"], c["se"], c["n"])]
+        frames.append(c.assign(ci_low=[a for a, _ in ci], ci_high=[b for _, b in ci]))
         s = (t.summary.drop(columns=["seeds", "device", "reference", "failed", "budget", "budget_steps"], errors="ignore")
              .reset_index().melt(id_vars="model", var_name="metric", value_name="mean"))
         refs = set(t.references)
@@ -225,7 +254,7 @@ def to_csv(tables: list[Table]) -> pd.DataFrame:
         frames.append(s.assign(table=t.label, tag=t.tag, data=t.data, family="summary", goal="info",
                                reference=s["model"].isin(refs), failed=s["model"].isin(failed)))
     cols = ["table", "tag", "data", "model", "reference", "failed", "metric", "family", "goal", "metric_version", "mean", "std",
-            "n", "n_error", "ideal", "tol", "rank", "best"]
+            "n", "n_error", "se", "ci_low", "ci_high", "ideal", "tol", "rank", "best"]
     if not frames:
         return pd.DataFrame(columns=cols)
     return pd.concat(frames, ignore_index=True).reindex(columns=cols)
@@ -237,22 +266,35 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{
        "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.85em;color:#444}")
 
 
+def _html_figure(f: FigureInfo) -> str:
+    data = base64.b64encode(Path(f.path).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(f.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{html.escape(f.title)}.</b> {html.escape(f.caption)}</figcaption></figure>")
+
+
 def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInfo], notes: list[str],
-            header: str) -> str:
-    """One page with every table and every figure embedded as base64 PNG: no external file or network access."""
-    parts = [f"<h1>ehrbench leaderboard</h1><p>{html.escape(header)}</p>",
-             f"<p>{html.escape(LEGEND).replace('**bold**', '<b>bold</b>')}</p>"]
+            header: str, name: str = "") -> str:
+    """One page, laid out as to_markdown's, with every figure embedded as base64 PNG: no external file or network
+    access."""
+    bold = lambda text: html.escape(text).replace("**bold**", "<b>bold</b>")  # noqa: E731
+    parts = [f"<h1>ehrbench leaderboard{': ' + html.escape(name) if name else ''}</h1>"]
+    for t in tables:
+        lines, tabs = first_screen(t)
+        parts.append(f'<h2 id="{t.slug}">{html.escape(t.label)}</h2>'
+                     + "".join(f"<p><b>{k}.</b> {html.escape(v)}</p>" for k, v in lines))
+        parts += [(f"<p><b>{html.escape(title)}</b></p>" if title else "") + html_table(text, best)
+                  for title, text, best in tabs]
+        parts.append(f"<p>{bold(INTERVALS)}</p>")
+        parts += [_html_figure(f) for f in figures if f.table == t.label and f.kind == HEADLINE_KIND]
+    parts.append(f'<h2 id="details">Details</h2><p>{html.escape(header)}</p><p>{bold(LEGEND)}</p>')
     notes, own = split_notes(tables, notes)
     parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in notes]
     for t in tables:
-        parts.append(f'<h2 id="{t.slug}">{html.escape(t.label)}</h2>')
+        parts.append(f'<h2 id="{t.slug}_all">{html.escape(t.label)}: every metric</h2>')
         parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in own[t.label]]
         for title, frame, best in sections(t):
             parts.append(f"<h3>{html.escape(title)}</h3>{html_table(frame, best)}")
-        for fig in [f for f in figures if f.table == t.label]:
-            data = base64.b64encode(Path(fig.path).read_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption><b>{html.escape(fig.title)}.</b> {html.escape(fig.caption)}</figcaption></figure>")
+        parts += [_html_figure(f) for f in figures if f.table == t.label and f.kind != HEADLINE_KIND]
     parts.append("<h2 id=\"failures\">Failures</h2>" + (html_table(failures_frame(failures), index="", cls="failures")
                                                        if len(failures) else "<p>No run, file or metric failed.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ehrbench leaderboard</title>"
@@ -306,15 +348,16 @@ def write_report(runs_dir: str | Path, out: str | Path, profiles: dict[str, dict
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
     from ehrbench.data.cache import atomic_path  # every file is written under a temporary name, then renamed
 
+    name = source_name(source or str(runs_dir))
     with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text(to_markdown(tables, rs.failures, figs, notes, header))
+        tmp.write_text(to_markdown(tables, rs.failures, figs, notes, header, name))
     with atomic_path(paths["csv"]) as tmp:
         to_csv(tables).to_csv(tmp, index=False, float_format="%.10g")
     paths["failures"] = out / "failures.csv"
     with atomic_path(paths["failures"]) as tmp:
         rs.failures.to_csv(tmp, index=False)
     with atomic_path(paths["html"]) as tmp:
-        tmp.write_text(to_html(tables, rs.failures, figs, notes, header))
+        tmp.write_text(to_html(tables, rs.failures, figs, notes, header, name))
     if figs:
         paths["figures"] = out / "figures"
     return paths

@@ -60,10 +60,10 @@ def test_html_holds_every_table_and_figure(runs, report):
 def test_markdown_content(report):
     md = report[1]["markdown"].read_text()
     gen = [0.91, 0.93]
-    # mean ± std rounded at the std's 2nd significant digit, n shown; the best mean in bold (ref: single seed)
-    assert f"| gen | 0.080 ± 0.014 (n=2) | {statistics.mean(gen):.3f} ± {statistics.stdev(gen):.3f} (n=2) |" in md
-    assert "| ref | **0.01 (n=1)** | **0.99 (n=1)** |" in md
-    assert "0.6 (n=1, 1 err)" in md                                        # base's auc: one value, one error
+    # mean ± std rounded at the std's 2nd significant digit, n shown († < 3); the best mean in bold (ref: one seed)
+    assert f"| gen | 0.080 ± 0.014 (n=2†) | {statistics.mean(gen):.3f} ± {statistics.stdev(gen):.3f} (n=2†) |" in md
+    assert "| ref | **0.01 (n=1†)** | **0.99 (n=1†)** |" in md
+    assert "0.6 (n=1†, 1 err)" in md                                        # base's auc: one value, one error
     assert "nosuchdata: prevalence figure skipped" not in md                # notes sit under their table ...
     assert "prevalence figure skipped: dataset 'nosuchdata' could not be loaded" in md
     assert "corrupt run.json" in md and "error: ValueError: only one class" in md
@@ -97,9 +97,9 @@ def test_regenerated_files_are_identical(runs, report, tmp_path):
 def test_fmt_cell():
     assert fmt_cell(0.123456, 0.0123, 3) == "0.123 ± 0.012 (n=3)"
     assert fmt_cell(881.0, 2.1, 3) == "881.0 ± 2.1 (n=3)"
-    assert fmt_cell(12345.6, 250.0, 2) == "12,346 ± 250 (n=2)"
-    assert fmt_cell(0.5, float("nan"), 1) == "0.5 (n=1)"
-    assert fmt_cell(0.5, 0.0, 2) == "0.5 ± 0 (n=2)"
+    assert fmt_cell(12345.6, 250.0, 2) == "12,346 ± 250 (n=2†)"  # † fewer than 3 seeds
+    assert fmt_cell(0.5, float("nan"), 1) == "0.5 (n=1†)"
+    assert fmt_cell(0.5, 0.0, 2) == "0.5 ± 0 (n=2†)"
     assert fmt_cell(float("nan"), float("nan"), 0, 3) == "error ×3"
     assert fmt_cell(float("nan"), float("nan"), 0) == "—"
 

@@ -1,0 +1,229 @@
+"""A leaderboard's first screen: the question, the budget's regime, a two-sentence verdict and a compact table."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .aggregate import Table, deviation, run_levels
+
+# Each family's headline score: the first of these that ranks on the table's data (passed its calibration ladder).
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "fidelity": ("detection", "detection_auc", "cooccurrence_pearson", "mmd", "prevalence_pearson"),
+    "utility": ("tstr_auroc", "dimwise_prediction"),
+    "privacy": ("mia_auc", "exact_copy_rate", "nnaa", "dcr"),
+}
+EARLY, FULL = 0.10, 1.0  # shares of a paper schedule: below EARLY is early training, from FULL on the whole schedule
+FEW_SEEDS = 3            # cells from fewer seeds are marked with FEW_MARK
+FEW_MARK = "†"
+
+
+def interval(mean: float, se: float, n: int) -> tuple[float, float]:
+    """95 % interval of a mean: mean ± t(0.975, n - 1) se over n >= 2 seeds, ± 1.96 se from the metric's own
+    standard error alone (one seed); (nan, nan) when the noise is unknown."""
+    if not (np.isfinite(mean) and np.isfinite(se)) or n < 1:
+        return math.nan, math.nan
+    q = float(stats.t.ppf(0.975, n - 1)) if n >= 2 else 1.959963984540054
+    return mean - q * se, mean + q * se
+
+
+def headline_metrics(t: Table) -> dict[str, str]:
+    """family -> its headline metric in this table: the first of HEADLINES, then of the family's other ranked
+    metrics, that has a value and ranks here (the first with a value when none ranks); families without any are
+    left out."""
+    failed = set(t.ladder.loc[t.ladder["verdict"] == "fail", "metric"]) if not t.ladder.empty else set()
+    present = set(t.cells.loc[t.cells["n"] > 0, "metric"])
+    family = t.cells.drop_duplicates("metric").set_index("metric")["family"]
+    out = {}
+    for fam, names in HEADLINES.items():
+        have = [m for m in [*names, *(m for m in t.metrics("ranked") if family[m] == fam)] if m in present]
+        if have:
+            out[fam] = next((m for m in have if m not in failed), have[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Score:
+    mean: float
+    low: float
+    high: float
+    n: int
+    best: bool
+
+    def text(self, digits: int = 3) -> str:
+        if self.n == 0 or not np.isfinite(self.mean):
+            return "—"
+        few = FEW_MARK if self.n < FEW_SEEDS else ""
+        body = f"{self.mean:.{digits}f}"
+        if np.isfinite(self.low):
+            body += f" [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return body + few
+
+
+def scores(t: Table, metric: str) -> dict[str, Score]:
+    """model -> its Score on one metric (mean, 95 % interval, seeds, best mark)."""
+    c = t.cells[t.cells["metric"] == metric].set_index("model")
+    out = {}
+    for m, r in c.iterrows():
+        lo, hi = interval(float(r["mean"]), float(r["noise"]), int(r["n"]))
+        out[str(m)] = Score(float(r["mean"]), lo, hi, int(r["n"]), bool(r["best"]))
+    return out
+
+
+def shares(t: Table) -> pd.Series:
+    """Each non-reference model's mean share of its paper schedule (NaN where unknown)."""
+    s = t.summary
+    gens = s.index[~s["reference"].astype(bool)]
+    return pd.to_numeric(s.loc[gens, "fraction_of_paper"], errors="coerce")
+
+
+def regime(t: Table) -> str:
+    """The budget and what it means: each generator's share of its paper schedule, smallest first, and the regime."""
+    sh = shares(t).dropna()
+    gens = t.summary[~t.summary["reference"].astype(bool)]
+    budgets = sorted({b for b in gens["budget"].fillna("") if b}) if "budget" in gens else []
+    what = " | ".join(budgets) or "as configured"
+    if sh.empty:
+        return f"{what}; no generator recorded its share of the paper schedule."
+    sh = sh.groupby(sh.index.map(_base)).min().sort_values()
+    parts = ", ".join(f"{m} {_pct(v)}" for m, v in sh.items())
+    lead = f"EHRDiff at {_pct(sh['ehrdiff'])} of its paper schedule; " if "ehrdiff" in sh else ""
+    slow = sh.iloc[0]
+    if slow < EARLY:
+        mean = f"early training ({sh.index[0]} at {_pct(slow)}): a statement about the first steps, not a converged verdict"
+    elif slow >= FULL:
+        mean = "every generator ran at least its paper schedule"
+    else:
+        mean = f"part of the schedules ({sh.index[0]} at {_pct(slow)}), not convergence"
+    return f"{what}: {lead}every generator's share: {parts}. Regime: {mean}."
+
+
+def _base(label: str) -> str:
+    """A row label without its ε or settings suffix ("vae (ε=1)" -> "vae")."""
+    return str(label).split(" [")[0].split(" (")[0]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g} %" if x < 0.1 else f"{100 * x:.0f} %"
+
+
+def verdict(t: Table, heads: dict[str, str]) -> str:
+    """Two sentences: who leads on the mean rank and on which headline scores the lead is beyond noise (the 95 %
+    interval of the difference excludes 0); who is not ranked and why."""
+    s = t.summary
+    ranked = s[~s["reference"].astype(bool) & (s["failed"] == "") & s["mean_rank"].notna()]
+    levels = _levels(t, ranked.index)
+    first = []
+    for lvl, models in levels.items():
+        sub = ranked.loc[models]
+        prefix = "" if len(levels) == 1 else ("without privacy, " if lvl == "not private" else f"at {lvl}, ")
+        if len(sub) == 1:
+            first.append(f"{prefix}{sub.index[0]} is the only ranked generator, so there is nothing to rank it "
+                         "against (compare it with the references)")
+            continue
+        lead, runner = sub.index[0], sub.index[1]
+        order = ", ".join(f"{m} {v:.2f}" for m, v in sub["mean_rank"].iloc[1:].items())
+        won, tied = _lead(t, heads, lead, runner)
+        detail = (f"it beats {runner} on {_join(won)}" + (f" and ties on {_join(tied)}" if tied else "")
+                  if won else f"it ties {runner} on every headline score")
+        first.append(f"{prefix}first by mean rank {lead} ({sub['mean_rank'].iloc[0]:.2f}; {order}); {detail}")
+    one = ("; ".join(first) if first else "no generator is ranked") + "."
+    out = s[~s["reference"].astype(bool) & (s["failed"] != "")]
+    why = out.groupby("failed", sort=False).apply(lambda g: ", ".join(g.index), include_groups=False)
+    two = ("Not ranked: " + "; ".join(f"{m} ({w})" for w, m in why.items()) + "." if len(out)
+           else "Every generator with complete runs is ranked.")
+    return f"{one[0].upper() if one[0].isascii() else one[0]}{one[1:]} {two}"
+
+
+def _levels(t: Table, models: pd.Index) -> dict[str, list[str]]:
+    """Ranked rows grouped by target epsilon (one group when no run is private), in summary order."""
+    lv = run_levels(t.runs)
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        e = lv.get(m, np.inf)
+        groups.setdefault("not private" if e == np.inf else f"ε={e:g}", []).append(m)
+    return groups
+
+
+def difference(t: Table, metric: str, a: str, b: str) -> tuple[float, float, float]:
+    """How much better a is than b on one metric (> 0: a better), with its 95 % interval: Welch's t over the
+    seeds, normal where the metric's own standard error sets the noise. The key is the ranks' (reports.aggregate
+    `deviation` from the ideal, without the tolerance, where the metric has one)."""
+    c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])].set_index("model").reindex([a, b])
+    goal = str(c["goal"].iloc[0])
+    if c["ideal"].notna().all():
+        key = deviation(c["mean"], goal, c["ideal"])
+    else:
+        key = -c["mean"] if goal == "max" else c["mean"]
+    d = float(key[b] - key[a])
+    se, n = c["noise"].to_numpy(dtype=float), c["n"].to_numpy(dtype=float)
+    var = se ** 2
+    dof = var.sum() ** 2 / np.sum(var ** 2 / np.maximum(n - 1, 1)) if (n >= 2).all() and var.sum() > 0 else np.inf
+    q = float(stats.t.ppf(0.975, dof)) if np.isfinite(dof) else 1.959963984540054
+    half = q * float(np.sqrt(var.sum()))
+    return d, d - half, d + half
+
+
+def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], list[str]]:
+    """Headline families where a beats b (the difference's 95 % interval lies above 0), and where they tie."""
+    won, tied = [], []
+    for fam, metric in heads.items():
+        c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])]
+        if len(c) < 2 or c["mean"].isna().any() or c["rank"].isna().any() or c["noise"].isna().any():
+            continue
+        d, lo, hi = difference(t, metric, a, b)
+        if lo > 0:
+            won.append(f"{fam} ({metric} by {d:.3g}, 95 % interval [{lo:.3g}, {hi:.3g}])")
+        elif hi >= 0:
+            tied.append(fam)
+    return won, tied
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Up to three small tables, each (text, best mask): "ranked" generators, "not ranked" ones with the reason,
+    and the "references"; columns: mean rank, each family's headline score with its 95 % interval, seeds."""
+    s = t.summary
+    cols = {fam: scores(t, m) for fam, m in heads.items()}
+    arrows = {m: {"max": "↑", "min": "↓", "target": "◎"}.get(g, "") for m, g in
+              t.cells.drop_duplicates("metric").set_index("metric")["goal"].items()}
+    groups = {"ranked": s.index[~s["reference"].astype(bool) & (s["failed"] == "")],
+              "not ranked": s.index[~s["reference"].astype(bool) & (s["failed"] != "")],
+              "references": s.index[s["reference"].astype(bool)]}
+    out = {}
+    for g, models in groups.items():
+        if not len(models):
+            continue
+        text = pd.DataFrame(index=pd.Index(list(models), name="model"))
+        if g == "ranked":
+            text["mean rank ↓"] = [f"{v:.2f}" if np.isfinite(v) else "—" for v in s.loc[models, "mean_rank"]]
+        for fam, metric in heads.items():
+            text[f"{fam}: {metric} {arrows.get(metric, '')}".strip()] = [cols[fam][m].text() if m in cols[fam] else "—"
+                                                                         for m in models]
+        text["seeds"] = [f"{s.loc[m, 'runs_ok']}{FEW_MARK if s.loc[m, 'runs_ok'] < FEW_SEEDS else ''}" for m in models]
+        if g == "not ranked":
+            text["why"] = list(s.loc[models, "failed"])
+        best = pd.DataFrame(False, index=text.index, columns=text.columns)
+        if g == "ranked":
+            for fam, metric in heads.items():
+                col = [c for c in text.columns if c.startswith(f"{fam}: ")][0]
+                best[col] = [bool(m in cols[fam] and cols[fam][m].best) for m in models]
+        out[g] = (text, best)
+    return out
+
+
+QUESTION = "Which generator makes the most useful synthetic patients at the least privacy risk on {data}{eps}?"
+INTERVALS = (f"Scores are means over seeds with 95 % intervals in brackets (t over the seeds, or the metric's own "
+             f"standard error when larger); **bold**: beaten beyond noise by no other ranked generator; "
+             f"{FEW_MARK}: fewer than {FEW_SEEDS} seeds.")
+
+
+def question(t: Table) -> str:
+    eps = " at each privacy budget ε" if len(_levels(t, t.summary.index)) > 1 else ""
+    return QUESTION.format(data=t.data, eps=eps)

@@ -1,0 +1,89 @@
+"""A leaderboard's first screen: intervals and differences against scipy, the regime, the verdict, compact tables."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ehrbench.reports import build_tables, load_runs, write_report
+from ehrbench.reports.headline import compact, difference, headline_metrics, interval, regime, verdict
+from tests.test_reports_load import make_run
+
+A = {"auc": [0.70, 0.72, 0.71], "pearson": [0.90, 0.91, 0.92], "risk": [0.01, 0.02, 0.00]}
+B = {"auc": [0.60, 0.65, 0.62], "pearson": [0.89, 0.92, 0.90], "risk": [0.02, 0.00, 0.01]}
+
+
+def _set(run_dir, **fields):
+    f = run_dir / "run.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), **fields}))
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """ehrdiff (A) leads vae (B) on utility and ties elsewhere; real is a reference; medgan never finished;
+    independent has two seeds only."""
+    root = tmp_path_factory.mktemp("runs")
+    for model, vals, share in (("ehrdiff", A, 0.0018), ("vae", B, 0.091)):
+        for seed in range(3):
+            d = make_run(root, model, seed, {k: v[seed] for k, v in vals.items()}, se=0.0, npz=False)
+            _set(d, budget="compute", budget_reference="500 x ehrdiff", fraction_of_paper=share)
+    for seed in range(3):
+        make_run(root, "real", seed, {"auc": 0.8, "pearson": 1.0, "risk": 0.3 + 0.01 * seed}, se=0.0, npz=False)
+    for seed in range(2):
+        make_run(root, "independent", seed, {"auc": 0.5, "pearson": 0.5 + 0.01 * seed, "risk": 0.0}, se=0.0, npz=False)
+    make_run(root, "medgan", 0, {"auc": 0.4}, status="failed: RuntimeError: nan loss", npz=False)
+    return root, build_tables(load_runs(root))[0]
+
+
+def test_interval_is_the_t_interval_over_seeds_and_normal_for_one():
+    assert interval(0.7, 0.01, 3) == pytest.approx(stats.t.interval(0.95, 2, loc=0.7, scale=0.01))
+    assert interval(0.7, 0.01, 1) == pytest.approx(stats.norm.interval(0.95, loc=0.7, scale=0.01))
+    assert all(np.isnan(interval(0.7, float("nan"), 3)))
+
+
+def test_difference_is_welchs_interval(table):
+    _, t = table
+    d, lo, hi = difference(t, "auc", "ehrdiff", "vae")
+    ci = stats.ttest_ind(A["auc"], B["auc"], equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(np.mean(A["auc"]) - np.mean(B["auc"]))
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    d, lo, hi = difference(t, "pearson", "vae", "ehrdiff")  # direction: > 0 when the first is better
+    assert d == pytest.approx(np.mean(B["pearson"]) - np.mean(A["pearson"])) and lo < 0 < hi
+
+
+def test_verdict_names_the_lead_only_where_the_interval_excludes_zero(table):
+    _, t = table
+    heads = headline_metrics(t)
+    assert heads == {"fidelity": "pearson", "utility": "auc", "privacy": "risk"}  # none registered: first ranked
+    v = verdict(t, heads)
+    assert v.startswith("First by mean rank ehrdiff (")
+    d = np.mean(A["auc"]) - np.mean(B["auc"])
+    assert f"it beats vae on utility (auc by {d:.3g}, 95 % interval [" in v and "ties on fidelity and privacy" in v
+    assert v.endswith("Not ranked: medgan (no complete run (failed)).")
+
+
+def test_compact_tables_put_references_and_unranked_generators_apart(table):
+    _, t = table
+    tabs = compact(t, headline_metrics(t))
+    ranked, best = tabs["ranked"]
+    assert list(ranked.index) == ["ehrdiff", "vae"] and list(tabs["references"][0].index) == ["independent", "real"]
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(A["auc"]), scale=np.std(A["auc"], ddof=1) / np.sqrt(3))
+    assert ranked.loc["ehrdiff", "utility: auc ↑"] == f"{np.mean(A['auc']):.3f} [{lo:.3f}, {hi:.3f}]"
+    assert best.loc["ehrdiff", "utility: auc ↑"] and not best.loc["vae", "utility: auc ↑"]
+    assert tabs["references"][0].loc["independent", "seeds"] == "2†"  # fewer than 3 seeds are marked
+    assert tabs["not ranked"][0].loc["medgan", "why"] == "no complete run (failed)"
+
+
+def test_regime_says_how_far_each_schedule_went(table):
+    _, t = table
+    r = regime(t)
+    assert r.startswith("compute 500 x ehrdiff: EHRDiff at 0.18 % of its paper schedule")
+    assert "ehrdiff 0.18 %, vae 9.1 %" in r and "Regime: early training" in r
+
+
+def test_the_page_opens_with_the_first_screen(table, tmp_path):
+    root, _ = table
+    md = write_report(root, tmp_path, figures=False)["markdown"].read_text()
+    first, details = md.split("## Details", 1)
+    assert "**Question.**" in first and "**Budget.**" in first and "**Verdict.**" in first
+    assert "**References (reference points, never ranked)**" in first and "### Summary" in details
