@@ -86,6 +86,19 @@ def step_flops(synth: Any, X: torch.Tensor, phase: Phase) -> int:
     return int(total)
 
 
+def sample_flops(synth: Any, n: int = 100, seed: int = 0) -> float | None:
+    """Sampling FLOPs per 1,000 records: FlopCounterMode over `sample(n)` (the matrix products of every network
+    evaluation, as step_flops counts), times 1000 / n; sampling is batched, so its FLOPs grow linearly with the
+    records drawn. None for a generator without torch modules (its numpy work is not counted)."""
+    if not hasattr(synth, "modules_"):
+        return None
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with torch.random.fork_rng(devices=[]), counter:
+        synth.sample(n, seed=seed)
+    return counter.get_total_flops() * 1000.0 / n
+
+
 class _GlobalOnly:
     """Stands in for FlopCounterMode's module tracker, so every FLOP counts as "Global": the tracker's backward
     hooks fail inside torch.autograd.grad (EMR-WGAN's gradient penalty), and the per-module split is not needed."""

@@ -1,5 +1,6 @@
 """The run configuration's schema (typed dataclasses) and validate(): every section checked before any work."""
 import dataclasses
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -58,6 +59,7 @@ class RunConfig:
     n_samples: Optional[int] = must("a positive integer or null", default=None)
     canaries: int = must("0 (no audit) or an integer of at least 2", default=0)
     rerun: bool = must("true or false", default=False)
+    split_from_seed: bool = must("true or false (true: the loader's split_seed is the run's seed)", default=False)
     tag: str = must("a non-empty name of letters, digits, '.', '+', '-' or '_' (in a YAML file, quote one that YAML "
                     "reads as a number or boolean: tag: 'inf')", default="default")
     resample_from: Optional[str] = must("a run directory (a string), without torchrun or curve.eval_at (it trains "
@@ -134,6 +136,9 @@ def validate(cfg: DictConfig) -> dict:
         raise ValueError(f"unknown dataset {dname!r}; valid choices: {', '.join(sorted(data_pkg.DATASETS))}")
     check_options(f"dataset '{dname}'", "data", data_pkg.DATASETS[dname],
                   {k: v for k, v in dcfg.items() if k not in RESERVED_DATA_KEYS})
+    if config.get("split_from_seed") and "split_seed" not in inspect.signature(data_pkg.DATASETS[dname]).parameters:
+        raise ValueError(f"split_from_seed=true sets the loader's split_seed, which dataset '{dname}' does not take; "
+                         "use split_from_seed=false")
     try:
         cls = get_synthesizer(str(mname))
     except KeyError as e:

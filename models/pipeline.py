@@ -26,6 +26,7 @@ from ehrbench.metrics import canary
 
 from . import device, distributed
 from .base import Synthesizer, TorchSynthesizer, build_synthesizer, get_synthesizer, one_sentence
+from .budget import sample_flops
 from .config import validate
 from .plugins import provider
 from .resample import FIT_KEYS, load_trained
@@ -89,13 +90,21 @@ def load_data(dname: str, data_kw: dict) -> data_pkg.EHRData:
         raise
 
 
+def data_options(config: dict) -> dict:
+    """The loader's keyword arguments: the data config minus the reserved keys, relative paths from the repository
+    root, and split_seed = seed under split_from_seed (each seed then draws its own train/holdout/test split)."""
+    kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
+    if config.get("split_from_seed"):
+        kw["split_seed"] = int(config["seed"])
+    return kw
+
+
 def prepare(config: dict, run_dir: Path) -> tuple[data_pkg.EHRData, Any, Any, Any]:
     """The data, the audit's canaries (None without one), the untrained generator and its Trainer of one cell (every
     torchrun rank builds the same)."""
     key, seed = config["model"]["name"], int(config["seed"])
     torch.manual_seed(seed)
-    data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
-    data = load_data(config["data"]["name"], data_kw)
+    data = load_data(config["data"]["name"], data_options(config))
     model_kw = {k: v for k, v in from_repo(config["model"], PATH_KEYS["model"]).items() if k != "name"
                 and (k != "label" or "label" in inspect.signature(get_synthesizer(key)).parameters)}
     synth = build_synthesizer(key, **model_kw)
@@ -143,7 +152,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
         info["reference"] = bool(getattr(synth, "reference", False))  # references are shown apart, unranked
         info["provider"] = provider(type(synth))  # module, distribution and version of the generator
         info.update(device=str(trainer.device), world_size=distributed.world_size(), n_train=len(data.train),
-                    n_features=data.n_features)
+                    n_features=data.n_features, split=data.meta.get("split"))
 
         if config.get("resample_from"):  # a trained run's generator with new sampling settings, no training
             synth, fitted = load_trained(config["resample_from"], config)
@@ -171,6 +180,7 @@ def run(cfg: DictConfig, run_dir: Path, previous: dict | None = None) -> dict:
         S = synth.sample(n, seed=seed)
         info["sample_seconds"] = time.perf_counter() - t0
         info["n_samples"] = len(S)
+        info["sample_flops_per_1000"] = sample_flops(synth, seed=seed)
         with atomic_path(run_dir / "synthetic.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, X=S, columns=np.asarray(data.columns))
 
@@ -293,8 +303,7 @@ def export(cfg: DictConfig) -> None:
     """`export.dir=DIR`: write the configured dataset's train/holdout/test split and split.json (with the
     training split's fingerprint) for a tool outside ehrbench; no run directory is made."""
     config = validate(cfg)
-    data_kw = {k: v for k, v in from_repo(config["data"], PATH_KEYS["data"]).items() if k not in RESERVED_DATA_KEYS}
-    data = load_data(cfg.data.name, data_kw)
+    data = load_data(cfg.data.name, data_options(config))
     meta = data_pkg.export_split(data, Path(cfg.export.dir).expanduser(), cfg.export.format)
     print(f"exported {data.name}: " + ", ".join(f"{k} {v:,} rows" for k, v in meta["rows"].items())
           + f" x {len(meta['columns'])} columns -> {cfg.export.dir} (fingerprint {meta['fingerprint']})")

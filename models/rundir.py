@@ -225,7 +225,7 @@ def data_key(data_cfg: dict | None) -> str:
 
 
 # keys added after runs were recorded, at their neutral value: absent and neutral are the same setting
-ADDED_SETTINGS = {"trainer.dp": None, "trainer.fast": False, "model.cond_label": False, "model.guidance_scale": 0.0,
+ADDED_SETTINGS = {"split_from_seed": False, "trainer.dp": None, "trainer.fast": False, "model.cond_label": False, "model.guidance_scale": 0.0,
                   "model.label_dropout": 0.1, "model.class_dim": 128, "model.label_prevalence": None}
 
 

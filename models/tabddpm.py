@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import check_unit_interval
+from .quantile import MAX_LEVELS, NORMALIZATIONS, discrete_levels, inverse_quantile, n_quantiles, round_to_levels
 from .trainer import Trainer
 
 LOG_ZERO_CLAMP = 1e-30  # index_to_log_onehot clamps one-hot zeros to 1e-30 before the log (log = -69.08)
@@ -224,13 +225,18 @@ class TabDDPM(TorchSynthesizer):
     """TabDDPM with MLPDiffusion, defaults of the official base config exp/<dataset>/config.toml (the same in all 16
     datasets; the starting point of scripts/tune_ddpm.py): d_layers [256, 256], dropout 0, dim_t 128 (MLPDiffusion
     default), num_timesteps 1000, cosine schedule, mse Gaussian loss, AdamW lr 1e-3, weight_decay 1e-5, batch 4096,
-    1000 steps, lr annealed linearly to 0 (scripts/train.py), sampling batch 10000.
+    lr annealed linearly to 0 (scripts/train.py), sampling batch 10000; steps 30,000, the scale of the tuned
+    exp/<dataset>/ddpm_*_best configs (26 of 28 train 30,000 steps; the base config's 1,000 is the tuner's start).
 
     Each binary column is one 2-category variable of the multinomial diffusion (all binaries as one (batch, n, 2)
-    tensor); continuous columns are the Gaussian part. Deviations from the official code (each also noted where it
-    happens): continuous columns are diffused as given (ehrbench scales them to [0, 1]) and the sampled values are
-    clipped to [0, 1], where the official code quantile-normalises them and inverts the QuantileTransformer; labels
-    are ordinary columns (the official is_y_cond=False path; no class-conditional sampling); sampling draws its noise
+    tensor); continuous columns are the Gaussian part, quantile-normalised as the official pipeline does
+    (normalization="quantile", [train.T] of every config: lib/data.py's QuantileTransformer to a normal, inverted
+    at sampling, then scripts/sample.py's rounding of discrete columns to their nearest training value).
+    normalization="none" diffuses ehrbench's [0, 1] values as given and clips the samples to [0, 1] (a deviation,
+    kept for private runs: the transform is fitted on the training records outside DP-SGD, so trainer.dp refuses
+    it). Deviations from the official code (each also noted where it happens): a column counts as discrete by
+    having at most 32 distinct training values (the official check also asks for integers, which ehrbench's
+    [0, 1]-scaled columns no longer are); labels are ordinary columns (the official is_y_cond=False path; no class-conditional sampling); sampling draws its noise
     from a generator seeded by `seed` on the model's device (the official code uses the global RNG), and each
     binary variable's reverse step is one logistic draw against its log-odds (p_logit; same law as the official
     Gumbel-max over two categories, half the work); the official
@@ -244,8 +250,8 @@ class TabDDPM(TorchSynthesizer):
 
     def __init__(self, d_layers: tuple[int, ...] = (256, 256), dropout: float = 0.0, dim_t: int = 128,
                  num_timesteps: int = 1000, scheduler: str = "cosine", lr: float = 1e-3, weight_decay: float = 1e-5,
-                 batch_size: int = 4096, steps: int = 1000, ema_decay: float | None = None,
-                 sample_batch_size: int = 10000) -> None:
+                 batch_size: int = 4096, steps: int = 30000, ema_decay: float | None = None,
+                 sample_batch_size: int = 10000, normalization: str = "quantile") -> None:
         self.d_layers = d_layers
         self.dropout = dropout
         self.dim_t = dim_t
@@ -257,6 +263,7 @@ class TabDDPM(TorchSynthesizer):
         self.steps = steps
         self.ema_decay = ema_decay
         self.sample_batch_size = sample_batch_size
+        self.normalization = normalization
 
     # ---- TorchSynthesizer hooks ------------------------------------------------------------------
     def build(self, n_features: int) -> nn.ModuleDict:
@@ -287,12 +294,45 @@ class TabDDPM(TorchSynthesizer):
 
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "TabDDPM":
-        X = self._prepare_fit(data)
-        check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")  # the [0, 1] clip needs [0, 1] data
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"{self.name}.normalization must be one of {', '.join(NORMALIZATIONS)}; got "
+                             f"{self.normalization!r}")
         trainer = trainer or Trainer()
+        if self.normalization == "quantile" and getattr(trainer, "dp", None) is not None:
+            raise ValueError(f"{self.name}: normalization=quantile fits its transform on the training records outside "
+                             "DP-SGD, so a private run needs model.normalization=none (choices: quantile, none)")
+        X = self._prepare_fit(data)
+        num = np.flatnonzero(np.asarray(self.kinds_) != "binary")  # DiffusionTables.num_idx
+        self.levels_ = discrete_levels(X[:, num])
+        self.quantiles_ = None
+        if self.normalization == "none":
+            check_unit_interval(X, self.kinds_, self.columns_, f"{self.name}.fit")  # the [0, 1] clip needs [0, 1]
+        elif len(num):
+            from sklearn.preprocessing import QuantileTransformer
+
+            qt = QuantileTransformer(output_distribution="normal", n_quantiles=n_quantiles(len(X)),
+                                     subsample=int(1e9), random_state=trainer.seed)
+            X = X.copy()
+            X[:, num] = qt.fit_transform(X[:, num].astype(np.float64)).astype(np.float32)
+            self.quantiles_ = qt.quantiles_
         self.init_training(self.n_features_, trainer.seed)
         self.run_plan(X, trainer)
         return self
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = super().state_tensors()
+        state["levels"] = torch.from_numpy(self.levels_)
+        if self.quantiles_ is not None:
+            state["quantiles"] = torch.from_numpy(self.quantiles_)
+        return state
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        levels, q = state.pop("levels", None), state.pop("quantiles", None)
+        super().load_state_tensors(state)
+        n_num = int(np.sum(np.asarray(self.kinds_) != "binary"))
+        self.levels_ = levels.numpy() if levels is not None else np.full((n_num, MAX_LEVELS), np.nan)
+        self.quantiles_ = q.numpy() if q is not None else None
 
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,13 +370,14 @@ class TabDDPM(TorchSynthesizer):
         return torch.cat(nums), torch.cat(cats)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """Binary columns: the sampled category (0/1); continuous columns: clip(x, 0, 1).
-
-        Deviation: the official code inverts its QuantileTransformer on the Gaussian part; ehrbench's continuous
-        columns are min-max scaled to [0, 1], so the Gaussian output is clipped to that range instead."""
+        """Binary columns: the sampled category (0/1); continuous columns: the QuantileTransformer inverted
+        (normalization="none": clip(x, 0, 1)), then discrete columns rounded to their nearest training value."""
         z, cat = self.generate(n, seed)
         tab = self.sampling_modules()["diffusion"]
         X = np.zeros((n, self.n_features_), dtype=np.float32)
-        X[:, tab.num_idx.cpu().numpy()] = np.clip(z.numpy(), 0.0, 1.0)
+        num = z.numpy().astype(np.float64)
+        q, levels = getattr(self, "quantiles_", None), getattr(self, "levels_", None)
+        num = inverse_quantile(num, q) if q is not None else np.clip(num, 0.0, 1.0)
+        X[:, tab.num_idx.cpu().numpy()] = round_to_levels(num, levels) if levels is not None else num
         X[:, tab.bin_idx.cpu().numpy()] = cat.numpy().astype(np.float32)
         return self._finish(X)

@@ -22,8 +22,8 @@ PROFILES: dict[str, dict[str, float]] = {
     "privacy_first": {"fidelity": 0.2, "utility": 0.2, "privacy": 0.6},
     "utility_first": {"fidelity": 0.2, "utility": 0.6, "privacy": 0.2},
 }
-EFFICIENCY = ("fit_seconds", "sample_seconds", "peak_memory_mb", "n_params", "train_flops", "fraction_of_paper",
-              "epsilon")  # epsilon: spent by a private run (the accountant's), NaN = not private, shown as "—"
+EFFICIENCY = ("fit_seconds", "sample_seconds", "sample_seconds_per_1000", "peak_memory_mb", "n_params", "train_flops",
+              "sample_flops_per_1000", "total_flops", "fraction_of_paper", "epsilon")  # epsilon: spent by a private run (the accountant's), NaN = not private, shown as "—"
 REFERENCE_MODELS = ("real", "independent")
 INDEPENDENT = "independent"  # the floor a generator must beat on at least one fidelity metric (sanity_failures)
 GATE_METRICS = 3  # reference rows of runs recorded before run.json had "reference"

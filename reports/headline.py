@@ -188,7 +188,8 @@ def _join(items: list[str]) -> str:
 
 def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Up to three small tables, each (text, best mask): "ranked" generators, "not ranked" ones with the reason,
-    and the "references"; columns: mean rank, each family's headline score with its 95 % interval, seeds."""
+    and the "references"; columns: mean rank, each family's headline score with its 95 % interval, the sampling
+    seconds per 1,000 records, seeds."""
     s = t.summary
     cols = {fam: scores(t, m) for fam, m in heads.items()}
     arrows = {m: {"max": "↑", "min": "↓", "target": "◎"}.get(g, "") for m, g in
@@ -206,6 +207,8 @@ def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd
         for fam, metric in heads.items():
             text[f"{fam}: {metric} {arrows.get(metric, '')}".strip()] = [cols[fam][m].text() if m in cols[fam] else "—"
                                                                          for m in models]
+        per_1k = pd.to_numeric(s.loc[models, "sample_seconds_per_1000"], errors="coerce")
+        text["sample s / 1k"] = [f"{v:.3g}" if np.isfinite(v) else "—" for v in per_1k]
         text["seeds"] = [f"{s.loc[m, 'runs_ok']}{FEW_MARK if s.loc[m, 'runs_ok'] < FEW_SEEDS else ''}" for m in models]
         if g == "not ranked":
             text["why"] = list(s.loc[models, "failed"])

@@ -17,7 +17,8 @@ from .audit import CANARY, audit_reason, audit_rows, canary_reason, canary_rows
 RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key", "n_params", "fit_seconds",
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
                "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "git_dirty", "finished", "reference",
-               "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon", "generator", "target_epsilon"]
+               "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon", "generator", "target_epsilon",
+               "sample_flops_per_1000", "sample_seconds_per_1000", "total_flops"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
@@ -228,7 +229,7 @@ def load_runs(root: str | Path) -> RunSet:
                                "seed": r["seed"], "value": _float(row["value"]) if row.get("status") == "ok" else math.nan})
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 fail("file", r["path"], r, f"curve.jsonl line {i} is not a valid curve row")
-    runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
+    runs_df = cost_columns(pd.DataFrame(runs, columns=RUN_COLUMNS))
     results_df = pd.DataFrame(results, columns=RESULT_COLUMNS)
     runs_df, results_df = _flag_duplicate_cells(runs_df, results_df, failures)
     ident = runs_df.set_index("path")  # a private run whose attack beats its (epsilon, delta): a failure row
@@ -244,6 +245,15 @@ def load_runs(root: str | Path) -> RunSet:
     fail_df = fail_df.sort_values(["path", "kind", "metric", "reason"], kind="stable", na_position="first")
     return RunSet(root, runs_df, results_df, fail_df.reset_index(drop=True), configs,
                   pd.DataFrame(curves, columns=CURVE_COLUMNS))
+
+
+def cost_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """The price in full: sampling seconds per 1,000 records, and total FLOPs = training FLOPs + the sampling FLOPs
+    of the records the run drew (NaN where the run recorded no sampling FLOPs: older runs, numpy generators)."""
+    num = lambda c: pd.to_numeric(runs[c], errors="coerce")  # noqa: E731
+    n = num("n_samples").where(num("n_samples") > 0)
+    return runs.assign(sample_seconds_per_1000=num("sample_seconds") / n * 1000.0,
+                       total_flops=num("train_flops").fillna(0.0) + num("sample_flops_per_1000") * n / 1000.0)
 
 
 def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame,

@@ -85,10 +85,12 @@ def summary_frame(t: Table) -> pd.DataFrame:
     out["seeds"] = s["seeds"].fillna("").to_numpy()
     out["budget"] = s["budget"].fillna("").to_numpy() if "budget" in s else ""
     out["steps / paper steps"] = s["budget_steps"].fillna("").to_numpy() if "budget_steps" in s else ""
-    names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "peak_memory_mb": "peak MB", "n_params": "params",
-             "train_flops": "train FLOPs", "fraction_of_paper": "share of paper", "epsilon": "ε spent"}
+    names = {"fit_seconds": "fit s", "sample_seconds": "sample s", "sample_seconds_per_1000": "sample s / 1k records",
+             "peak_memory_mb": "peak MB", "n_params": "params", "train_flops": "train FLOPs",
+             "sample_flops_per_1000": "sample FLOPs / 1k records", "total_flops": "total FLOPs (train + sample)",
+             "fraction_of_paper": "share of paper", "epsilon": "ε spent"}
     for col in EFFICIENCY:
-        fmt = (lambda v: f"{v:.3g}") if col == "train_flops" else (lambda v: fmt_num(v, 3))
+        fmt = (lambda v: f"{v:.3g}") if "flops" in col else (lambda v: fmt_num(v, 3))
         out[names[col]] = s[col].map(lambda v: fmt(v) if v == v else "—").to_numpy()
     out["device"] = s["device"].fillna("").to_numpy()
     return out

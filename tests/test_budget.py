@@ -171,3 +171,33 @@ def test_the_reference_itself_is_measured_once(tiny_data, monkeypatch):
     assert len(calls) == 1
     assert t.fraction_ == pytest.approx(separate / (t.phases_["train"]["paper_steps"]
                                                     * t.phases_["train"]["flops_per_step"]))
+
+
+def test_sampling_flops_per_1000_records_by_hand():
+    """A generator whose sample() is one Linear(4 -> 3) on n noise rows: 2 * 4 * 3 FLOPs per record, 24,000 per
+    1,000; a generator without torch modules records None."""
+    from ehrbench.models.budget import sample_flops
+
+    class OneLayer:
+        modules_ = torch.nn.ModuleDict({"net": torch.nn.Linear(4, 3)})
+
+        def sample(self, n, seed=0):
+            return self.modules_["net"](torch.randn(n, 4)).detach().numpy()
+
+    assert sample_flops(OneLayer(), n=50) == pytest.approx(24_000)
+    assert sample_flops(object()) is None
+    state = torch.random.get_rng_state()
+    sample_flops(OneLayer())
+    assert torch.equal(state, torch.random.get_rng_state())  # counting leaves the global randomness untouched
+
+
+def test_reports_price_sampling_per_1000_records_and_in_total():
+    import pandas as pd
+
+    from ehrbench.reports.load import cost_columns
+
+    runs = pd.DataFrame({"n_samples": [2000, 500, None], "sample_seconds": [4.0, 1.0, 3.0],
+                         "train_flops": [1e12, 0.0, 5e11], "sample_flops_per_1000": [3e9, None, 1e9]})
+    c = cost_columns(runs)
+    assert c["sample_seconds_per_1000"].tolist()[:2] == [2.0, 2.0] and np.isnan(c["sample_seconds_per_1000"][2])
+    assert c["total_flops"][0] == 1e12 + 6e9 and np.isnan(c["total_flops"][1]) and np.isnan(c["total_flops"][2])

@@ -32,8 +32,10 @@ def test_complete_run_directory(name, tmp_path):
     assert info["status"] == "ok"
     saved = json.loads((tmp_path / "run.json").read_text())
     for key in ("n_params", "fit_seconds", "sample_seconds", "steps_per_second", "peak_memory_mb", "device",
-                "peak_memory_scope", "versions", "git_commit", "status", "config"):
+                "peak_memory_scope", "versions", "git_commit", "status", "config", "split"):
         assert key in saved, key
+    torch_model = issubclass(SYNTHESIZERS[name], torch_base())
+    assert (saved["sample_flops_per_1000"] > 0) if torch_model else saved["sample_flops_per_1000"] is None
     from importlib.metadata import version
     assert saved["torch_threads"] == torch.get_num_threads()
     assert saved["versions"]["scikit-learn"] == version("scikit-learn") and saved["versions"]["opacus"] == version("opacus")
@@ -44,6 +46,24 @@ def test_complete_run_directory(name, tmp_path):
     assert npz["X"].shape == (500, 35) and len(npz["columns"]) == 35  # trainer=debug draws 500 records
     assert (tmp_path / "synthesizer" / "config.json").exists() and (tmp_path / "synthesizer" / "state.pt").exists()
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def torch_base():
+    from ehrbench.models.base import TorchSynthesizer
+
+    return TorchSynthesizer
+
+
+def test_split_from_seed_gives_each_seed_its_own_split_in_one_table(tmp_path):
+    from ehrbench.models.rundir import data_key, settings_hash
+
+    base = ["model=independent", "trainer=debug", "metrics=fast", *TINY_DATA, "seed=2"]
+    own = pipeline.run(compose([*base, "split_from_seed=true"]), tmp_path / "own")
+    fixed = pipeline.run(compose(base), tmp_path / "fixed")
+    assert own["split"]["seed"] == 2 and fixed["split"]["seed"] == 0
+    assert data_key(own["config"]["data"]) == data_key(fixed["config"]["data"])  # one data config: one table
+    legacy = {k: v for k, v in fixed["config"].items() if k != "split_from_seed"}  # runs recorded before the key
+    assert settings_hash(legacy) == fixed["settings_hash"] != own["settings_hash"]
 
 
 def test_failing_run_still_writes_run_json(tmp_path):

@@ -195,3 +195,82 @@ def test_the_folded_denoiser_equals_the_network_on_log_onehot_inputs(n_num):
             torch.testing.assert_close(eps_hat, out[:, :n_num], rtol=1e-5, atol=1e-4)
             pair = out[:, n_num:].reshape(B, n_bin, 2)
             torch.testing.assert_close(d, pair[..., 1] - pair[..., 0], rtol=1e-5, atol=1e-4)
+
+
+def test_inverse_quantile_equals_sklearns_inverse_transform():
+    from sklearn.preprocessing import QuantileTransformer
+
+    from ehrbench.models.quantile import inverse_quantile, n_quantiles
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.exponential(size=900), rng.integers(0, 5, 900), np.r_[np.zeros(600), rng.random(300)]])
+    qt = QuantileTransformer(output_distribution="normal", n_quantiles=n_quantiles(900), subsample=int(1e9),
+                             random_state=0).fit(X)
+    z = np.vstack([qt.transform(X), rng.normal(0, 3, (500, 3)), [[-40.0, 40.0, 0.0], [6.0, -6.0, 1e-9]]])
+    assert np.allclose(inverse_quantile(z, qt.quantiles_), qt.inverse_transform(z), rtol=0, atol=1e-12)
+    assert (n_quantiles(900), n_quantiles(10**6), n_quantiles(50)) == (30, 1000, 10)  # lib/data.py's rule
+
+
+def test_discrete_columns_round_to_their_nearest_training_value_as_cdist_argmin():
+    from scipy.spatial.distance import cdist
+
+    from ehrbench.models.quantile import discrete_levels, round_to_levels
+
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.integers(0, 4, 200).astype(float), rng.random(200)])  # 4 levels; 200 distinct values
+    levels = discrete_levels(X)
+    assert np.isnan(levels[1]).all() and np.array_equal(levels[0, :4], [0, 1, 2, 3]) and np.isnan(levels[0, 4:]).all()
+    S = np.vstack([rng.normal(1.5, 2.0, (300, 2)), [[0.5, 0.0], [2.5, 1.0]]])  # and two exact midpoints
+    uniq = np.unique(X[:, 0])
+    expect = uniq[cdist(S[:, :1], uniq[:, None]).argmin(1)]  # lib/data.py round_columns
+    R = round_to_levels(S, levels)
+    assert np.array_equal(R[:, 0], expect) and np.array_equal(R[:, 1], S[:, 1])
+
+
+def _as_data(X, kinds):
+    from ehrbench.data import EHRData
+
+    return EHRData(X, X[:20], X[:20], tuple(f"c{j}" for j in range(X.shape[1])), kinds, name="mixed")
+
+
+def _mixed(n=300, seed=2):
+    rng = np.random.default_rng(seed)
+    codes = (rng.random((n, 6)) < 0.3).astype(np.float32)
+    return np.column_stack([codes, rng.beta(2, 5, n), rng.integers(0, 3, n) / 2]).astype(np.float32)
+
+
+def test_fit_quantile_normalises_the_continuous_columns_and_sampling_inverts_it(monkeypatch):
+    from sklearn.preprocessing import QuantileTransformer
+
+    X = _mixed()
+    kinds = ("binary",) * 6 + ("continuous",) * 2
+    seen = {}
+    run_plan = TabDDPM.run_plan
+    monkeypatch.setattr(TabDDPM, "run_plan", lambda self, Xt, tr: (seen.setdefault("X", Xt.copy()), run_plan(self, Xt, tr)))
+    trainer = Trainer(device="cpu", budget="steps", max_steps=3, progress=False, checkpoint_every=10**9, seed=5)
+    m = TabDDPM(**TINY).fit(_as_data(X, kinds), trainer)
+    qt = QuantileTransformer(output_distribution="normal", n_quantiles=10, subsample=int(1e9), random_state=5).fit(X[:, 6:])
+    assert np.array_equal(m.quantiles_, qt.quantiles_)
+    assert np.allclose(seen["X"][:, 6:], qt.transform(X[:, 6:]), atol=1e-6) and np.array_equal(seen["X"][:, :6], X[:, :6])
+    S = m.sample(200, seed=0)
+    assert (S[:, 6] >= X[:, 6].min()).all() and (S[:, 6] <= X[:, 6].max()).all()  # inside the training range
+    assert set(np.unique(S[:, 7])) <= {0.0, 0.5, 1.0}                                   # discrete: training values only
+
+
+def test_quantile_state_survives_save_and_load(tmp_path):
+    m = TabDDPM(**TINY)
+    m.fit(_as_data(_mixed(), ("binary",) * 6 + ("continuous",) * 2),
+          Trainer(device="cpu", budget="steps", max_steps=2, progress=False, checkpoint_every=10**9))
+    m.save(tmp_path)
+    again = TabDDPM.load(tmp_path)
+    assert np.array_equal(again.quantiles_, m.quantiles_) and np.array_equal(m.sample(50, seed=3), again.sample(50, seed=3))
+
+
+def test_a_private_run_needs_normalization_none():
+    class Private:
+        dp, seed = object(), 0
+
+    with pytest.raises(ValueError, match="needs model.normalization=none"):
+        TabDDPM(**TINY).fit(_as_data(_mixed(), ("binary",) * 6 + ("continuous",) * 2), Private())
+    with pytest.raises(ValueError, match="normalization must be one of quantile, none"):
+        TabDDPM(**TINY, normalization="minmax").fit(_mixed()[:, :6], Private())
