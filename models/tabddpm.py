@@ -298,11 +298,11 @@ class TabDDPM(TorchSynthesizer):
             raise ValueError(f"{self.name}.normalization must be one of {', '.join(NORMALIZATIONS)}; got "
                              f"{self.normalization!r}")
         trainer = trainer or Trainer()
-        if self.normalization == "quantile" and getattr(trainer, "dp", None) is not None:
-            raise ValueError(f"{self.name}: normalization=quantile fits its transform on the training records outside "
-                             "DP-SGD, so a private run needs model.normalization=none (choices: quantile, none)")
         X = self._prepare_fit(data)
         num = np.flatnonzero(np.asarray(self.kinds_) != "binary")  # DiffusionTables.num_idx
+        if self.normalization == "quantile" and len(num) and getattr(trainer, "dp", None) is not None:
+            raise ValueError(f"{self.name}: normalization=quantile fits its transform on the training records outside "
+                             "DP-SGD, so a private run needs model.normalization=none (choices: quantile, none)")
         self.levels_ = discrete_levels(X[:, num])
         self.quantiles_ = None
         if self.normalization == "none":

@@ -139,7 +139,7 @@ def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = Non
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
                     unranked: set[str] | frozenset = frozenset(), failed: set[str] | frozenset = frozenset(),
-                    levels: dict[str, float] | None = None) -> pd.DataFrame:
+                    levels: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
     """mean, sample std (ddof 1; NaN for one seed), n (usable values) and n_error per (model, metric), then ranks.
 
     `references` (e.g. real, independent) get values but no rank and no best mark: they are reference points,
@@ -147,7 +147,7 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     `ideal` (mean of the rows' ideals) and `tol` = 2 sqrt(sum se_i^2) / n from their `<metric>.se` rows.
     Metrics in `unranked` (failed the dataset's calibration ladder) keep their values but get no rank and no mark;
     so do the models in `failed` (failed the sanity gate, `sanity_failures`), which are not counted in others' ranks.
-    `levels` (model -> target epsilon, `run_levels`): ranks compare models of one level only (default: one level).
+    `levels` (model -> (target epsilon, budget), `run_levels`): ranks compare models of one level only (default: one).
     """
     ok = values[values["status"] == "ok"]
     g = ok.groupby(["model", "metric"])["value"]
@@ -176,7 +176,7 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
     cells["noise"] = np.sqrt(np.fmax(seeds, (cells["tol"] / 2) ** 2))  # the mean's standard error; NaN: unknown
     cells["concept"] = [concept_of(m) for m in cells["metric"]]
     cells["rank"], cells["best"], cells["no_se"] = np.nan, False, False
-    cells["_level"] = cells["model"].map(levels or {}).fillna(np.inf)  # ranked against the same target epsilon
+    cells["_level"] = [(levels or {}).get(m, NO_LEVEL) for m in cells["model"]]  # ranked within one level
     ranked = ~cells["reference"] & ~cells["failed"] & ~cells["metric"].isin(list(unranked))
     for (metric, _), idx in cells[ranked].groupby(["metric", "_level"]).groups.items():
         sub = cells.loc[idx].set_index("model")
@@ -228,14 +228,37 @@ def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozen
     return out
 
 
-def run_levels(runs: pd.DataFrame) -> dict[str, float]:
-    """Model row -> its runs' target epsilon (load_runs' field; inf: not private). Ranks, best marks and profile
-    ranks compare rows of one level only: a private generator is not a competitor of a non-private one, nor of one
-    given another budget."""
-    if "target_epsilon" not in runs:
+NO_LEVEL = (np.inf, 0.0)  # not private, the table's one budget
+
+
+def run_levels(runs: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Model row -> its level (target epsilon, training budget). Ranks, best marks and profile ranks compare rows of
+    one level only: a private generator is not a competitor of a non-private one, nor of one given another budget.
+    Epsilon: load_runs' target_epsilon (inf: not private). Budget: when the runs hold several budget labels (e.g.
+    "compute 650 x ehrdiff" and "compute 1950 x ehrdiff"), the largest training FLOPs among the runs of the row's
+    label, so levels sort by size; 0 when there is one label."""
+    if runs.empty:
         return {}
-    eps = pd.to_numeric(runs["target_epsilon"], errors="coerce").fillna(np.inf)
-    return dict(zip(runs["model"], eps))
+    col = lambda c, default: runs[c] if c in runs else pd.Series(default, index=runs.index)  # noqa: E731
+    eps = pd.to_numeric(col("target_epsilon", None), errors="coerce").fillna(np.inf)
+    label = col("budget", "").fillna("").astype(str)
+    flops = pd.to_numeric(col("train_flops", None), errors="coerce").fillna(0.0)
+    size = flops.groupby(label).transform("max") if label.nunique() > 1 else pd.Series(0.0, index=runs.index)
+    return {m: (float(e), float(z)) for m, e, z in zip(runs["model"], eps, size)}
+
+
+def level_names(runs: pd.DataFrame) -> dict[tuple[float, float], str]:
+    """Level -> its name: "ε=1", "not private", the budget label, or both joined by ", "."""
+    lv = run_levels(runs)
+    label = dict(zip(runs["model"], runs["budget"].fillna("").astype(str))) if "budget" in runs else {}
+    several_eps = len({e for e, _ in lv.values()}) > 1
+    several_budgets = len({z for _, z in lv.values()}) > 1
+    names = {}
+    for m, (e, z) in lv.items():
+        parts = ([("not private" if e == np.inf else f"ε={e:g}")] if several_eps else []) + (
+            [label.get(m, "")] if several_budgets else [])
+        names[(e, z)] = ", ".join(parts)
+    return names
 
 
 def reference_models(runs: pd.DataFrame) -> list[str]:
@@ -257,7 +280,8 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     """
     ranked = cells.dropna(subset=["rank"])
     out = pd.DataFrame(index=pd.Index(models, name="model"))
-    level = pd.Series(models, index=out.index).map(run_levels(runs)).fillna(np.inf)
+    lv = run_levels(runs)
+    level = pd.Series([lv.get(m, NO_LEVEL) for m in models], index=out.index, dtype=object)
     refs = set(cells.loc[cells["reference"], "model"]) if "reference" in cells else set()
     out["reference"] = [m in refs for m in models]
     out["failed"] = [(failed or {}).get(m, "") for m in models]
@@ -358,11 +382,11 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 if len([m for m in models if m not in refs and m not in gate]) == 1:
                     notes.append("one generator only: there is nothing to rank it against, so its ranks are 1 and its "
                                  "cells bold by construction; compare it with the references' values")
-                eps_levels = sorted({levels.get(m, np.inf) for m in models})
-                if len(eps_levels) > 1:
-                    notes.append("ranks, best marks and profile ranks compare generators at the same target ε only: "
-                                 + ", ".join("not private" if x == float("inf") else f"ε={x:g}" for x in eps_levels)
-                                 + " are ranked separately (rows ordered by ε, then mean rank)")
+                names = level_names(t_runs)
+                if len(names) > 1:
+                    notes.append("ranks, best marks and profile ranks compare generators at the same target ε and "
+                                 "training budget only: " + "; ".join(names[k] for k in sorted(names))
+                                 + " are ranked separately (rows ordered by level, then mean rank)")
                 notes += [n for n in (audit_note(audit_rows(t_runs, values, rs.configs)),
                                       canary_note(canary_rows(t_runs, values))) if n]
                 if len(keys) > 1:

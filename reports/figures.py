@@ -305,67 +305,12 @@ def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str
                        "Better is toward the higher utility and the lower risk.", p)], []
 
 
-def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
-    """Quality vs training compute (curve.eval_at): each curve metric against training FLOPs, one line per model."""
-    c = rs.curves[rs.curves["path"].isin(t.runs["path"])]
-    if c.empty:
-        return [], []
-    c = c.assign(model=c["path"].map(t.runs.set_index("path")["model"]), train_flops=c["train_flops"].astype(float))
-    metrics = sorted(c["metric"].unique(), key=lambda m: ("." in m, m))
-    metrics = [m for m in metrics if "." not in m] or metrics
-    fig, axes = _grid(len(metrics), 3, 3.8)
-    order = [m for m in t.models if m in set(c["model"])]
-    for i, (ax, m) in enumerate(zip(axes, metrics)):
-        d = c[c["metric"] == m].dropna(subset=["value"])
-        sns.lineplot(data=d, x="train_flops", y="value", hue="model", hue_order=order, estimator="mean",
-                     errorbar="sd", marker="o", ax=ax, legend=i == 0)
-        goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
-        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="training FLOPs", ylabel="")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
-    p = out / f"{t.slug}__curves.png"
-    _save(fig, p)
-    return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
-                       "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
-                       "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
-                       "changes along x depends on the budget.", p)], []
-
-
-EPSILON_METRICS = ("tstr_auroc", "cooccurrence_pearson", "prevalence_pearson", "cmd", "mia_auc", "dcr")
-
-
-def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
-    """Privacy-utility tradeoff (trainer.dp runs): utility, fidelity and attack metrics against the spent epsilon,
-    one line per generator; non-private runs sit at the right end, marked ∞."""
-    runs = t.runs.assign(epsilon=pd.to_numeric(t.runs.get("epsilon"), errors="coerce"))
-    if not runs["epsilon"].notna().any():
-        return [], []
-    v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(EPSILON_METRICS)]
-    v = v.merge(runs[["path", "epsilon", "generator", "target_epsilon"]], on="path")
-    target = pd.to_numeric(v["target_epsilon"], errors="coerce").replace(np.inf, np.nan)  # NaN = not private
-    inf_x = float(target.max()) * 4 if target.notna().any() else 1.0
-    v = v.assign(x=target.fillna(inf_x))
-    metrics = [m for m in EPSILON_METRICS if m in set(v["metric"])]
-    fig, axes = _grid(len(metrics), 3, 3.8)
-    for i, (ax, m) in enumerate(zip(axes, metrics)):
-        sns.lineplot(data=v[v["metric"] == m], x="x", y="value", hue="generator", estimator="mean", errorbar="sd",
-                     marker="o", ax=ax, legend=i == 0)
-        goal = v.loc[v["metric"] == m, "goal"].iloc[0] if "goal" in v else ""
-        ticks = sorted(set(v["x"]))
-        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="target epsilon", ylabel="")
-        ax.set_xticks(ticks, [("∞" if x == inf_x else f"{x:.3g}") for x in ticks])
-        ax.minorticks_off()
-    p = out / f"{t.slug}__privacy.png"
-    _save(fig, p)
-    return [FigureInfo(t.label, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
-                       "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
-                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: the privacy audit "
-                       "note under the table compares each run with the advantage its (ε, δ) allows.", p)], []
-
-
 def make_figures(rs: RunSet, tables: list[Table], out: str | Path,
                  data_paths: dict[str, str] | None = None) -> tuple[list[FigureInfo], list[str]]:
     """Draw every figure of every table into out/; returns the figures and one note per skipped figure.
     data_paths: dataset name -> the folder or file to reload it from (else the shipped config's path)."""
+    from .sweeps import fig_compute, fig_curves, fig_epsilon  # they draw with this module's _grid and _save
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
@@ -375,8 +320,10 @@ def make_figures(rs: RunSet, tables: list[Table], out: str | Path,
             lambda: fig_scatter(rs, t, out, cache, "prevalence", data_paths or {}),
             lambda: fig_scatter(rs, t, out, cache, "cooccurrence", data_paths or {}),
             lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
-            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out), lambda: fig_epsilon(t, out)]
-        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves", "privacy")
+            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out), lambda: fig_epsilon(t, out),
+            lambda: fig_compute(t, out)]
+        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves", "privacy",
+                 "compute")
         for kind, step in zip(kinds, steps):
             try:
                 f, n = step()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .aggregate import Table, deviation, run_levels
+from .aggregate import NO_LEVEL, Table, deviation, level_names, run_levels
 
 # Each family's headline score: the first of these that ranks on the table's data (passed its calibration ladder).
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -84,7 +84,9 @@ def regime(t: Table) -> str:
     """The budget and what it means: each generator's share of its paper schedule, smallest first, and the regime."""
     sh = shares(t).dropna()
     gens = t.summary[~t.summary["reference"].astype(bool)]
-    budgets = sorted({b for b in gens["budget"].fillna("") if b}) if "budget" in gens else []
+    lv = run_levels(t.runs)
+    budgets = sorted({b for b in gens["budget"].fillna("") if b}, key=lambda b: max(
+        (lv.get(m, NO_LEVEL)[1] for m in gens.index[gens["budget"] == b]), default=0.0)) if "budget" in gens else []
     what = " | ".join(budgets) or "as configured"
     if sh.empty:
         return f"{what}; no generator recorded its share of the paper schedule."
@@ -119,7 +121,7 @@ def verdict(t: Table, heads: dict[str, str]) -> str:
     first = []
     for lvl, models in levels.items():
         sub = ranked.loc[models]
-        prefix = "" if len(levels) == 1 else ("without privacy, " if lvl == "not private" else f"at {lvl}, ")
+        prefix = "" if len(levels) == 1 else ("without privacy, " if lvl == "not private" else f"at {lvl}: ")
         if len(sub) == 1:
             first.append(f"{prefix}{sub.index[0]} is the only ranked generator, so there is nothing to rank it "
                          "against (compare it with the references)")
@@ -139,12 +141,11 @@ def verdict(t: Table, heads: dict[str, str]) -> str:
 
 
 def _levels(t: Table, models: pd.Index) -> dict[str, list[str]]:
-    """Ranked rows grouped by target epsilon (one group when no run is private), in summary order."""
-    lv = run_levels(t.runs)
+    """Rows grouped by level (target epsilon and training budget; one group when all share one), in summary order."""
+    lv, names = run_levels(t.runs), level_names(t.runs)
     groups: dict[str, list[str]] = {}
     for m in models:
-        e = lv.get(m, np.inf)
-        groups.setdefault("not private" if e == np.inf else f"ε={e:g}", []).append(m)
+        groups.setdefault(names.get(lv.get(m, NO_LEVEL), ""), []).append(m)
     return groups
 
 
@@ -218,7 +219,43 @@ def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd
                 col = [c for c in text.columns if c.startswith(f"{fam}: ")][0]
                 best[col] = [bool(m in cols[fam] and cols[fam][m].best) for m in models]
         out[g] = (text, best)
+    steps = plateaus(t, heads)
+    if not steps.empty:
+        out["compute"] = (steps, pd.DataFrame(False, index=steps.index, columns=steps.columns))
     return out
+
+
+def plateaus(t: Table, heads: dict[str, str]) -> pd.DataFrame:
+    """A compute sweep (rows of one generator at several training budgets) read for convergence: per generator, its
+    budgets, the largest training FLOPs reached, and the smallest budget after which two successive larger budgets
+    change no headline score beyond noise (2 sqrt(se_a^2 + se_b^2)); empty when the table has one budget."""
+    lv = run_levels(t.runs)
+    if len({z for _, z in lv.values()}) < 2:
+        return pd.DataFrame()
+    s = t.summary[~t.summary["reference"].astype(bool)]
+    gen = dict(zip(t.runs["model"], t.runs["generator"].fillna(t.runs["model"]))) if "generator" in t.runs else {}
+    c = t.cells.set_index(["model", "metric"])
+    rows = []
+    for g, models in pd.Series(s.index, index=[gen.get(m, m) for m in s.index]).groupby(level=0):
+        order = sorted(models, key=lambda m: lv.get(m, NO_LEVEL)[1])
+        flops = [float(pd.to_numeric(s.loc[m, "train_flops"], errors="coerce")) for m in order]
+        steady = [all(_same(c, a, b, metric) for metric in heads.values()) for a, b in zip(order, order[1:])]
+        start = next((k for k in range(len(order) - 2) if steady[k] and steady[k + 1]), None)
+        rows.append({"generator": g, "budgets": len(order), "largest train FLOPs": f"{max(flops):.3g}",
+                     "plateau from": (f"{flops[start]:.3g} FLOPs" if start is not None else
+                                      "fewer than 3 budgets" if len(order) < 3 else
+                                      "not reached: still changing at the largest budgets")})
+    return pd.DataFrame(rows).set_index("generator")
+
+
+def _same(c: pd.DataFrame, a: str, b: str, metric: str) -> bool:
+    """Whether two rows' means of one metric agree within 2 sqrt(se_a^2 + se_b^2) (unknown noise: not the same)."""
+    try:
+        ra, rb = c.loc[(a, metric)], c.loc[(b, metric)]
+    except KeyError:
+        return False
+    noise = 2 * np.hypot(ra["noise"], rb["noise"])
+    return bool(np.isfinite(noise) and abs(ra["mean"] - rb["mean"]) <= noise)
 
 
 QUESTION = "Which generator makes the most useful synthetic patients at the least privacy risk on {data}{eps}?"
@@ -228,5 +265,7 @@ INTERVALS = (f"Scores are means over seeds with 95 % intervals in brackets (t ov
 
 
 def question(t: Table) -> str:
-    eps = " at each privacy budget ε" if len(_levels(t, t.summary.index)) > 1 else ""
+    names = set(level_names(t.runs).values())
+    eps = ("" if len(names) < 2 else " at each privacy budget ε" if any(n.startswith(("ε", "not private")) for n in names)
+           else " at each training budget")
     return QUESTION.format(data=t.data, eps=eps)

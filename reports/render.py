@@ -209,7 +209,9 @@ def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.Da
     heads = headline_metrics(t)
     lines = [("Question", question(t)), ("Budget", regime(t)), ("Verdict", verdict(t, heads))]
     titles = {"ranked": "", "not ranked": "Not ranked (values shown, no rank)",
-              "references": "References (reference points, never ranked)"}
+              "references": "References (reference points, never ranked)",
+              "compute": "Compute sweep: where each generator stops improving (headline scores within noise over "
+                         "two successive larger budgets)"}
     tabs = [(titles[g], text, best) for g, (text, best) in compact(t, heads).items()]
     return lines, tabs
 

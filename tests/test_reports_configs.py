@@ -31,7 +31,8 @@ DP_ONLY = {"dp_independent", "mst"}  # the DP floor and MST: in the DP suites, n
 
 def sweep(cfg):
     p = cfg.hydra.sweeper.params
-    allowed = {"model", "seed"} | ({"trainer.dp.epsilon"} if cfg.tag.startswith(EPSILON_SWEEPS) else set())
+    allowed = ({"model", "seed"} | ({"trainer.dp.epsilon"} if cfg.tag.startswith(EPSILON_SWEEPS) else set())
+               | ({"trainer.reference_steps"} if cfg.tag.startswith("compute_") else set()))
     assert set(p) == allowed, f"unexpected sweep keys {set(p)}"
     return str(p.model).split(","), [int(s) for s in str(p.seed).split(",")]
 
@@ -42,7 +43,8 @@ GUIDANCE = {"guidance_diabetes130": ("leaderboard_diabetes130", "ehrdiff_cond"),
 
 
 def test_the_four_suites_exist():
-    assert EXPERIMENTS == sorted(["leaderboard_diabetes130", "leaderboard_physionet2012", "leaderboard_synthetic",
+    assert EXPERIMENTS == sorted(["compute_physionet2012", "leaderboard_diabetes130", "leaderboard_physionet2012",
+                                  "leaderboard_synthetic",
                                   "paper_cinc2012", "paper_mimic3", *DP_SUITES, *GUIDANCE])
 
 
@@ -78,13 +80,14 @@ def test_experiment_composes_and_names_registered_objects(name):
     names, dirs = {}, {}
     for m in models:
         eps = ["trainer.dp.epsilon=3"] if name.startswith(EPSILON_SWEEPS) else []
-        one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2", *eps])
+        budget = ["trainer.reference_steps=52"] if name.startswith("compute_") else []
+        one = hydra_compose([f"+experiment={name}", f"model={m}", "seed=2", *eps, *budget])
         assert one.model.name in SYNTHESIZERS, f"{name}: model {m!r} is not registered"
         names[m] = one.model.name
         # the cell lands in runs/<tag>/<data>/<model label or name>/seed_<n>, the layout the reports and the resume
         # skip read (an epsilon sweep: <model name>_eps<epsilon>, so that each epsilon has its own run directory)
         row = one.model.get("label") or one.model.name
-        model_dir = f"{one.model.name}_eps3" if eps else row
+        model_dir = f"{one.model.name}_eps3" if eps else f"{row}_r52" if budget else row  # a compute sweep: per budget
         dirs[m] = model_dir
         assert one.hydra.sweep.dir == f"runs/{name}" and one.hydra.sweep.subdir == f"{one.data.name}/{model_dir}/seed_2"
     if name in DP_SUITES:

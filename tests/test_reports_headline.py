@@ -87,3 +87,42 @@ def test_the_page_opens_with_the_first_screen(table, tmp_path):
     first, details = md.split("## Details", 1)
     assert "**Question.**" in first and "**Budget.**" in first and "**Verdict.**" in first
     assert "**References (reference points, never ranked)**" in first and "### Summary" in details
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A compute sweep as the suites lay it out: vae and gan at four budgets (trainer.reference_steps 2, 6, 18, 54:
+    rows "vae [trainer.reference_steps=2]", ...), three seeds each; vae stops improving after its second budget,
+    gan keeps improving."""
+    root = tmp_path_factory.mktemp("sweep")
+    for k, steps in enumerate((2, 6, 18, 54)):
+        for gen, auc in (("vae", [0.5, 0.7, 0.7, 0.7][k]), ("gan", 0.3 + 0.1 * k)):
+            for seed in range(3):
+                d = make_run(root, f"{gen}_r{steps}", seed, {"auc": auc + 0.001 * seed, "pearson": auc, "risk": 0.0},
+                             se=0.0, npz=False)
+                config = json.loads((d / "run.json").read_text())["config"]
+                _set(d, model=gen, budget="compute", budget_reference=f"{steps} x ehrdiff", fraction_of_paper=0.01,
+                     train_flops=1e9 * steps * (1 + 0.01 * (gen == "gan")), settings_hash=f"{gen}{steps}",
+                     config={**config, "model": {"name": gen}, "trainer": {"reference_steps": steps}})
+    return root, build_tables(load_runs(root))[0]
+
+
+def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
+    from ehrbench.reports.headline import plateaus
+
+    _, t = sweep
+    ranks = t.cells[t.cells["metric"] == "auc"].set_index("model")["rank"]
+    assert ranks.to_dict() == {f"{g} [trainer.reference_steps={k}]": r for k in (2, 6, 18, 54)
+                               for g, r in (("vae", 1.0), ("gan", 2.0))}  # each budget ranked on its own
+    assert any("same target ε and training budget only" in n for n in t.notes)
+    p = plateaus(t, headline_metrics(t))
+    assert p.loc["vae", "plateau from"] == "6e+09 FLOPs" and p.loc["vae", "budgets"] == 4
+    assert p.loc["gan", "plateau from"].startswith("not reached")
+    assert verdict(t, headline_metrics(t)).startswith("At compute 2 x ehrdiff: first by mean rank vae [trainer.")
+
+
+def test_a_compute_sweep_draws_quality_against_training_flops(sweep, tmp_path):
+    root, _ = sweep
+    paths = write_report(root, tmp_path)
+    assert (tmp_path / "figures" / "t_synthetic__compute.png").exists()
+    assert "**Compute sweep: where each generator stops improving" in paths["markdown"].read_text()

@@ -1,0 +1,105 @@
+"""Figures along a budget axis: quality vs training compute (curves, compute sweeps) and vs the privacy budget."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .aggregate import Table, run_levels
+from .figures import ARROWS, FigureInfo, _grid, _save
+from .headline import headline_metrics
+from .load import RunSet
+
+
+def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    """Quality vs training compute (curve.eval_at): each curve metric against training FLOPs, one line per model."""
+    c = rs.curves[rs.curves["path"].isin(t.runs["path"])]
+    if c.empty:
+        return [], []
+    c = c.assign(model=c["path"].map(t.runs.set_index("path")["model"]), train_flops=c["train_flops"].astype(float))
+    metrics = sorted(c["metric"].unique(), key=lambda m: ("." in m, m))
+    metrics = [m for m in metrics if "." not in m] or metrics
+    fig, axes = _grid(len(metrics), 3, 3.8)
+    order = [m for m in t.models if m in set(c["model"])]
+    for i, (ax, m) in enumerate(zip(axes, metrics)):
+        d = c[c["metric"] == m].dropna(subset=["value"])
+        sns.lineplot(data=d, x="train_flops", y="value", hue="model", hue_order=order, estimator="mean",
+                     errorbar="sd", marker="o", ax=ax, legend=i == 0)
+        goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
+        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="training FLOPs", ylabel="")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
+    p = out / f"{t.slug}__curves.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
+                       "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
+                       "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
+                       "changes along x depends on the budget.", p)], []
+
+
+def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    """Quality vs training compute across separate runs at several budgets (a compute sweep): each family's headline
+    score against the run's training FLOPs (log x), one line per generator through its budgets' means with a 95 %
+    band over seeds, the references as horizontal lines."""
+    sizes = {z for _, z in run_levels(t.runs).values()}
+    heads = headline_metrics(t)
+    if len(sizes) < 2 or not heads:
+        return [], []
+    runs = t.runs[t.runs["ok"].astype(bool)]
+    gen = runs["generator"].fillna(runs["model"]) if "generator" in runs else runs["model"]
+    runs = runs.assign(line=gen, train_flops=pd.to_numeric(runs["train_flops"], errors="coerce"))
+    ref = set(t.references)
+    v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(list(heads.values()))]
+    v = v.merge(runs[["path", "line", "train_flops"]], on="path")
+    fig, axes = _grid(len(heads), 3, 3.8)
+    goal = t.cells.drop_duplicates("metric").set_index("metric")["goal"]
+    for i, (ax, (fam, metric)) in enumerate(zip(axes, heads.items())):
+        d = v[v["metric"] == metric]
+        trained = d[~d["model"].isin(ref)]
+        sns.lineplot(data=trained, x="train_flops", y="value", hue="line", estimator="mean", errorbar=("ci", 95),
+                     marker="o", ax=ax, legend=i == 0)
+        for j, (name, r) in enumerate(d[d["model"].isin(ref)].groupby("line")):
+            ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")
+        ax.set(xscale="log", title=f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", xlabel="training FLOPs", ylabel="")
+        if i == 0:
+            ax.legend(fontsize=7)
+    p = out / f"{t.slug}__compute.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "compute", f"{t.label}: quality vs training compute", "Each family's headline score "
+                       "of separate runs at several training budgets, against the run's training FLOPs (log scale); "
+                       "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, dashed lines "
+                       "the references.", p)], []
+
+
+EPSILON_METRICS = ("tstr_auroc", "cooccurrence_pearson", "prevalence_pearson", "cmd", "mia_auc", "dcr")
+
+
+def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
+    """Privacy-utility tradeoff (trainer.dp runs): utility, fidelity and attack metrics against the spent epsilon,
+    one line per generator; non-private runs sit at the right end, marked ∞."""
+    runs = t.runs.assign(epsilon=pd.to_numeric(t.runs.get("epsilon"), errors="coerce"))
+    if not runs["epsilon"].notna().any():
+        return [], []
+    v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(EPSILON_METRICS)]
+    v = v.merge(runs[["path", "epsilon", "generator", "target_epsilon"]], on="path")
+    target = pd.to_numeric(v["target_epsilon"], errors="coerce").replace(np.inf, np.nan)  # NaN = not private
+    inf_x = float(target.max()) * 4 if target.notna().any() else 1.0
+    v = v.assign(x=target.fillna(inf_x))
+    metrics = [m for m in EPSILON_METRICS if m in set(v["metric"])]
+    fig, axes = _grid(len(metrics), 3, 3.8)
+    for i, (ax, m) in enumerate(zip(axes, metrics)):
+        sns.lineplot(data=v[v["metric"] == m], x="x", y="value", hue="generator", estimator="mean", errorbar="sd",
+                     marker="o", ax=ax, legend=i == 0)
+        goal = v.loc[v["metric"] == m, "goal"].iloc[0] if "goal" in v else ""
+        ticks = sorted(set(v["x"]))
+        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="target epsilon", ylabel="")
+        ax.set_xticks(ticks, [("∞" if x == inf_x else f"{x:.3g}") for x in ticks])
+        ax.minorticks_off()
+    p = out / f"{t.slug}__privacy.png"
+    _save(fig, p)
+    return [FigureInfo(t.label, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
+                       "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
+                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: the privacy audit "
+                       "note under the table compares each run with the advantage its (ε, δ) allows.", p)], []
