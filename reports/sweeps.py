@@ -26,17 +26,22 @@ def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
     order = [m for m in t.models if m in set(c["model"])]
     for i, (ax, m) in enumerate(zip(axes, metrics)):
         d = c[c["metric"] == m].dropna(subset=["value"])
-        sns.lineplot(data=d, x="train_flops", y="value", hue="model", hue_order=order, estimator="mean",
-                     errorbar="sd", marker="o", ax=ax, legend=i == 0)
         goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
-        ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="training FLOPs", ylabel="")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
+        _against_flops(ax, d, "model", order, "sd", f"{m} {ARROWS.get(goal, '')}", i == 0)
     p = out / f"{t.slug}__curves.png"
     _save(fig, p)
     return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
                        "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
                        "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
                        "changes along x depends on the budget.", p)], []
+
+
+def _against_flops(ax, d: pd.DataFrame, hue: str, order: list[str], errorbar, title: str, legend: bool) -> None:
+    """One panel: the values against training FLOPs (log x), a line per `hue` through the means, with a band."""
+    sns.lineplot(data=d, x="train_flops", y="value", hue=hue, hue_order=order, estimator="mean", errorbar=errorbar,
+                 marker="o", ax=ax, legend=legend)
+    ax.set(xscale="log", title=title, xlabel="training FLOPs", ylabel="")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
 
 
 def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
@@ -58,11 +63,10 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     for i, (ax, (fam, metric)) in enumerate(zip(axes, heads.items())):
         d = v[v["metric"] == metric]
         trained = d[~d["model"].isin(ref)]
-        sns.lineplot(data=trained, x="train_flops", y="value", hue="line", estimator="mean", errorbar=("ci", 95),
-                     marker="o", ax=ax, legend=i == 0)
+        _against_flops(ax, trained, "line", sorted(set(trained["line"])), ("ci", 95),
+                       f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", i == 0)
         for j, (name, r) in enumerate(d[d["model"].isin(ref)].groupby("line")):
             ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")
-        ax.set(xscale="log", title=f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", xlabel="training FLOPs", ylabel="")
         if i == 0:
             ax.legend(fontsize=7)
     p = out / f"{t.slug}__compute.png"
