@@ -241,16 +241,28 @@ def run_levels(runs: pd.DataFrame) -> dict[str, tuple[float, float]]:
         return {}
     col = lambda c, default: runs[c] if c in runs else pd.Series(default, index=runs.index)  # noqa: E731
     eps = pd.to_numeric(col("target_epsilon", None), errors="coerce").fillna(np.inf)
-    label = col("budget", "").fillna("").astype(str)
+    label = budget_labels(runs)
     flops = pd.to_numeric(col("train_flops", None), errors="coerce").fillna(0.0)
     size = flops.groupby(label).transform("max") if label.nunique() > 1 else pd.Series(0.0, index=runs.index)
     return {m: (float(e), float(z)) for m, e, z in zip(runs["model"], eps, size)}
 
 
+def budget_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's budget label; an unfinished run, which has recorded no budget yet, takes its row's complete runs'
+    label (else the label most complete runs share)."""
+    label = (runs["budget"] if "budget" in runs else pd.Series("", index=runs.index)).fillna("").astype(str)
+    ok = runs["ok"].astype(bool) if "ok" in runs else pd.Series(True, index=runs.index)
+    if ok.all() or not ok.any():
+        return label
+    own = label[ok].groupby(runs.loc[ok, "model"]).first()
+    common = label[ok].mode().iloc[0]
+    return label.where(ok, runs["model"].map(own).fillna(common))
+
+
 def level_names(runs: pd.DataFrame) -> dict[tuple[float, float], str]:
     """Level -> its name: "ε=1", "not private", the budget label, or both joined by ", "."""
     lv = run_levels(runs)
-    label = dict(zip(runs["model"], runs["budget"].fillna("").astype(str))) if "budget" in runs else {}
+    label = dict(zip(runs["model"], budget_labels(runs)))
     several_eps = len({e for e, _ in lv.values()}) > 1
     several_budgets = len({z for _, z in lv.values()}) > 1
     names = {}

@@ -81,7 +81,8 @@ def shares(t: Table) -> pd.Series:
 
 
 def regime(t: Table) -> str:
-    """The budget and what it means: each generator's share of its paper schedule, smallest first, and the regime."""
+    """The budget and what it means: each generator's share of its paper schedule (its range over a compute sweep's
+    budgets), smallest first, and the regime at the largest budget."""
     sh = shares(t).dropna()
     gens = t.summary[~t.summary["reference"].astype(bool)]
     lv = run_levels(t.runs)
@@ -90,9 +91,11 @@ def regime(t: Table) -> str:
     what = " | ".join(budgets) or "as configured"
     if sh.empty:
         return f"{what}; no generator recorded its share of the paper schedule."
-    sh = sh.groupby(sh.index.map(_base)).min().sort_values()
-    parts = ", ".join(f"{m} {_pct(v)}" for m, v in sh.items())
-    lead = f"EHRDiff at {_pct(sh['ehrdiff'])} of its paper schedule; " if "ehrdiff" in sh else ""
+    lo = sh.groupby(sh.index.map(_base)).min()
+    sh = sh.groupby(sh.index.map(_base)).max().sort_values()  # a compute sweep: how far each one got
+    span = lambda m: _pct(sh[m]) if lo[m] == sh[m] else f"{_pct(lo[m])} to {_pct(sh[m])}"  # noqa: E731
+    parts = ", ".join(f"{m} {span(m)}" for m in sh.index)
+    lead = f"EHRDiff at {span('ehrdiff')} of its paper schedule; " if "ehrdiff" in sh else ""
     slow = sh.iloc[0]
     if slow < EARLY:
         mean = f"early training ({sh.index[0]} at {_pct(slow)}): a statement about the first steps, not a converged verdict"

@@ -104,6 +104,9 @@ def sweep(tmp_path_factory):
                 _set(d, model=gen, budget="compute", budget_reference=f"{steps} x ehrdiff", fraction_of_paper=0.01,
                      train_flops=1e9 * steps * (1 + 0.01 * (gen == "gan")), settings_hash=f"{gen}{steps}",
                      config={**config, "model": {"name": gen}, "trainer": {"reference_steps": steps}})
+    d = make_run(root, "vae_r54", 3, status="running", npz=False)  # unfinished: no budget recorded yet
+    config = json.loads((d / "run.json").read_text())["config"]
+    _set(d, model="vae", settings_hash="vae54", config={**config, "model": {"name": "vae"}, "trainer": {"reference_steps": 54}})
     return root, build_tables(load_runs(root))[0]
 
 
@@ -115,6 +118,9 @@ def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
     assert ranks.to_dict() == {f"{g} [trainer.reference_steps={k}]": r for k in (2, 6, 18, 54)
                                for g, r in (("vae", 1.0), ("gan", 2.0))}  # each budget ranked on its own
     assert any("same target ε and training budget only" in n for n in t.notes)
+    from ehrbench.reports.aggregate import level_names
+
+    assert sorted(level_names(t.runs).values()) == sorted(f"compute {k} x ehrdiff" for k in (2, 6, 18, 54))
     p = plateaus(t, headline_metrics(t))
     assert p.loc["vae", "plateau from"] == "6e+09 FLOPs" and p.loc["vae", "budgets"] == 4
     assert p.loc["gan", "plateau from"].startswith("not reached")
