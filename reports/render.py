@@ -200,7 +200,13 @@ def split_notes(tables: list[Table], notes: list[str]) -> tuple[list[str], dict[
     return rest, own
 
 
-HEADLINE_KIND = "privacy_utility"  # the figure shown on a table's first screen
+HEADLINE_KINDS = ("compute", "privacy_utility")  # the first of these a table has is shown on its first screen
+
+
+def headline_figure(t: Table, figures: list[FigureInfo]) -> list[FigureInfo]:
+    """The first screen's figure: quality vs training compute for a compute sweep, else privacy vs utility."""
+    own = {f.kind: f for f in figures if f.table == t.label}
+    return [own[k] for k in HEADLINE_KINDS if k in own][:1]
 
 
 def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.DataFrame, pd.DataFrame]]]:
@@ -228,7 +234,7 @@ def to_markdown(tables: list[Table], failures: pd.DataFrame, figures: list[Figur
         for title, text, best in tabs:
             parts.append((f"**{title}**\n\n" if title else "") + md_table(text, best))
         parts.append(INTERVALS)
-        parts += [figure(f) for f in figures if f.table == t.label and f.kind == HEADLINE_KIND]
+        parts += [figure(f) for f in headline_figure(t, figures)]
     parts.append(f"## Details\n\n{header}\n\n{LEGEND}")
     notes, own = split_notes(tables, notes)
     parts += [f"> {n}" for n in notes]
@@ -237,7 +243,7 @@ def to_markdown(tables: list[Table], failures: pd.DataFrame, figures: list[Figur
         parts += [f"> {n}" for n in own[t.label]]
         for title, frame, best in sections(t):
             parts.append(f"### {title}\n\n{md_table(frame, best)}")
-        parts += [figure(f) for f in figures if f.table == t.label and f.kind != HEADLINE_KIND]
+        parts += [figure(f) for f in figures if f.table == t.label and f not in headline_figure(t, figures)]
     parts.append("## Failures\n\n" + (md_table(failures_frame(failures), index="") if len(failures)
                                       else "No run, file or metric failed."))
     return "\n\n".join(parts) + "\n"
@@ -289,7 +295,7 @@ def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInf
         parts += [(f"<p><b>{html.escape(title)}</b></p>" if title else "") + html_table(text, best)
                   for title, text, best in tabs]
         parts.append(f"<p>{bold(INTERVALS)}</p>")
-        parts += [_html_figure(f) for f in figures if f.table == t.label and f.kind == HEADLINE_KIND]
+        parts += [_html_figure(f) for f in headline_figure(t, figures)]
     parts.append(f'<h2 id="details">Details</h2><p>{html.escape(header)}</p><p>{bold(LEGEND)}</p>')
     notes, own = split_notes(tables, notes)
     parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in notes]
@@ -298,7 +304,7 @@ def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInf
         parts += [f"<blockquote>{html.escape(n)}</blockquote>" for n in own[t.label]]
         for title, frame, best in sections(t):
             parts.append(f"<h3>{html.escape(title)}</h3>{html_table(frame, best)}")
-        parts += [_html_figure(f) for f in figures if f.table == t.label and f.kind != HEADLINE_KIND]
+        parts += [_html_figure(f) for f in figures if f.table == t.label and f not in headline_figure(t, figures)]
     parts.append("<h2 id=\"failures\">Failures</h2>" + (html_table(failures_frame(failures), index="", cls="failures")
                                                        if len(failures) else "<p>No run, file or metric failed.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ehrbench leaderboard</title>"

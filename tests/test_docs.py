@@ -60,10 +60,10 @@ def test_the_readme_is_a_front_page_and_the_guide_holds_the_rest():
         assert anchor in heads, anchor
 
 
-# A number quoted from a committed leaderboard carries <!--csv:REPORT|MODEL|METRIC--> right after it (invisible
+# A number quoted from a committed leaderboard carries <!--csv:REPORT/MODEL/METRIC--> right after it (invisible
 # when rendered); the test reads reports/REPORT/leaderboard.csv and fails when the written number is not the
 # table's mean (or "mean ± std") rounded as written; "%" after it means the value x 100.
-QUOTE = re.compile(r"<!--csv:([^|>]+)\|([^|>]+)\|([^|>]+?)-->")
+QUOTE = re.compile(r"<!--csv:([^/>]+)/([^/>]+)/([^/>]+?)-->")
 NUMBER = re.compile(r"([-+−]?\d[\d,]*(?:\.\d+)?)(?:\s*±\s*(\d[\d,]*(?:\.\d+)?))?\s*(%)?$")
 
 
@@ -98,7 +98,9 @@ DOC_FILES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)
 def test_numbers_quoted_from_leaderboards_match_their_csv(doc):
-    assert check_quotes(doc.read_text(), {}) == []
+    text = doc.read_text()
+    assert check_quotes(text, {}) == []
+    assert not re.search(r"<!--csv:[^>]*\|", text)  # a pipe would split a Markdown table's cell
 
 
 def test_every_decimal_in_the_readme_results_is_checked():
@@ -111,13 +113,13 @@ def test_every_decimal_in_the_readme_results_is_checked():
 
 
 @pytest.mark.parametrize("quote", [
-    "real CMD 0.0140<!--csv:leaderboard_synthetic|real|cmd-->",              # the mismatches issue 31 found
-    "NZC 904<!--csv:leaderboard_synthetic|real|nzc-->",
-    "fit mean 1,020 s<!--csv:leaderboard_diabetes130|ehrdiff_cond|fit_seconds-->",
-    "TSTR 0.710 ± 0.050<!--csv:leaderboard_diabetes130|vae|tstr_auroc-->",     # right mean, wrong spread
-    "copies 50 %<!--csv:leaderboard_diabetes130|ehrdiff|exact_copy_rate-->",
-    "TSTR<!--csv:leaderboard_diabetes130|vae|tstr_auroc-->",                   # no number
-    "0.7<!--csv:leaderboard_diabetes130|nosuchmodel|tstr_auroc-->",
+    "real CMD 0.0140<!--csv:leaderboard_synthetic/real/cmd-->",              # the mismatches issue 31 found
+    "NZC 904<!--csv:leaderboard_synthetic/real/nzc-->",
+    "fit mean 1,020 s<!--csv:leaderboard_diabetes130/ehrdiff_cond/fit_seconds-->",
+    "TSTR 0.710 ± 0.050<!--csv:leaderboard_diabetes130/vae/tstr_auroc-->",     # right mean, wrong spread
+    "copies 50 %<!--csv:leaderboard_diabetes130/ehrdiff/exact_copy_rate-->",
+    "TSTR<!--csv:leaderboard_diabetes130/vae/tstr_auroc-->",                   # no number
+    "0.7<!--csv:leaderboard_diabetes130/nosuchmodel/tstr_auroc-->",
 ])
 def test_a_wrong_quote_is_caught(quote):
     assert len(check_quotes(quote, {})) == 1
@@ -128,6 +130,6 @@ def test_a_right_quote_passes():
 
     row = pd.read_csv(REPO / "reports" / "leaderboard_diabetes130" / "leaderboard.csv").query(
         "model == 'vae' and metric == 'tstr_auroc'").iloc[0]
-    tag = "<!--csv:leaderboard_diabetes130|vae|tstr_auroc-->"
+    tag = "<!--csv:leaderboard_diabetes130/vae/tstr_auroc-->"
     assert check_quotes(f"TSTR **{row['mean']:.3f} ± {row['std']:.3f}**{tag}", {}) == []
     assert check_quotes(f"TSTR {100 * row['mean']:.1f} %{tag}", {}) == []
