@@ -28,12 +28,17 @@ def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
         d = c[c["metric"] == m].dropna(subset=["value"])
         goal = d["goal"].dropna().iloc[0] if d["goal"].notna().any() else ""
         _against_flops(ax, d, "model", order, "sd", f"{m} {ARROWS.get(goal, '')}", i == 0)
-    p = out / f"{t.slug}__curves.png"
+    return _saved(fig, out, t, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
+                  "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
+                  "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
+                  "changes along x depends on the budget.")
+
+
+def _saved(fig, out: Path, t: Table, kind: str, title: str, caption: str) -> tuple[list[FigureInfo], list[str]]:
+    """Save a figure as out/<table slug>__<kind>.png and describe it (no notes)."""
+    p = out / f"{t.slug}__{kind}.png"
     _save(fig, p)
-    return [FigureInfo(t.label, "curves", f"{t.label}: quality vs training compute", "Each curve metric of samples "
-                       "drawn during training (curve.eval_at shares of the budget), against the training FLOPs spent "
-                       "so far (log scale); lines are means over seeds, bands one standard deviation. A ranking that "
-                       "changes along x depends on the budget.", p)], []
+    return [FigureInfo(t.label, kind, title, caption, p)], []
 
 
 def _against_flops(ax, d: pd.DataFrame, hue: str, order: list[str], errorbar, title: str, legend: bool) -> None:
@@ -69,12 +74,10 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
             ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")
         if i == 0:
             ax.legend(fontsize=7)
-    p = out / f"{t.slug}__compute.png"
-    _save(fig, p)
-    return [FigureInfo(t.label, "compute", f"{t.label}: quality vs training compute", "Each family's headline score "
-                       "of separate runs at several training budgets, against the run's training FLOPs (log scale); "
-                       "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, dashed lines "
-                       "the references.", p)], []
+    return _saved(fig, out, t, "compute", f"{t.label}: quality vs training compute", "Each family's headline score "
+                  "of separate runs at several training budgets, against the run's training FLOPs (log scale); "
+                  "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, dashed lines "
+                  "the references.")
 
 
 EPSILON_METRICS = ("tstr_auroc", "cooccurrence_pearson", "prevalence_pearson", "cmd", "mia_auc", "dcr")
@@ -101,9 +104,7 @@ def fig_epsilon(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
         ax.set(xscale="log", title=f"{m} {ARROWS.get(goal, '')}", xlabel="target epsilon", ylabel="")
         ax.set_xticks(ticks, [("∞" if x == inf_x else f"{x:.3g}") for x in ticks])
         ax.minorticks_off()
-    p = out / f"{t.slug}__privacy.png"
-    _save(fig, p)
-    return [FigureInfo(t.label, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
-                       "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
-                       "bands one standard deviation. mia_auc beside epsilon is the empirical check: the privacy audit "
-                       "note under the table compares each run with the advantage its (ε, δ) allows.", p)], []
+    return _saved(fig, out, t, "privacy", f"{t.label}: quality vs privacy budget", "Each metric against the run's "
+                  "target epsilon (log scale; ∞ = not private; the epsilon spent, at most the target, is in the table); lines are means over seeds, "
+                  "bands one standard deviation. mia_auc beside epsilon is the empirical check: the privacy audit "
+                  "note under the table compares each run with the advantage its (ε, δ) allows.")
