@@ -295,8 +295,8 @@ class TabDDPM(TorchSynthesizer):
     # ---- fit / sample ----------------------------------------------------------------------------
     def fit(self, data, trainer=None) -> "TabDDPM":
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"{self.name}.normalization must be one of {', '.join(NORMALIZATIONS)}; got "
-                             f"{self.normalization!r}")
+            raise ValueError(f"unknown {self.name}.normalization {self.normalization!r}; valid choices: "
+                             f"{', '.join(NORMALIZATIONS)}")
         trainer = trainer or Trainer()
         X = self._prepare_fit(data)
         num = np.flatnonzero(np.asarray(self.kinds_) != "binary")  # DiffusionTables.num_idx

@@ -24,6 +24,7 @@ PROFILES: dict[str, dict[str, float]] = {
 }
 EFFICIENCY = ("fit_seconds", "sample_seconds", "sample_seconds_per_1000", "peak_memory_mb", "n_params", "train_flops",
               "sample_flops_per_1000", "total_flops", "fraction_of_paper", "epsilon")  # epsilon: spent by a private run (the accountant's), NaN = not private, shown as "—"
+ARROWS = {"max": "↑", "min": "↓", "target": "◎"}  # a metric's goal as shown beside its name
 REFERENCE_MODELS = ("real", "independent")
 INDEPENDENT = "independent"  # the floor a generator must beat on at least one fidelity metric (sanity_failures)
 GATE_METRICS = 3  # reference rows of runs recorded before run.json had "reference"
@@ -47,6 +48,12 @@ class Table:
     def models(self) -> list[str]:
         """Generators in leaderboard order, then the references (unranked)."""
         return list(self.summary.index)
+
+    @property
+    def generators(self) -> dict[str, str]:
+        """Row label -> its generator's name (a row of private runs or of other settings carries a suffix)."""
+        name = self.runs["generator"] if "generator" in self.runs else self.runs["model"]
+        return dict(zip(self.runs["model"], name.fillna(self.runs["model"])))
 
     @property
     def references(self) -> list[str]:

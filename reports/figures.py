@@ -18,13 +18,12 @@ import seaborn as sns  # noqa: E402
 
 from ehrbench.models.rundir import LOCATION_KEYS, RESERVED_DATA_KEYS  # noqa: E402
 
-from .aggregate import RANK_FAMILIES, Table  # noqa: E402
+from .aggregate import ARROWS, RANK_FAMILIES, Table  # noqa: E402
 from .headline import headline_metrics, scores  # noqa: E402
 from .load import RunSet  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
 MAX_POINTS = 300     # training curves: at most this many logged steps per line
-ARROWS = {"max": "↑", "min": "↓", "target": "◎"}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .aggregate import NO_LEVEL, Table, deviation, level_names, run_levels
+from .aggregate import ARROWS, NO_LEVEL, Table, deviation, level_names, run_levels
 
 # Each family's headline score: the first of these that ranks on the table's data (passed its calibration ladder).
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -91,8 +91,9 @@ def regime(t: Table) -> str:
     what = " | ".join(budgets) or "as configured"
     if sh.empty:
         return f"{what}; no generator recorded its share of the paper schedule."
-    lo = sh.groupby(sh.index.map(_base)).min()
-    sh = sh.groupby(sh.index.map(_base)).max().sort_values()  # a compute sweep: how far each one got
+    gen = sh.index.map(t.generators)
+    lo = sh.groupby(gen).min()
+    sh = sh.groupby(gen).max().sort_values()  # a compute sweep: how far each one got
     span = lambda m: _pct(sh[m]) if lo[m] == sh[m] else f"{_pct(lo[m])} to {_pct(sh[m])}"  # noqa: E731
     parts = ", ".join(f"{m} {span(m)}" for m in sh.index)
     lead = f"EHRDiff at {span('ehrdiff')} of its paper schedule; " if "ehrdiff" in sh else ""
@@ -104,11 +105,6 @@ def regime(t: Table) -> str:
     else:
         mean = f"part of the schedules ({sh.index[0]} at {_pct(slow)}), not convergence"
     return f"{what}: {lead}every generator's share: {parts}. Regime: {mean}."
-
-
-def _base(label: str) -> str:
-    """A row label without its ε or settings suffix ("vae (ε=1)" -> "vae")."""
-    return str(label).split(" [")[0].split(" (")[0]
 
 
 def _pct(x: float) -> str:
@@ -131,9 +127,12 @@ def verdict(t: Table, heads: dict[str, str]) -> str:
             continue
         lead, runner = sub.index[0], sub.index[1]
         order = ", ".join(f"{m} {v:.2f}" for m, v in sub["mean_rank"].iloc[1:].items())
-        won, tied = _lead(t, heads, lead, runner)
+        won, tied, lost = _lead(t, heads, lead, runner)
         detail = (f"it beats {runner} on {_join(won)}" + (f" and ties on {_join(tied)}" if tied else "")
-                  if won else f"it ties {runner} on every headline score")
+                  if won else f"it ties {runner} on every headline score" if not lost
+                  else f"it ties {runner} on {_join(tied)}" if tied else f"it beats {runner} on no headline score")
+        if lost:
+            detail += f", and trails it on {_join(lost)}"
         first.append(f"{prefix}first by mean rank {lead} ({sub['mean_rank'].iloc[0]:.2f}; {order}); {detail}")
     one = ("; ".join(first) if first else "no generator is ranked") + "."
     out = s[~s["reference"].astype(bool) & (s["failed"] != "")]
@@ -171,9 +170,10 @@ def difference(t: Table, metric: str, a: str, b: str) -> tuple[float, float, flo
     return d, d - half, d + half
 
 
-def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], list[str]]:
-    """Headline families where a beats b (the difference's 95 % interval lies above 0), and where they tie."""
-    won, tied = [], []
+def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], list[str], list[str]]:
+    """Headline families where a beats b (the difference's 95 % interval lies above 0), where they tie, and where
+    b beats a (the interval lies below 0)."""
+    won, tied, lost = [], [], []
     for fam, metric in heads.items():
         c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])]
         if len(c) < 2 or c["mean"].isna().any() or c["rank"].isna().any() or c["noise"].isna().any():
@@ -183,7 +183,9 @@ def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], l
             won.append(f"{fam} ({metric} by {d:.3g}, 95 % interval [{lo:.3g}, {hi:.3g}])")
         elif hi >= 0:
             tied.append(fam)
-    return won, tied
+        else:
+            lost.append(f"{fam} ({metric} by {-d:.3g}, 95 % interval [{-hi:.3g}, {-lo:.3g}])")
+    return won, tied, lost
 
 
 def _join(items: list[str]) -> str:
@@ -196,8 +198,7 @@ def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd
     seconds per 1,000 records, seeds."""
     s = t.summary
     cols = {fam: scores(t, m) for fam, m in heads.items()}
-    arrows = {m: {"max": "↑", "min": "↓", "target": "◎"}.get(g, "") for m, g in
-              t.cells.drop_duplicates("metric").set_index("metric")["goal"].items()}
+    arrows = {m: ARROWS.get(g, "") for m, g in t.cells.drop_duplicates("metric").set_index("metric")["goal"].items()}
     groups = {"ranked": s.index[~s["reference"].astype(bool) & (s["failed"] == "")],
               "not ranked": s.index[~s["reference"].astype(bool) & (s["failed"] != "")],
               "references": s.index[s["reference"].astype(bool)]}
@@ -236,7 +237,7 @@ def plateaus(t: Table, heads: dict[str, str]) -> pd.DataFrame:
     if len({z for _, z in lv.values()}) < 2:
         return pd.DataFrame()
     s = t.summary[~t.summary["reference"].astype(bool)]
-    gen = dict(zip(t.runs["model"], t.runs["generator"].fillna(t.runs["model"]))) if "generator" in t.runs else {}
+    gen = t.generators
     c = t.cells.set_index(["model", "metric"])
     rows = []
     for g, models in pd.Series(s.index, index=[gen.get(m, m) for m in s.index]).groupby(level=0):

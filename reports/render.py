@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
+from .aggregate import ARROWS, EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
 from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
 from .headline import FEW_MARK, FEW_SEEDS, INTERVALS, compact, headline_metrics, interval, question, regime, verdict
 from .load import RunSet, load_runs
 
-ARROW = {"max": "↑", "min": "↓", "target": "◎", "info": ""}
 REF_SUFFIX, FAILED_SUFFIX = " (reference)", " (failed)"
 
 
@@ -59,7 +58,7 @@ def metric_frame(t: Table, metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFra
     c = t.cells[t.cells["metric"].isin(metrics)]
     text = c.assign(s=[fmt_cell(m, s, n, e) for m, s, n, e in zip(c["mean"], c["std"], c["n"], c["n_error"])])
     goal = c.drop_duplicates("metric").set_index("metric")["goal"]
-    cols = [f"{m} {ARROW.get(goal[m], '')}".strip() for m in metrics]
+    cols = [f"{m} {ARROWS.get(goal[m], '')}".strip() for m in metrics]
     strings = text.pivot(index="model", columns="metric", values="s").reindex(index=t.models, columns=metrics)
     best = c.pivot(index="model", columns="metric", values="best").reindex(index=t.models, columns=metrics)
     labels = row_labels(t)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .aggregate import Table, run_levels
-from .figures import ARROWS, FigureInfo, _grid, _save
+from .aggregate import ARROWS, Table, run_levels
+from .figures import FigureInfo, _grid, _save
 from .headline import headline_metrics
 from .load import RunSet
 
@@ -58,8 +58,7 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     if len(sizes) < 2 or not heads:
         return [], []
     runs = t.runs[t.runs["ok"].astype(bool)]
-    gen = runs["generator"].fillna(runs["model"]) if "generator" in runs else runs["model"]
-    runs = runs.assign(line=gen, train_flops=pd.to_numeric(runs["train_flops"], errors="coerce"))
+    runs = runs.assign(line=runs["model"].map(t.generators), train_flops=pd.to_numeric(runs["train_flops"], errors="coerce"))
     ref = set(t.references)
     v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(list(heads.values()))]
     v = v.merge(runs[["path", "line", "train_flops"]], on="path")

@@ -60,6 +60,10 @@ def test_verdict_names_the_lead_only_where_the_interval_excludes_zero(table):
     d = np.mean(A["auc"]) - np.mean(B["auc"])
     assert f"it beats vae on utility (auc by {d:.3g}, 95 % interval [" in v and "ties on fidelity and privacy" in v
     assert v.endswith("Not ranked: medgan (no complete run (failed)).")
+    from ehrbench.reports.headline import _lead
+
+    won, tied, lost = _lead(t, heads, "vae", "ehrdiff")  # the other way round, the lead is a loss, and said
+    assert won == [] and tied == ["fidelity", "privacy"] and lost[0].startswith(f"utility (auc by {d:.3g}, 95 % interval [")
 
 
 def test_compact_tables_put_references_and_unranked_generators_apart(table):

@@ -272,5 +272,5 @@ def test_a_private_run_needs_normalization_none():
 
     with pytest.raises(ValueError, match="needs model.normalization=none"):
         TabDDPM(**TINY).fit(_as_data(_mixed(), ("binary",) * 6 + ("continuous",) * 2), Private())
-    with pytest.raises(ValueError, match="normalization must be one of quantile, none"):
+    with pytest.raises(ValueError, match="unknown tabddpm.normalization 'minmax'; valid choices: quantile, none"):
         TabDDPM(**TINY, normalization="minmax").fit(_mixed()[:, :6], Private())
