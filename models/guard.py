@@ -86,12 +86,12 @@ def skip_update(opt: torch.optim.Optimizer, bad: torch.Tensor, fused_skip: bool 
     gradients zeroed on the device. On a CPU, where reading it waits for nothing, the step is skipped outright
     (no gradients: the optimiser leaves those weights and its state alone)."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    if fused_skip and all(g.get("fused") for g in opt.param_groups):
-        opt.found_inf = bad.to(torch.float32)
-    elif bad.device.type == "cpu":
+    if bad.device.type == "cpu":
         if bool(bad):
             for p in params:
                 p.grad = None
+    elif fused_skip and all(g.get("fused") for g in opt.param_groups):
+        opt.found_inf = bad.to(torch.float32)
     else:
         zero_grads_where(params, bad)
 

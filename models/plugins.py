@@ -9,6 +9,7 @@ from pathlib import Path
 
 CHOICE_GROUPS = ("model", "data", "trainer", "metrics", "experiment")  # config groups checked before Hydra composes
 NAME_KEYS = ("tag", "model.label")  # command-line values that are names, whatever YAML would make of them
+BUDGET_KEYS = ("trainer.reference_steps", "trainer.fraction", "trainer.flops")  # a sweep of these must increase
 CONFIG_GROUP = "ehrbench.configs"  # entry points: <any name> = "<package>.conf" (a package holding model/*.yaml)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,11 +80,24 @@ def provider(cls: type) -> dict:
     return {"module": module, "class": cls.__qualname__, "package": dist, "version": ver}
 
 
+def check_increasing(key: str, value: str) -> None:
+    """A budget sweep lists strictly increasing numbers (a compute curve's points, each budget once)."""
+    try:
+        nums = [float(v) for v in value.split(",")]
+    except ValueError:
+        return  # not a plain list (a sweep function, an interpolation): Hydra's own checks apply
+    if any(b <= a for a, b in zip(nums, nums[1:])):
+        order = ",".join(f"{v:g}" for v in sorted(set(nums)))
+        raise ValueError(f"{key}={value} is not a strictly increasing budget list; list each budget once, smallest "
+                         f"first, e.g. {key}={order}")
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """Before Hydra composes: the config packages of installed plugins (entry point group ehrbench.configs) join
     hydra.searchpath after the user's own entries, each entry is checked, and each `model=`, `data=`, `trainer=`,
     `metrics=` or `experiment=` choice must exist, so that these mistakes are one sentence with a hint instead of
-    Hydra's warning or 'Could not find'; a plain `tag=` or `model.label=` value is quoted, so it stays a name."""
+    Hydra's warning or 'Could not find'; a budget sweep (`trainer.reference_steps=52,174,...`) must increase; a
+    plain `tag=` or `model.label=` value is quoted, so it stays a name."""
     user, rest = [], []
     for arg in argv:
         if arg.startswith("hydra.searchpath="):
@@ -97,6 +111,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if key in CHOICE_GROUPS and value and not any(c in value for c in "()[]{}$*"):  # not sweep functions
             for name in value.split(","):  # a sweep: a,b,c
                 check_choice(key, name.strip(), entries)
+        if key in BUDGET_KEYS and "," in value:
+            check_increasing(key, value)
         if key in NAME_KEYS and re.fullmatch(r"[\w.+-]+", value):  # YAML would read inf, nan, true, 1e3 as non-names
             rest[i] = f"{arg[:len(arg) - len(value)]}'{value}'"
     return rest + ([f"hydra.searchpath=[{','.join(entries)}]"] if entries else [])

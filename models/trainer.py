@@ -56,7 +56,8 @@ class Trainer:
     `budget_report()` gives the mode, the steps and FLOPs per phase and the fraction of the paper schedule.
 
     `fast` (trainer=fast, models/guard.py): no host synchronisation inside a step (losses are checked on the device
-    and read at every log row and checkpoint, a bad loss's update skipped on the device), fused Adam(W) on CUDA.
+    and read at every log row and checkpoint, a bad loss's update skipped on the device). Adam(W) takes its fused
+    kernel in every profile (models/step.py:use_fused).
     `precision: auto` is bf16 autocast on CUDA, fp32 elsewhere; `compile: auto` compiles the step on CUDA only.
 
     Under torchrun (WORLD_SIZE > 1, models/distributed.py) every rank draws the same global batch and computes its
@@ -249,8 +250,7 @@ class Trainer:
                 start = ckpt["step"]
                 if self.writes:
                     truncate_stats(self.stats_path, phase, start)
-        if self.fast:
-            use_fused(opts, self.device)  # after loading: a checkpoint's optimiser state says how it was saved
+        use_fused(opts, self.device)  # after loading: a checkpoint's optimiser state says how it was saved
         synth.to(self.device)
         synth.modules_.train()
         if self.ddp is not None:

@@ -170,15 +170,23 @@ def difference(t: Table, metric: str, a: str, b: str) -> tuple[float, float, flo
     return d, d - half, d + half
 
 
+def _compare(t: Table, metric: str, a: str, b: str) -> tuple[float, float, float] | None:
+    """difference() where both rows have a ranked value with known noise, else None."""
+    c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])]
+    if len(c) < 2 or c["mean"].isna().any() or c["rank"].isna().any() or c["noise"].isna().any():
+        return None
+    return difference(t, metric, a, b)
+
+
 def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], list[str], list[str]]:
     """Headline families where a beats b (the difference's 95 % interval lies above 0), where they tie, and where
     b beats a (the interval lies below 0)."""
     won, tied, lost = [], [], []
     for fam, metric in heads.items():
-        c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])]
-        if len(c) < 2 or c["mean"].isna().any() or c["rank"].isna().any() or c["noise"].isna().any():
+        diff = _compare(t, metric, a, b)
+        if diff is None:
             continue
-        d, lo, hi = difference(t, metric, a, b)
+        d, lo, hi = diff
         if lo > 0:
             won.append(f"{fam} ({metric} by {d:.3g}, 95 % interval [{lo:.3g}, {hi:.3g}])")
         elif hi >= 0:
@@ -186,6 +194,27 @@ def _lead(t: Table, heads: dict[str, str], a: str, b: str) -> tuple[list[str], l
         else:
             lost.append(f"{fam} ({metric} by {-d:.3g}, 95 % interval [{-hi:.3g}, {-lo:.3g}])")
     return won, tied, lost
+
+
+def pairwise(t: Table, heads: dict[str, str]) -> pd.DataFrame:
+    """Per level, the generator first by mean rank against every other ranked one on each headline score: how much
+    better the first is (< 0: worse) with the 95 % interval of the difference; "tie" where the interval holds 0."""
+    s = t.summary
+    ranked = s[~s["reference"].astype(bool) & (s["failed"] == "") & s["mean_rank"].notna()]
+    gen, rows = t.generators, []
+    for lvl, models in _levels(t, ranked.index).items():
+        for other in models[1:]:
+            row = {"level": lvl, "first vs other": f"{gen.get(models[0], models[0])} vs {gen.get(other, other)}"}
+            for fam, metric in heads.items():
+                diff = _compare(t, metric, models[0], other)
+                word = ("—" if diff is None else "better" if diff[1] > 0 else "worse" if diff[2] < 0 else "tie")
+                row[f"{fam}: {metric}"] = word if diff is None else f"{word} {diff[0]:+.3g} [{diff[1]:.3g}, {diff[2]:.3g}]"
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows)
+    return (out if out["level"].nunique() > 1 or out["level"].iloc[0] else out.drop(columns="level")).set_index(
+        "first vs other")
 
 
 def _join(items: list[str]) -> str:

@@ -12,7 +12,8 @@ import pandas as pd
 from .aggregate import ARROWS, EFFICIENCY, PROFILES, RANK_FAMILIES, Table, build_tables
 from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
-from .headline import FEW_MARK, FEW_SEEDS, INTERVALS, compact, headline_metrics, interval, question, regime, verdict
+from .headline import (FEW_MARK, FEW_SEEDS, INTERVALS, compact, headline_metrics, interval, pairwise, question, regime,
+                       verdict)
 from .load import RunSet, load_runs
 
 REF_SUFFIX, FAILED_SUFFIX = " (reference)", " (failed)"
@@ -156,6 +157,10 @@ def sections(t: Table) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     for fam in dict.fromkeys(fams[m] for m in ranked):
         strings, best = metric_frame(t, [m for m in ranked if fams[m] == fam])
         out.append((f"{fam.capitalize()} metrics", strings, best))
+    pairs = pairwise(t, headline_metrics(t))
+    if not pairs.empty:
+        out.append(("Pairwise verdicts: the first by mean rank against each ranked generator on the headline scores "
+                    "(the difference, positive where the first is better, with its 95 % interval; tie where it holds 0)", pairs, None))
     info = [m for m in t.metrics() if m not in ranked]
     if info:
         out.append(("Additional values (goal info: shown, never ranked)", *metric_frame(t, info)))

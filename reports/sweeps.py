@@ -57,8 +57,12 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     heads = headline_metrics(t)
     if len(sizes) < 2 or not heads:
         return [], []
-    runs = t.runs[t.runs["ok"].astype(bool)]
-    runs = runs.assign(line=runs["model"].map(t.generators), train_flops=pd.to_numeric(runs["train_flops"], errors="coerce"))
+    every = t.runs.assign(line=t.runs["model"].map(t.generators),
+                          train_flops=pd.to_numeric(t.runs["train_flops"], errors="coerce"))
+    runs, stopped = every[every["ok"].astype(bool)], every[~every["ok"].astype(bool)]
+    # a run that stopped early sits at its budget's FLOPs (its own, else its row's complete runs'), never dropped
+    stopped = stopped.assign(train_flops=stopped["train_flops"].fillna(
+        stopped["model"].map(runs.groupby("model")["train_flops"].mean()))).dropna(subset=["train_flops"])
     ref = set(t.references)
     v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(list(heads.values()))]
     v = v.merge(runs[["path", "line", "train_flops"]], on="path")
@@ -71,12 +75,16 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
                        f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", i == 0)
         for j, (name, r) in enumerate(d[d["model"].isin(ref)].groupby("line")):
             ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")
+        if len(stopped):
+            ax.scatter(stopped["train_flops"], np.full(len(stopped), ax.get_ylim()[0]), marker="x", color="red",
+                       clip_on=False, zorder=5, label="run not complete (see Failures)")
         if i == 0:
             ax.legend(fontsize=7)
     return _saved(fig, out, t, "compute", f"{t.label}: quality vs training compute", "Each family's headline score "
                   "of separate runs at several training budgets, against the run's training FLOPs (log scale); "
                   "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, dashed lines "
-                  "the references.")
+                  "the references, red crosses on the x axis runs at that budget that did not complete (diverged, "
+                  "stopped or still running; their status is in the Failures table).")
 
 
 EPSILON_METRICS = ("tstr_auroc", "cooccurrence_pearson", "prevalence_pearson", "cmd", "mia_auc", "dcr")

@@ -37,10 +37,10 @@ def test_fast_profile_falls_back_on_cpu(tiny_data, tmp_path):
     assert cfg["fast"] is True and cfg["precision"] == "auto" and cfg["compile"] == "auto"
     cfg.update(device="cpu", budget="steps", max_steps=4, progress=False, workdir=tmp_path)
     t = Trainer(**cfg)
-    assert (t.precision, t.compile, t.fast) == ("fp32", False, True)  # no bf16, no compile, plain AdamW on CPU
+    assert (t.precision, t.compile, t.fast) == ("fp32", False, True)  # no bf16, no compile on CPU
     m = tiny().fit(tiny_data, t)
     assert t.steps_done == 4
-    assert not any(g.get("fused") for g in m.optimizers_["net"].param_groups)
+    assert all(g["fused"] for g in m.optimizers_["net"].param_groups)  # fused Adam(W) on CPU too
     assert not hasattr(m.optimizers_["net"], "found_inf")  # no skip flag left behind for later plain steps
     assert all(np.isfinite(v.numpy()).all() for v in m.state_tensors().values())
 
@@ -68,6 +68,19 @@ def test_fast_and_default_give_the_same_losses_on_cpu(name, tiny_data, tmp_path)
         np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-6)
     for k, v in ref.state_tensors().items():
         torch.testing.assert_close(got.state_tensors()[k], v, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["ehrdiff", "vae"])
+def test_fused_adam_on_cpu_trains_as_the_for_loop_update(name, tiny_data, monkeypatch):
+    """Fused Adam(W) on CPU (every profile) gives the weights of torch's for-loop update up to float rounding."""
+    ref = tiny(name).fit(tiny_data, Trainer(device="cpu", max_steps=8, progress=False, seed=1))
+    assert all(g["fused"] for o in ref.optimizers_.values() if isinstance(o, torch.optim.Adam)
+               for g in o.param_groups)
+    monkeypatch.setattr(step_mod, "FUSED_DEVICES", ("cuda",))
+    loop = tiny(name).fit(tiny_data, Trainer(device="cpu", max_steps=8, progress=False, seed=1))
+    assert not any(g.get("fused") for o in loop.optimizers_.values() for g in o.param_groups)
+    for k, v in loop.state_tensors().items():
+        torch.testing.assert_close(ref.state_tensors()[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_foreach_ema_matches_the_per_parameter_loop():

@@ -247,6 +247,15 @@ def test_an_unknown_data_choice_is_one_sentence():
         run_benchmark.prepare_argv(["model=vae", "trainer=nosuch"])
 
 
+def test_a_budget_sweep_that_does_not_increase_is_one_sentence():
+    with pytest.raises(ValueError, match="trainer.reference_steps=174,52 is not a strictly increasing budget list; "
+                                         "list each budget once, smallest first, e.g. trainer.reference_steps=52,174"):
+        run_benchmark.prepare_argv(["-m", "trainer.reference_steps=174,52"])
+    with pytest.raises(ValueError, match="trainer.fraction=0.1,0.1 is not a strictly increasing"):
+        run_benchmark.prepare_argv(["trainer.fraction=0.1,0.1"])
+    assert "trainer.reference_steps=52,174" in run_benchmark.prepare_argv(["trainer.reference_steps=52,174"])
+
+
 @pytest.mark.parametrize("tag", ["inf", "nan", "true", "1e3", "null"])
 def test_a_tag_that_yaml_reads_as_a_value_stays_a_name(tag):
     args = run_benchmark.prepare_argv([f"tag={tag}", "+model.label=1e3"])

@@ -43,7 +43,7 @@ GUIDANCE = {"guidance_diabetes130": ("leaderboard_diabetes130", "ehrdiff_cond"),
 
 
 def test_the_four_suites_exist():
-    assert EXPERIMENTS == sorted(["compute_physionet2012", "leaderboard_diabetes130", "leaderboard_physionet2012",
+    assert EXPERIMENTS == sorted(["compute_diabetes130", "compute_physionet2012", "leaderboard_diabetes130", "leaderboard_physionet2012",
                                   "leaderboard_synthetic",
                                   "paper_cinc2012", "paper_mimic3", *DP_SUITES, *GUIDANCE])
 
@@ -161,3 +161,16 @@ def test_launchers():
     assert get_class(slurm._target_).__name__ == "SlurmLauncher"
     assert (slurm.partition, slurm.gpus_per_node, slurm.timeout_min) == ("gpu", 1, 1440)
     assert slurm.submitit_folder.startswith("runs/paper_mimic3/.submitit")
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("compute_")])
+def test_compute_sweeps_list_increasing_budgets_up_to_the_paper_schedule(name):
+    from ehrbench.models.plugins import check_increasing
+
+    cfg = hydra_compose([f"+experiment={name}"])
+    budgets = str(cfg.hydra.sweeper.params["trainer.reference_steps"])
+    check_increasing("trainer.reference_steps", budgets)
+    steps = [int(v) for v in budgets.split(",")]
+    assert len(steps) == 6 and cfg.split_from_seed is True
+    # 0.3, 1, 3, 10, 30 and 100 % of EHRDiff's schedule: the last budget is the paper schedule in EHRDiff steps
+    assert [round(100 * s / steps[-1], 1) for s in steps] == [0.3, 1.0, 3.0, 10.0, 30.0, 100.0]

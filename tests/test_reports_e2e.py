@@ -100,3 +100,19 @@ def test_report_on_real_runs(runs, tmp_path):
 def test_joblib_launcher_runs_a_sweep(tmp_path):
     run_cli(tmp_path, "hydra/launcher=joblib", timeout=600)
     assert len(list(tmp_path.glob("e2e/synthetic/*/seed_0/run.json"))) == 2
+
+
+def test_the_diabetes130_compute_suite_runs_at_toy_size(tmp_path):
+    """The GPU suite's one command, on simulated data and two tiny budgets: a cell per (generator, budget), each
+    budget ranked on its own, the compute figure and the plateau table in the report."""
+    out = subprocess.run([sys.executable, "run_benchmark.py", "-m", "+experiment=compute_diabetes130", "data=synthetic",
+                          "data.n_patients=300", "data.n_codes=30", "model=ehrdiff,vae", "seed=0",
+                          "trainer.reference_steps=1,2", "metrics=fast", "n_samples=100", f"paths.runs={tmp_path}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    cells = sorted(p.parent.parent.name for p in (tmp_path / "compute_diabetes130" / "synthetic").glob("*/seed_0/run.json"))
+    assert cells == ["ehrdiff_r1", "ehrdiff_r2", "vae_r1", "vae_r2"]
+    paths = write_report(tmp_path / "compute_diabetes130", tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "compute 2 x ehrdiff" in md and "where each generator stops improving" in md
+    assert len(list((tmp_path / "report" / "figures").glob("*__compute.png"))) == 1

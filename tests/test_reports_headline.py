@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from ehrbench.reports import build_tables, load_runs, write_report
-from ehrbench.reports.headline import compact, difference, headline_metrics, interval, regime, verdict
+from ehrbench.reports.headline import compact, difference, headline_metrics, interval, pairwise, regime, verdict
 from tests.test_reports_load import make_run
 
 A = {"auc": [0.70, 0.72, 0.71], "pearson": [0.90, 0.91, 0.92], "risk": [0.01, 0.02, 0.00]}
@@ -64,6 +64,20 @@ def test_verdict_names_the_lead_only_where_the_interval_excludes_zero(table):
 
     won, tied, lost = _lead(t, heads, "vae", "ehrdiff")  # the other way round, the lead is a loss, and said
     assert won == [] and tied == ["fidelity", "privacy"] and lost[0].startswith(f"utility (auc by {d:.3g}, 95 % interval [")
+
+
+def test_pairwise_verdicts_state_a_difference_only_where_its_interval_excludes_zero(table, sweep):
+    _, t = table
+    p = pairwise(t, headline_metrics(t))
+    assert list(p.index) == ["ehrdiff vs vae"] and "level" not in p.columns  # one level: no level column
+    ci = stats.ttest_ind(A["auc"], B["auc"], equal_var=False).confidence_interval(0.95)
+    d = np.mean(A["auc"]) - np.mean(B["auc"])
+    assert p.loc["ehrdiff vs vae", "utility: auc"] == f"better {d:+.3g} [{ci.low:.3g}, {ci.high:.3g}]"
+    assert p.loc["ehrdiff vs vae", "fidelity: pearson"].startswith("tie ")
+    _, s = sweep  # a sweep: one pair per budget, the budget named
+    p = pairwise(s, headline_metrics(s))
+    assert list(p.index) == ["vae vs gan"] * 4 and p["level"].iloc[-1] == "compute 54 x ehrdiff"
+    assert p["utility: auc"].iloc[0].startswith("better +0.2 [") and p["utility: auc"].iloc[-1].startswith("better +0.1 [")
 
 
 def test_compact_tables_put_references_and_unranked_generators_apart(table):
@@ -129,6 +143,21 @@ def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
     assert p.loc["vae", "plateau from"] == "6e+09 FLOPs" and p.loc["vae", "budgets"] == 4
     assert p.loc["gan", "plateau from"].startswith("not reached")
     assert verdict(t, headline_metrics(t)).startswith("At compute 2 x ehrdiff: first by mean rank vae [trainer.")
+
+
+def test_a_run_that_did_not_complete_stays_a_visible_point(sweep, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from ehrbench.reports.sweeps import fig_compute
+
+    _, t = sweep
+    seen, real = [], Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda self, x, y, **kw: seen.append((list(x), kw.get("label")))
+                        or real(self, x, y, **kw))
+    (info,), _ = fig_compute(t, tmp_path)
+    assert len(seen) == 3  # one cross per family panel: vae_r54 seed 3, still running, at its budget's FLOPs
+    assert all(x == [pytest.approx(54e9)] and label == "run not complete (see Failures)" for x, label in seen)
+    assert "red crosses on the x axis" in info.caption
 
 
 def test_a_compute_sweep_draws_quality_against_training_flops(sweep, tmp_path):

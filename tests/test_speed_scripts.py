@@ -79,3 +79,22 @@ def test_corgan_diagnosis_runs_and_reads_out_both_ways(monkeypatch, capsys):
     real = torch.tensor([0.1, 0.2, 0.4]).numpy()
     assert math.isnan(diag.prevalence_r(real, torch.zeros(4, 3).numpy()))  # an all-zero sample has no r
     assert diag.prevalence_r(real, torch.tensor([[0.1, 0.2, 0.4]]).numpy()) == pytest.approx(1.0)
+
+
+def test_bench_official_pairs_each_round_and_checks_its_arguments(capsys):
+    bench = load_script("bench_official")
+    cells = [{"net": "cinc", "round": r, "loop": loop, "steps_per_s": s}
+             for r, row in enumerate([(12.0, 8.0, 10.0), (9.0, 6.0, 6.0), (14.0, 7.0, 7.0)])
+             for loop, s in zip(("ours", "official", "official-noddp"), row)]
+    official, noddp = bench.summarise(cells)
+    assert official["ratios"] == [1.5, 1.5, 2.0] and official["ratio_median"] == 1.5
+    assert noddp["ratios"] == [1.2, 1.5, 2.0] and noddp["ours_steps_per_s"] == 12.0
+    cinc = bench.net_params("cinc")  # the official CinC config: configs/cinc/train_edm.yaml
+    assert (cinc["time_dim"], cinc["unit_dims"], cinc["batch_size"], cinc["sigma_data"]) == (128, [512, 768, 1024, 768, 512], 256, 0.03)
+    assert bench.net_params("mimic")["unit_dims"] == [1024, 384, 384, 384, 1024]
+    with pytest.raises(SystemExit):
+        bench.main(["--nets", "cinc,gan"])
+    assert "unknown net 'gan'; valid choices: mimic, cinc, tabddpm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--nets", "tabddpm"])
+    assert "--tabddpm-repo must name a checkout of the official code for nets tabddpm" in capsys.readouterr().err
