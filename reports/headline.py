@@ -260,24 +260,33 @@ def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd
 
 def plateaus(t: Table, heads: dict[str, str]) -> pd.DataFrame:
     """A compute sweep (rows of one generator at several training budgets) read for convergence: per generator, its
-    budgets, the largest training FLOPs reached, and the smallest budget after which two successive larger budgets
-    change no headline score beyond noise (2 sqrt(se_a^2 + se_b^2)); empty when the table has one budget."""
+    budgets, the largest training FLOPs reached, the smallest budget after which two successive larger budgets
+    change no headline score beyond noise (2 sqrt(se_a^2 + se_b^2)), its share of its paper schedule there, and its
+    headline scores there (at its largest budget where it has not converged); empty when the table has one budget."""
     lv = run_levels(t.runs)
     if len({z for _, z in lv.values()}) < 2:
         return pd.DataFrame()
     s = t.summary[~t.summary["reference"].astype(bool)]
     gen = t.generators
     c = t.cells.set_index(["model", "metric"])
+    cols = {fam: scores(t, m) for fam, m in heads.items()}
     rows = []
     for g, models in pd.Series(s.index, index=[gen.get(m, m) for m in s.index]).groupby(level=0):
         order = sorted(models, key=lambda m: lv.get(m, NO_LEVEL)[1])
         flops = [float(pd.to_numeric(s.loc[m, "train_flops"], errors="coerce")) for m in order]
         steady = [all(_same(c, a, b, metric) for metric in heads.values()) for a, b in zip(order, order[1:])]
         start = next((k for k in range(len(order) - 2) if steady[k] and steady[k + 1]), None)
-        rows.append({"generator": g, "budgets": len(order), "largest train FLOPs": f"{max(flops):.3g}",
-                     "plateau from": (f"{flops[start]:.3g} FLOPs" if start is not None else
-                                      "fewer than 3 budgets" if len(order) < 3 else
-                                      "not reached: still changing at the largest budgets")})
+        at = order[start if start is not None else -1]
+        share = float(pd.to_numeric(s.loc[at, "fraction_of_paper"], errors="coerce"))
+        row = {"generator": g, "budgets": len(order), "largest train FLOPs": f"{max(flops):.3g}",
+               "plateau from": (f"{flops[start]:.3g} FLOPs" if start is not None else
+                                "fewer than 3 budgets" if len(order) < 3 else
+                                "not reached: still changing at the largest budgets"),
+               "scores at": f"{'plateau' if start is not None else 'largest budget'}"
+                            + (f", {_pct(share)} of its schedule" if np.isfinite(share) else "")}
+        for fam, metric in heads.items():
+            row[f"{fam}: {metric}"] = cols[fam][at].text() if at in cols[fam] else "—"
+        rows.append(row)
     return pd.DataFrame(rows).set_index("generator")
 
 

@@ -142,6 +142,10 @@ def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
     p = plateaus(t, headline_metrics(t))
     assert p.loc["vae", "plateau from"] == "6e+09 FLOPs" and p.loc["vae", "budgets"] == 4
     assert p.loc["gan", "plateau from"].startswith("not reached")
+    # each generator's headline scores where it converged, else at its largest budget
+    assert p.loc["vae", "scores at"] == "plateau, 1 % of its schedule" and p.loc["vae", "utility: auc"].startswith("0.701 [")
+    assert p.loc["gan", "scores at"] == "largest budget, 1 % of its schedule"
+    assert p.loc["gan", "utility: auc"].startswith("0.601 [")
     assert verdict(t, headline_metrics(t)).startswith("At compute 2 x ehrdiff: first by mean rank vae [trainer.")
 
 
