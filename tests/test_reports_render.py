@@ -8,8 +8,9 @@ import pytest
 
 from ehrbench.reports import build_tables, load_runs, write_report
 from ehrbench.reports.__main__ import main
+from ehrbench.reports.frames import failures_frame, fmt_cell
 from ehrbench.reports.load import FAILURE_COLUMNS
-from ehrbench.reports.render import failures_frame, fmt_cell, sections
+from ehrbench.reports.render import sections
 from tests.test_reports_load import make_run
 
 KINDS = ["prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility"]
