@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from ehrbench.metrics.registry import METRICS
-from ehrbench.models.rundir import settings, settings_diff
 
 from .audit import audit_note, audit_rows, canary_note, canary_rows
-from .load import RunSet
+from .load import RunSet, settings_labels
+from .ranking import NO_LEVEL, best_mask, level_names, rank_metric, run_levels, sig12
 
 FAMILY_ORDER = ("fidelity", "utility", "privacy", "efficiency")
 RANK_FAMILIES = ("fidelity", "utility", "privacy")
@@ -73,75 +73,6 @@ class Table:
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9]+", "_", self.label).strip("_").lower()
-
-
-def _sig12(s: pd.Series) -> pd.Series:
-    """Round to 12 significant digits so values equal up to float summation order tie exactly."""
-    x = s.to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where((x == 0) | ~np.isfinite(x), 0, np.floor(np.log10(np.abs(x))))
-    return pd.Series(np.round(x / 10.0 ** mag, 11) * 10.0 ** mag, index=s.index)
-
-
-def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-              tol: pd.Series | float | None = None) -> pd.Series:
-    """The ranking key of a metric with an ideal (registry `ideal`): how far each mean misses it, clipped at 0.
-
-    target: |mean - ideal|; min: mean - ideal; max: ideal - mean; then minus the tolerance tol (twice the
-    standard error of the mean, from the metric's "se" rows) and clipped at 0, so a value on the good side of the
-    ideal, or within noise of it, counts as the ideal itself and never outranks another such value.
-    """
-    ideal = pd.Series(ideal, index=means.index, dtype=float) if not isinstance(ideal, pd.Series) else ideal
-    tol = pd.Series(0.0 if tol is None else tol, index=means.index, dtype=float) if not isinstance(tol, pd.Series) else tol
-    d = {"target": (means - ideal).abs(), "min": means - ideal, "max": ideal - means}[goal]
-    return (d - tol.fillna(0.0)).clip(lower=0.0).where(means.notna())
-
-
-def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.Series | float | None,
-           noise: pd.Series | None) -> pd.DataFrame | None:
-    """[i, j] True where model j beats model i on this metric beyond noise; rows and columns are the models with a
-    mean. None when the metric does not rank (info, a target without ideal, nothing valid)."""
-    if goal not in ("max", "min", "target"):
-        return None
-    has_ideal = ideal is not None and not (isinstance(ideal, pd.Series) and ideal.isna().all())
-    if goal == "target" and not has_ideal:
-        return None
-    key = deviation(means, goal, ideal, tol) if has_ideal else (means if goal == "min" else -means)
-    valid = _sig12(key.dropna())
-    if valid.empty:
-        return None
-    k = valid.to_numpy(dtype=float)
-    s = np.zeros_like(k) if noise is None else np.nan_to_num(noise.reindex(valid.index).to_numpy(dtype=float))
-    margin = 2 * np.sqrt(s[:, None] ** 2 + s[None, :] ** 2)
-    return pd.DataFrame(k[None, :] + margin < k[:, None], index=valid.index, columns=valid.index)
-
-
-def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-                tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
-    """Rank models on one metric (1 = best); a missing/failed mean takes the shared last places, so a failure never
-    improves a model's rank. All-missing -> all NaN (metric unranked). With an ideal (always for goal "target") the
-    key is the `deviation` from it, lower is better.
-
-    Ties are ties: model j beats model i when j's key is better by more than 2 sqrt(noise_i^2 + noise_j^2)
-    (`noise`: each mean's standard error; None = exact comparison), and rank_i = 1 + (models that beat i) + 1/2
-    (models neither beating nor beaten by i), which is the average rank when ties are exact equalities."""
-    m = beats(means, goal, ideal, tol, noise)
-    if m is None:
-        return pd.Series(np.nan, index=means.index)
-    b = m.to_numpy()
-    tied = ~b & ~b.T
-    ranks = pd.Series(1 + b.sum(1) + 0.5 * (tied.sum(1) - 1), index=m.index)
-    worst = (len(m) + 1 + len(means)) / 2.0  # average of the places len(valid)+1 .. len(means)
-    return ranks.reindex(means.index).fillna(worst)
-
-
-def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-              tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
-    """True where no other model beats a mean beyond noise (rank_metric's rule; info metrics never)."""
-    m = beats(means, goal, ideal, tol, noise)
-    if m is None:
-        return pd.Series(False, index=means.index)
-    return (~m.any(axis=1)).reindex(means.index, fill_value=False)
 
 
 def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[str] | tuple = (),
@@ -235,51 +166,6 @@ def sanity_failures(cells: pd.DataFrame, unranked: set[str] | frozenset = frozen
     return out
 
 
-NO_LEVEL = (np.inf, 0.0)  # not private, the table's one budget
-
-
-def run_levels(runs: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Model row -> its level (target epsilon, training budget). Ranks, best marks and profile ranks compare rows of
-    one level only: a private generator is not a competitor of a non-private one, nor of one given another budget.
-    Epsilon: load_runs' target_epsilon (inf: not private). Budget: when the runs hold several budget labels (e.g.
-    "compute 650 x ehrdiff" and "compute 1950 x ehrdiff"), the largest training FLOPs among the runs of the row's
-    label, so levels sort by size; 0 when there is one label."""
-    if runs.empty:
-        return {}
-    col = lambda c, default: runs[c] if c in runs else pd.Series(default, index=runs.index)  # noqa: E731
-    eps = pd.to_numeric(col("target_epsilon", None), errors="coerce").fillna(np.inf)
-    label = budget_labels(runs)
-    flops = pd.to_numeric(col("train_flops", None), errors="coerce").fillna(0.0)
-    size = flops.groupby(label).transform("max") if label.nunique() > 1 else pd.Series(0.0, index=runs.index)
-    return {m: (float(e), float(z)) for m, e, z in zip(runs["model"], eps, size)}
-
-
-def budget_labels(runs: pd.DataFrame) -> pd.Series:
-    """Each run's budget label; an unfinished run, which has recorded no budget yet, takes its row's complete runs'
-    label (else the label most complete runs share)."""
-    label = (runs["budget"] if "budget" in runs else pd.Series("", index=runs.index)).fillna("").astype(str)
-    ok = runs["ok"].astype(bool) if "ok" in runs else pd.Series(True, index=runs.index)
-    if ok.all() or not ok.any():
-        return label
-    own = label[ok].groupby(runs.loc[ok, "model"]).first()
-    common = label[ok].mode().iloc[0]
-    return label.where(ok, runs["model"].map(own).fillna(common))
-
-
-def level_names(runs: pd.DataFrame) -> dict[tuple[float, float], str]:
-    """Level -> its name: "ε=1", "not private", the budget label, or both joined by ", "."""
-    lv = run_levels(runs)
-    label = dict(zip(runs["model"], budget_labels(runs)))
-    several_eps = len({e for e, _ in lv.values()}) > 1
-    several_budgets = len({z for _, z in lv.values()}) > 1
-    names = {}
-    for m, (e, z) in lv.items():
-        parts = ([("not private" if e == np.inf else f"ε={e:g}")] if several_eps else []) + (
-            [label.get(m, "")] if several_budgets else [])
-        names[(e, z)] = ", ".join(parts)
-    return names
-
-
 def reference_models(runs: pd.DataFrame) -> list[str]:
     """Models whose runs say `reference: true` (older runs without the key: the built-in real and independent)."""
     if runs.empty:
@@ -315,7 +201,7 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
         present = R.notna().mul(w, axis=1)
         score = R.fillna(0).mul(w, axis=1).sum(axis=1) / present.sum(axis=1).replace(0, np.nan)
         out[f"profile_{name}"] = score
-        out[f"rank_{name}"] = _sig12(score).groupby(level).rank(method="average")
+        out[f"rank_{name}"] = sig12(score).groupby(level).rank(method="average")
     ok = runs[runs["ok"]]
     out["runs_ok"] = ok.groupby("model").size().reindex(models).fillna(0).astype(int)
     out["runs_total"] = runs.groupby("model").size().reindex(models).fillna(0).astype(int)
@@ -327,7 +213,7 @@ def summarise(cells: pd.DataFrame, runs: pd.DataFrame, models: list[str],
     for col in ("budget", "budget_steps"):  # the budget as run (one value when every seed ran the same)
         vals = ok[col] if col in ok else pd.Series(None, index=ok.index)
         out[col] = vals.groupby(ok["model"]).apply(lambda s: " | ".join(dict.fromkeys(str(x) for x in s.dropna())))
-    order = (out.assign(_r=_sig12(out["mean_rank"]).fillna(np.inf), _level=level, _failed=out["failed"] != "")
+    order = (out.assign(_r=sig12(out["mean_rank"]).fillna(np.inf), _level=level, _failed=out["failed"] != "")
              .sort_values(["reference", "_failed", "_level", "_r"], kind="stable"))
     return out.loc[order.index]
 
@@ -361,7 +247,7 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
         keys = sorted(set(grp["data_key"]) - {"unknown"}) or ["unknown"]
         for key in keys:  # a run whose config could not be read (a failure) is shown as a hole in each table
             g = grp[grp["data_key"].isin([key, "unknown"])]
-            labels, settings_notes = _settings_labels(g, rs.configs)  # one row per (model, settings)
+            labels, settings_notes = settings_labels(g, rs.configs)  # one row per (model, settings)
             g = g.assign(model=g["path"].map(labels))
             res = rs.results[rs.results["path"].isin(g["path"])]
             res = res.assign(model=res["path"].map(labels))
@@ -446,43 +332,3 @@ def parse_profile(text: str) -> tuple[str, dict[str, float]]:
         raise ValueError(f"profile {text!r} must look like name=fidelity:0.2,utility:0.6,privacy:0.2 with families "
                          f"among {', '.join(RANK_FAMILIES)} and non-negative weights")
     return name, weights
-
-
-def _settings_labels(runs: pd.DataFrame, configs: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
-    """Row label per run path: the model name, plus "[key=value, ...]" of the settings that differ between the
-    runs of that model with different settings_hash (runs without a readable config keep the plain name)."""
-    labels = {p: str(m) for p, m in zip(runs["path"], runs["model"])}
-    notes: list[str] = []
-    known = runs[runs["settings_hash"].fillna("unknown") != "unknown"]
-    for model, grp in known.groupby("model", sort=True):
-        variants = grp.drop_duplicates("settings_hash")
-        if len(variants) < 2 or any(p not in configs for p in variants["path"]):
-            continue
-        sets = {h: settings(configs[p]) for h, p in zip(variants["settings_hash"], variants["path"])}
-        first = next(iter(sets.values()))
-        keys = sorted({k for other in sets.values() for k in settings_diff(first, other)})
-        shown = keys[:3]
-        for h, st in sets.items():
-            flat = _flatten(st)
-            text = ", ".join(f"{k}={_fmt_setting(flat.get(k))}" for k in shown) + (f", +{len(keys) - 3} more"
-                                                                              if len(keys) > 3 else "")
-            for p in grp.loc[grp["settings_hash"] == h, "path"]:
-                labels[p] = f"{model} [{text}]"
-        notes.append(f"runs of {model} use {len(sets)} different settings ({', '.join(keys)}); each has its own "
-                     f"row, labelled by what differs")
-    return labels, notes
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"lr": 1}} -> {"model.lr": 1}."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _fmt_setting(v: object) -> str:
-    """A setting value in a row label: numbers as Python writes them, lists/dicts as compact JSON."""
-    import json
-
-    return json.dumps(v, separators=(",", ":"), default=str) if isinstance(v, (list, dict, type(None))) else str(v)

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .aggregate import ARROWS, NO_LEVEL, Table, deviation, level_names, run_levels
+from .aggregate import ARROWS, Table
+from .ranking import NO_LEVEL, deviation, level_names, run_levels
 
 # Each family's headline score: the first of these that ranks on the table's data (passed its calibration ladder).
 HEADLINES: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from ehrbench.models.rundir import data_key, settings_hash
+from ehrbench.models.rundir import data_key, settings, settings_diff, settings_hash
 
 from .audit import CANARY, audit_reason, audit_rows, canary_reason, canary_rows
 
@@ -270,3 +270,41 @@ def _flag_duplicate_cells(runs: pd.DataFrame, results: pd.DataFrame,
     drop = runs["path"].isin(set(dups["path"]))
     runs = runs.assign(ok=runs["ok"].astype(bool) & ~drop)
     return runs, results[~results["path"].isin(set(dups["path"]))]
+
+
+def settings_labels(runs: pd.DataFrame, configs: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """Row label per run path: the model name, plus "[key=value, ...]" of the settings that differ between the
+    runs of that model with different settings_hash (runs without a readable config keep the plain name)."""
+    labels = {p: str(m) for p, m in zip(runs["path"], runs["model"])}
+    notes: list[str] = []
+    known = runs[runs["settings_hash"].fillna("unknown") != "unknown"]
+    for model, grp in known.groupby("model", sort=True):
+        variants = grp.drop_duplicates("settings_hash")
+        if len(variants) < 2 or any(p not in configs for p in variants["path"]):
+            continue
+        sets = {h: settings(configs[p]) for h, p in zip(variants["settings_hash"], variants["path"])}
+        first = next(iter(sets.values()))
+        keys = sorted({k for other in sets.values() for k in settings_diff(first, other)})
+        shown = keys[:3]
+        for h, st in sets.items():
+            flat = _flatten(st)
+            text = ", ".join(f"{k}={fmt_setting_value(flat.get(k))}" for k in shown) + (f", +{len(keys) - 3} more"
+                                                                              if len(keys) > 3 else "")
+            for p in grp.loc[grp["settings_hash"] == h, "path"]:
+                labels[p] = f"{model} [{text}]"
+        notes.append(f"runs of {model} use {len(sets)} different settings ({', '.join(keys)}); each has its own "
+                     f"row, labelled by what differs")
+    return labels, notes
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"model": {"lr": 1}} -> {"model.lr": 1}."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def fmt_setting_value(v: object) -> str:
+    """A setting value in a row label: numbers as Python writes them, lists/dicts as compact JSON."""
+    return json.dumps(v, separators=(",", ":"), default=str) if isinstance(v, (list, dict, type(None))) else str(v)

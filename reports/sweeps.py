@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .aggregate import ARROWS, Table, run_levels
+from .aggregate import ARROWS, Table
 from .figures import FigureInfo, _grid, _save
 from .headline import headline_metrics
 from .load import RunSet
+from .ranking import run_levels
 
 
 def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ehrbench.reports.aggregate import (PROFILES, aggregate_cells, best_mask, build_tables, parse_profile, rank_metric,
-                               run_levels, summarise)
+from ehrbench.reports.aggregate import PROFILES, aggregate_cells, build_tables, parse_profile, summarise
 from ehrbench.reports.load import RESULT_COLUMNS, RUN_COLUMNS, RunSet
+from ehrbench.reports.ranking import best_mask, rank_metric, run_levels
 
 
 def rows(model, metric, values, goal="max", family="fidelity", version=1, errors=0, se=0.0):

@@ -136,7 +136,7 @@ def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
     assert ranks.to_dict() == {f"{g} [trainer.reference_steps={k}]": r for k in (2, 6, 18, 54)
                                for g, r in (("vae", 1.0), ("gan", 2.0))}  # each budget ranked on its own
     assert any("same target ε and training budget only" in n for n in t.notes)
-    from ehrbench.reports.aggregate import level_names
+    from ehrbench.reports.ranking import level_names
 
     assert sorted(level_names(t.runs).values()) == sorted(f"compute {k} x ehrdiff" for k in (2, 6, 18, 54))
     p = plateaus(t, headline_metrics(t))
