@@ -14,8 +14,8 @@ Loops, each with its own fresh model from the same seed:
   batches as lib's FastTensorDataLoader, mixed_loss, AdamW, linear lr annealing, EMA of every step);
 - official-noddp (EHRDiff): the same without DistributedDataParallel, the official step at its leanest;
 - ours: the shared Trainer of run_benchmark (trainer=default, budget=steps), the step every CPU leaderboard runs.
-Each round runs every loop of a net back to back in rotating order, so that drift in the machine's speed hits all
-alike; steps/s counts the steps after --warmup. Prints per-round ratios ours / official and their medians.
+Each round runs every loop of a net back to back, each in a fresh process, in rotating order, so that drift in the
+machine's speed hits all alike; steps/s counts the steps after --warmup. Prints per-round ratios ours / official and their medians.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -180,30 +181,38 @@ def time_ours(net: str, data, steps: int, warmup: int, workdir: Path) -> float:
     return bench_speed.steady_steps_per_second(trainer.stats_path, trainer.log_every)
 
 
-def run(a: argparse.Namespace) -> dict:
-    if any(n != "tabddpm" for n in a.nets):
+def time_cell(a: argparse.Namespace, net: str, loop: str) -> float:
+    """Steps/s of one loop on one net, in this process."""
+    data = net_data(net)
+    X = data.train.astype(np.float32)
+    torch.manual_seed(0)
+    if loop == "ours":
+        with tempfile.TemporaryDirectory() as tmp:
+            return time_ours(net, data, a.steps, a.warmup, Path(tmp))
+    if net == "tabddpm":
+        return time_official(official_tabddpm(a.tabddpm_repo, X), a.steps, a.warmup)
+    if loop == "official":
         import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/store", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/store", rank=0, world_size=1)
+    return time_official(official_ehrdiff(a.ehrdiff_repo, net, X, loop == "official"), a.steps, a.warmup)
+
+
+def run(a: argparse.Namespace, argv: list[str]) -> dict:
+    """Every round runs each loop of a net in a fresh process (so that one loop's process-wide switches, such as our
+    trainer's denormal flush or a gloo group, never reach another), in rotating order."""
     cells = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for net in a.nets:
-            data = net_data(net)
-            X = data.train.astype(np.float32)
-            loops = ["ours", "official"] + (["official-noddp"] if net != "tabddpm" else [])
-            print(f"{net}: {X.shape[0]:,} x {X.shape[1]:,} rows; loops {', '.join(loops)}", flush=True)
-            for r in range(a.rounds):
-                for loop in loops[r % len(loops):] + loops[:r % len(loops)]:
-                    torch.manual_seed(0)
-                    if loop == "ours":
-                        sps = time_ours(net, data, a.steps, a.warmup, Path(tmp) / f"{net}-{r}")
-                    elif net == "tabddpm":
-                        sps = time_official(official_tabddpm(a.tabddpm_repo, X), a.steps, a.warmup)
-                    else:
-                        sps = time_official(official_ehrdiff(a.ehrdiff_repo, net, X, loop == "official"), a.steps,
-                                            a.warmup)
-                    cells.append({"net": net, "round": r, "loop": loop, "steps_per_s": sps})
-                    print(json.dumps(cells[-1]), flush=True)
+    for net in a.nets:
+        loops = ["ours", "official"] + (["official-noddp"] if net != "tabddpm" else [])
+        print(f"{net}: loops {', '.join(loops)}", flush=True)
+        for r in range(a.rounds):
+            for loop in loops[r % len(loops):] + loops[:r % len(loops)]:
+                out = subprocess.run([sys.executable, __file__, *argv, "--cell", f"{net}:{loop}"], capture_output=True,
+                                     text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{net}/{loop} failed: {out.stderr.strip()[-2000:]}")
+                sps = json.loads(out.stdout.strip().splitlines()[-1])["steps_per_s"]
+                cells.append({"net": net, "round": r, "loop": loop, "steps_per_s": sps})
+                print(json.dumps(cells[-1]), flush=True)
     return {"cells": cells, "summary": summarise(cells)}
 
 
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # net:loop, run in this process (internal)
+    argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
     bad = [n for n in a.nets if n not in NETS]
     if bad:
@@ -243,7 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     if a.warmup >= a.steps:
         ap.error(f"--warmup ({a.warmup}) must be below --steps ({a.steps})")
     torch.set_num_threads(a.threads)
-    result = {"args": {k: str(v) for k, v in vars(a).items()}, "torch": torch.__version__, **run(a)}
+    if a.cell is not None:
+        net, loop = a.cell.split(":")
+        print(json.dumps({"steps_per_s": time_cell(a, net, loop)}))
+        return {}
+    result = {"args": {k: str(v) for k, v in vars(a).items()}, "torch": torch.__version__, **run(a, argv)}
     print(f"\n{a.threads} threads, {a.steps} steps ({a.warmup} warm-up), {a.rounds} interleaved rounds\n")
     print("| net | against | ours steps/s | official steps/s | ours / official (per round) |\n|---|---|---|---|---|")
     for s in result["summary"]:
