@@ -274,3 +274,15 @@ def test_a_private_run_needs_normalization_none():
         TabDDPM(**TINY).fit(_as_data(_mixed(), ("binary",) * 6 + ("continuous",) * 2), Private())
     with pytest.raises(ValueError, match="unknown tabddpm.normalization 'minmax'; valid choices: quantile, none"):
         TabDDPM(**TINY, normalization="minmax").fit(_mixed()[:, :6], Private())
+
+
+def test_dense_logaddexp_equals_torchs_on_broadcast_and_strided_operands():
+    from ehrbench.models.tabddpm import dense_logaddexp
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 7, 2, generator=g) * 30, torch.randn(64, 1, 1, generator=g) * 30
+    got = dense_logaddexp(a, b)
+    assert got.shape == (64, 7, 2) and got.is_contiguous()
+    torch.testing.assert_close(got, torch.logaddexp(a, b), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(dense_logaddexp(a[..., :1], a[..., 1:]), torch.logsumexp(a, -1, keepdim=True),
+                               rtol=1e-6, atol=1e-5)
