@@ -184,11 +184,11 @@ def time_ours(net: str, data, steps: int, warmup: int, workdir: Path) -> float:
 def time_cell(a: argparse.Namespace, net: str, loop: str) -> float:
     """Steps/s of one loop on one net, in this process."""
     data = net_data(net)
-    X = data.train.astype(np.float32)
     torch.manual_seed(0)
     if loop == "ours":
         with tempfile.TemporaryDirectory() as tmp:
             return time_ours(net, data, a.steps, a.warmup, Path(tmp))
+    X = data.train.astype(np.float32)
     if net == "tabddpm":
         return time_official(official_tabddpm(a.tabddpm_repo, X), a.steps, a.warmup)
     if loop == "official":

@@ -45,7 +45,7 @@ def _saved(fig, out: Path, t: Table, kind: str, title: str, caption: str) -> tup
 def _against_flops(ax, d: pd.DataFrame, hue: str, order: list[str], errorbar, title: str, legend: bool) -> None:
     """One panel: the values against training FLOPs (log x), a line per `hue` through the means, with a band."""
     sns.lineplot(data=d, x="train_flops", y="value", hue=hue, hue_order=order, estimator="mean", errorbar=errorbar,
-                 marker="o", ax=ax, legend=legend)
+                 marker="o", ax=ax, legend=legend, seed=0)  # a seeded bootstrap: the same runs draw the same bands
     ax.set(xscale="log", title=title, xlabel="training FLOPs", ylabel="")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
 
