@@ -56,6 +56,13 @@ class DiffusionTables(nn.Module):
         binary = np.asarray([k == "binary" for k in kinds], dtype=bool)  # once per build, not per step
         self.register_buffer("num_idx", torch.as_tensor(np.flatnonzero(~binary), dtype=torch.long))
         self.register_buffer("bin_idx", torch.as_tensor(np.flatnonzero(binary), dtype=torch.long))
+        self.num_first = not binary[:len(binary) - int(binary.sum())].any()  # every loader's layout
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(continuous, binary) columns of x: two slices where the continuous columns come first, else gathers."""
+        if self.num_first:
+            return x[:, :len(self.num_idx)], x[:, len(self.num_idx):]
+        return x[:, self.num_idx], x[:, self.bin_idx]
 
     @property
     def T(self) -> int:
@@ -145,9 +152,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 # tab_ddpm/modules.py MLPDiffusion (is_y_cond=False): proj d_in -> dim_t, plus time MLP (Linear, SiLU, Linear) of the
 # sinusoidal embedding, then the rtdl baseline MLP: [Linear -> ReLU -> Dropout] per d_layers, Linear head -> d_in.
 class MLPDiffusion(nn.Module):
-    def __init__(self, d_in: int, d_layers: tuple[int, ...], dropout: float, dim_t: int) -> None:
+    def __init__(self, d_in: int, d_layers: tuple[int, ...], dropout: float, dim_t: int,
+                 num_timesteps: int | None = None) -> None:
         super().__init__()
         self.dim_t = dim_t
+        # the embedding of every timestep, looked up per row (the same values; not saved with the weights)
+        table = timestep_embedding(torch.arange(num_timesteps), dim_t) if num_timesteps else None
+        self.register_buffer("t_table", table, persistent=False)
         self.proj = nn.Linear(d_in, dim_t)
         self.time_embed = nn.Sequential(nn.Linear(dim_t, dim_t), nn.SiLU(), nn.Linear(dim_t, dim_t))
         layers, width = [], dim_t
@@ -157,7 +168,8 @@ class MLPDiffusion(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, d_in))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.proj(x.float()) + self.time_embed(timestep_embedding(t, self.dim_t)))
+        emb = self.t_table[t] if self.t_table is not None else timestep_embedding(t, self.dim_t)
+        return self.mlp(self.proj(x) + self.time_embed(emb))
 
 
 class FoldedDenoiser:
@@ -205,14 +217,14 @@ def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin:
     p(x_{t-1}|x_t)), at t = 0 -log p(x_0|x_1), summed over variables, divided by pt, plus KL(q(x_T|x_0) || uniform),
     all divided by the number of categorical variables. Both batch means, summed (scripts/train.py)."""
     B, n_num, n_bin = len(t), x_num.shape[1], x_bin.shape[1]
-    x_num_t = tab.sqrt_ac[t][:, None] * x_num + tab.sqrt_1m_ac[t][:, None] * noise
+    x_num_t = torch.addcmul(tab.sqrt_ac[t][:, None] * x_num, tab.sqrt_1m_ac[t][:, None], noise)
     log_x0 = log_onehot(x_bin)
     log_xt = log_onehot(gumbel_argmax(tab.q_pred(log_x0, t), u))
     # the network sees the log one-hot of x_t ({0, -69.08}), exactly as the official x_in
     out = net(torch.cat([x_num_t, log_xt.reshape(B, -1)], dim=1), t)
     loss = out.new_zeros(())
     if n_num:
-        loss = loss + ((noise - out[:, :n_num]) ** 2).mean(dim=1).mean()
+        loss = loss + F.mse_loss(out[:, :n_num], noise)  # the mean of row means: every row has n_num columns
     if n_bin:
         log_true = tab.q_posterior(log_x0, log_xt, t)
         log_model = tab.p_pred(out[:, n_num:].reshape(B, n_bin, 2), log_xt, t)
@@ -277,7 +289,7 @@ class TabDDPM(TorchSynthesizer):
     def build(self, n_features: int) -> nn.ModuleDict:
         tab = DiffusionTables(int(self.num_timesteps), self.scheduler, self.kinds_)
         d_in = len(tab.num_idx) + 2 * len(tab.bin_idx)  # n_num + sum of category counts, as official d_in
-        net = MLPDiffusion(d_in, tuple(self.d_layers), float(self.dropout), int(self.dim_t))
+        net = MLPDiffusion(d_in, tuple(self.d_layers), float(self.dropout), int(self.dim_t), tab.T)
         return nn.ModuleDict({"net": net, "diffusion": tab})
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -290,7 +302,7 @@ class TabDDPM(TorchSynthesizer):
     def loss(self, x: torch.Tensor, key: str) -> torch.Tensor:
         """t, Gaussian noise and the Gumbel uniforms of q_sample from torch's global RNG (seeded per step)."""
         tab = self.modules_["diffusion"]
-        x_num, x_bin = x[:, tab.num_idx], x[:, tab.bin_idx]
+        x_num, x_bin = tab.split(x)
         t = torch.randint(0, tab.T, (len(x),), device=x.device)
         noise = torch.randn_like(x_num)
         u = torch.rand(len(x), x_bin.shape[1], 2, device=x.device)

@@ -286,3 +286,32 @@ def test_dense_logaddexp_equals_torchs_on_broadcast_and_strided_operands():
     torch.testing.assert_close(got, torch.logaddexp(a, b), rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(dense_logaddexp(a[..., :1], a[..., 1:]), torch.logsumexp(a, -1, keepdim=True),
                                rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("continuous", "continuous", "binary", "binary", "binary"),
+                                   ("binary", "continuous", "binary", "continuous", "binary")])
+def test_split_takes_the_continuous_then_the_binary_columns_in_either_layout(kinds):
+    tab = DiffusionTables(10, "cosine", kinds)
+    x = torch.arange(15, dtype=torch.float32).reshape(3, 5)
+    num = [i for i, k in enumerate(kinds) if k != "binary"]
+    x_num, x_bin = tab.split(x)
+    assert tab.num_first == (kinds[0] == "continuous")
+    assert torch.equal(x_num, x[:, num]) and torch.equal(x_bin, x[:, [i for i in range(5) if i not in num]])
+
+
+def test_the_timestep_table_is_the_embedding_of_every_step_and_the_loss_is_unchanged():
+    from ehrbench.models.tabddpm import MLPDiffusion, timestep_embedding
+
+    T, g = 50, torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    looked_up = MLPDiffusion(2 + 2 * 3, (16, 16), 0.0, 9, num_timesteps=T)
+    computed = MLPDiffusion(2 + 2 * 3, (16, 16), 0.0, 9)
+    computed.load_state_dict(looked_up.state_dict())  # the table is not saved with the weights
+    assert "t_table" not in looked_up.state_dict()
+    torch.testing.assert_close(looked_up.t_table, timestep_embedding(torch.arange(T), 9), rtol=0, atol=0)
+    tab = DiffusionTables(T, "cosine", ("continuous", "continuous", "binary", "binary", "binary"))
+    t = torch.randint(0, T, (32,), generator=g)
+    x_num, x_bin = torch.randn(32, 2, generator=g), torch.randint(0, 2, (32, 3), generator=g)
+    noise, u = torch.randn(32, 2, generator=g), torch.rand(32, 3, 2, generator=g)
+    a, b = (mixed_loss(net, tab, x_num, x_bin, t, noise, u) for net in (looked_up, computed))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
