@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import ehrbench.models.tabddpm  # noqa: F401  (registers "tabddpm" until models/__init__.py imports it)
 from ehrbench.models import Trainer, build_synthesizer, check_synthesizer
-from ehrbench.models.tabddpm import DiffusionTables, TabDDPM, mixed_loss
+from ehrbench.models.tabddpm import TabDDPM
+from ehrbench.models.tabddpm_diffusion import DiffusionTables, mixed_loss
 
 TINY = {"d_layers": [32, 32], "dim_t": 16, "num_timesteps": 20, "batch_size": 64, "steps": 4, "sample_batch_size": 64}
 
@@ -140,7 +140,7 @@ def test_fit_and_sample_at_width_1000():
 def test_the_two_category_closed_forms_equal_the_generic_kernels():
     """log_softmax2, the K = 2 logsumexp of q_posterior, log_onehot and gumbel_argmax against torch's generic
     log_softmax / one_hot / argmax on values from tiny to extreme, ties included."""
-    from ehrbench.models.tabddpm import LOG_ZERO_CLAMP, gumbel_argmax, log_onehot, log_softmax2
+    from ehrbench.models.tabddpm_diffusion import LOG_ZERO_CLAMP, gumbel_argmax, log_onehot, log_softmax2
 
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(500, 7, 2, generator=g) * s for s in (1e-3, 1.0, 30.0, 100.0)])
@@ -160,7 +160,7 @@ def test_the_two_category_closed_forms_equal_the_generic_kernels():
 def test_the_log_odds_draw_equals_the_gumbel_draw_on_p_pred():
     """p_logit is p_pred's log p(1) - log p(0) at every step (t = 0 included, both categories of x_t), and
     logistic_draw takes category 1 exactly when u < sigmoid(log-odds), the law of gumbel_argmax on two categories."""
-    from ehrbench.models.tabddpm import DiffusionTables, log_onehot, logistic_draw
+    from ehrbench.models.tabddpm_diffusion import DiffusionTables, log_onehot, logistic_draw
 
     tab = DiffusionTables(50, "cosine", ("binary",) * 6)
     g = torch.Generator().manual_seed(0)
@@ -179,7 +179,8 @@ def test_the_log_odds_draw_equals_the_gumbel_draw_on_p_pred():
 def test_the_folded_denoiser_equals_the_network_on_log_onehot_inputs(n_num):
     """FoldedDenoiser's (eps_hat, logit_1 - logit_0) equal MLPDiffusion's outputs on (z, log one-hot of cat) at
     several timesteps: the fold only regroups the same sums."""
-    from ehrbench.models.tabddpm import FoldedDenoiser, MLPDiffusion, log_onehot
+    from ehrbench.models.tabddpm import FoldedDenoiser, MLPDiffusion
+    from ehrbench.models.tabddpm_diffusion import log_onehot
 
     torch.manual_seed(0)
     n_bin, B = 37, 64
@@ -277,7 +278,7 @@ def test_a_private_run_needs_normalization_none():
 
 
 def test_dense_logaddexp_equals_torchs_on_broadcast_and_strided_operands():
-    from ehrbench.models.tabddpm import dense_logaddexp
+    from ehrbench.models.tabddpm_diffusion import dense_logaddexp
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(64, 7, 2, generator=g) * 30, torch.randn(64, 1, 1, generator=g) * 30
