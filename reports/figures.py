@@ -21,6 +21,7 @@ from ehrbench.models.rundir import LOCATION_KEYS, RESERVED_DATA_KEYS  # noqa: E4
 from .aggregate import ARROWS, RANK_FAMILIES, Table  # noqa: E402
 from .headline import headline_metrics, scores  # noqa: E402
 from .load import RunSet  # noqa: E402
+from .ranking import run_levels  # noqa: E402
 
 COOC_CODES = 40      # co-occurrence scatter: the most prevalent binary feature columns (40 -> 780 pairs)
 MAX_POINTS = 300     # training curves: at most this many logged steps per line
@@ -126,10 +127,21 @@ def _synthetic(rs: RunSet, path: str, columns: tuple[str, ...]) -> np.ndarray:
     return np.asarray(X[:, idx], dtype=np.float32)
 
 
+def shown_models(t: Table) -> tuple[list[str], str]:
+    """The rows the per-model figures draw, in leaderboard order, and a caption note: a compute sweep's largest
+    budget only (its compute figure draws every budget; a panel per row and budget would be unreadable), else all."""
+    levels = run_levels(t.runs)
+    sizes = {z for _, z in levels.values()}
+    if len(sizes) < 2:
+        return list(t.models), ""
+    return [m for m in t.models if levels.get(m, (0.0, -1.0))[1] == max(sizes)], \
+        " Rows of the largest budget only; the compute figure draws every budget."
+
+
 def _first_runs(t: Table) -> dict[str, tuple[str, object]]:
-    """Per model in leaderboard order, (path, seed) of the complete run with the lowest seed (drawn per run)."""
+    """Per shown model in leaderboard order, (path, seed) of the complete run with the lowest seed (drawn per run)."""
     ok = t.runs[t.runs["ok"]].sort_values(["model", "seed", "path"]).drop_duplicates("model").set_index("model")
-    return {m: (ok.loc[m, "path"], ok.loc[m, "seed"]) for m in t.models if m in ok.index}
+    return {m: (ok.loc[m, "path"], ok.loc[m, "seed"]) for m in shown_models(t)[0] if m in ok.index}
 
 
 def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
@@ -179,7 +191,7 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
     what = ("per-column mean of every column (the prevalence of a binary column)" if kind == "prevalence" else
             f"pairwise co-occurrence rate P(a=1, b=1) of the {len(cols)} most prevalent binary feature columns")
     cap = (f"{what}, real training data (x) vs the lowest-seed synthetic sample (y), dashed identity line, "
-           f"Pearson r in each title.")
+           f"Pearson r in each title.{shown_models(t)[1]}")
     return [FigureInfo(t.label, kind, f"{t.label}: {kind} real vs synthetic", cap, p)], notes
 
 
@@ -188,16 +200,17 @@ def fig_points(t: Table, out: Path) -> list[FigureInfo]:
     if not metrics:
         return []
     goal = t.cells.drop_duplicates("metric").set_index("metric")["goal"]
+    models, note = shown_models(t)
     fig, axes = _grid(len(metrics), 4, 3.4)
-    v = t.values[t.values["status"] == "ok"]
+    v = t.values[(t.values["status"] == "ok") & t.values["model"].isin(models)]
     for ax, m in zip(axes, metrics):
-        sns.pointplot(data=v[v["metric"] == m], x="value", y="model", order=t.models, errorbar="sd",
+        sns.pointplot(data=v[v["metric"] == m], x="value", y="model", order=models, errorbar="sd",
                       linestyle="none", capsize=0.3, ax=ax)
         ax.set(title=f"{m} {ARROWS.get(goal[m], '')}", xlabel="", ylabel="")
     p = out / f"{t.slug}__metrics.png"
     _save(fig, p)
     return [FigureInfo(t.label, "metrics", f"{t.label}: metrics by model", "Mean over seeds with ± 1 standard "
-                       "deviation error bars (one point when a model has a single seed); models in leaderboard order.", p)]
+                       "deviation error bars (one point when a model has a single seed); models in leaderboard order." + note, p)]
 
 
 def fig_ranks(t: Table, out: Path) -> list[FigureInfo]:
@@ -254,7 +267,10 @@ def fig_losses(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
     d, notes = _train_stats(rs, t)
     if d.empty:
         return [], notes
-    models = [m for m in t.models if m in set(d["model"])]
+    shown, note = shown_models(t)
+    models = [m for m in shown if m in set(d["model"])]
+    if not models:
+        return [], notes
     fig, axes = _grid(len(models), 3, 3.8)
     for ax, m in zip(axes, models):
         dm = d[d["model"] == m]
@@ -268,7 +284,7 @@ def fig_losses(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[
     _save(fig, p)
     return [FigureInfo(t.label, "losses", f"{t.label}: training losses", "Losses logged in train_stats.jsonl, one "
                        "line per seed and loss key (log scale when all positive); models without a training log are "
-                       "not drawn.", p)], notes
+                       "not drawn." + note, p)], notes
 
 
 def fig_privacy_utility(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:

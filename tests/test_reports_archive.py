@@ -129,3 +129,10 @@ def test_every_committed_report_rebuilds_from_its_archive(name, tmp_path):
     header = lambda md: next(line for line in md.read_text().splitlines() if " run directories in `" in line)  # noqa: E731
     assert f" run directories in `{name}` (" in header(report / "leaderboard.md")
     assert header(report / "leaderboard.md") == header(tmp_path / "leaderboard.md")
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in (REPO / "reports").glob("*/runs.tar.gz")))
+def test_every_committed_report_file_stays_small(name):
+    """A committed report is records and pages, not data: every file under 5 MB (the HTML embeds its figures)."""
+    big = {p.name: p.stat().st_size for p in (REPO / "reports" / name).rglob("*") if p.stat().st_size >= 5_000_000}
+    assert big == {}

@@ -169,3 +169,13 @@ def test_a_compute_sweep_draws_quality_against_training_flops(sweep, tmp_path):
     paths = write_report(root, tmp_path)
     assert (tmp_path / "figures" / "t_synthetic__compute.png").exists()
     assert "**Compute sweep: where each generator stops improving" in paths["markdown"].read_text()
+
+
+def test_a_compute_sweeps_per_model_figures_draw_its_largest_budget(sweep, table):
+    from ehrbench.reports.figures import shown_models
+
+    _, t = sweep
+    assert shown_models(t) == (["vae [trainer.reference_steps=54]", "gan [trainer.reference_steps=54]"],
+                               " Rows of the largest budget only; the compute figure draws every budget.")
+    _, one = table
+    assert shown_models(one) == (list(one.models), "")  # one budget: every row
