@@ -73,16 +73,19 @@ class DiffusionTables(nn.Module):
     def q_pred_one_timestep(self, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return dense_logaddexp(log_xt + self.log_alpha[t][:, None, None], self.log_1m_alpha[t][:, None, None] - math.log(2.0))
 
-    def q_posterior(self, log_x0: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(x_{t-1} | x_t, x_0), normalised over each variable's 2 categories; x_0 itself at t = 0."""
+    def q_posterior(self, log_x0: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor,
+                    step: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(x_{t-1} | x_t, x_0), normalised over each variable's 2 categories; x_0 itself at t = 0. `step` is
+        q_pred_one_timestep(log_xt, t) when the caller already has it (it does not depend on x_0)."""
         prev = self.q_pred(log_x0, (t - 1).clamp(min=0))
         prev = torch.where((t == 0)[:, None, None], log_x0, prev)
-        un = prev + self.q_pred_one_timestep(log_xt, t)
+        un = prev + (self.q_pred_one_timestep(log_xt, t) if step is None else step)
         return un - dense_logaddexp(un[..., :1], un[..., 1:])  # logsumexp over the 2 categories
 
-    def p_pred(self, logits: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def p_pred(self, logits: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor,
+               step: torch.Tensor | None = None) -> torch.Tensor:
         """x0-parametrisation: q_posterior with x_0 replaced by the network's softmax."""
-        return self.q_posterior(log_softmax2(logits), log_xt, t)
+        return self.q_posterior(log_softmax2(logits), log_xt, t, step)
 
     def p_logit(self, d: torch.Tensor, cat: torch.Tensor, i: int) -> torch.Tensor:
         """log p(x_{t-1} = 1 | x_t) - log p(x_{t-1} = 0 | x_t) at one timestep i, from the network's logit differences
@@ -154,8 +157,9 @@ def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin:
     if n_num:
         loss = loss + F.mse_loss(out[:, :n_num], noise)  # the mean of row means: every row has n_num columns
     if n_bin:
-        log_true = tab.q_posterior(log_x0, log_xt, t)
-        log_model = tab.p_pred(out[:, n_num:].reshape(B, n_bin, 2), log_xt, t)
+        step = tab.q_pred_one_timestep(log_xt, t)  # shared by the true and the model posterior
+        log_true = tab.q_posterior(log_x0, log_xt, t, step)
+        log_model = tab.p_pred(out[:, n_num:].reshape(B, n_bin, 2), log_xt, t, step)
         kl = (log_true.exp() * (log_true - log_model)).sum(dim=(1, 2))
         nll = -(log_x0.exp() * log_model).sum(dim=(1, 2))
         lt = torch.where(t == 0, nll, kl)
