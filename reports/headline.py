@@ -261,9 +261,11 @@ def compact(t: Table, heads: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd
 
 def plateaus(t: Table, heads: dict[str, str]) -> pd.DataFrame:
     """A compute sweep (rows of one generator at several training budgets) read for convergence: per generator, its
-    budgets, the largest training FLOPs reached, the smallest budget after which two successive larger budgets
-    change no headline score beyond noise (2 sqrt(se_a^2 + se_b^2)), its share of its paper schedule there, and its
-    headline scores there (at its largest budget where it has not converged); empty when the table has one budget."""
+    budgets, the largest training FLOPs reached, the smallest budget from which every larger budget (two at least)
+    is within noise (2 sqrt(se_a^2 + se_b^2)) of it on every headline score, so a score that creeps up by less than
+    the noise per step but beyond it across the steps has not converged, its share of its paper schedule there, and
+    its headline scores there (at its largest budget where it has not converged); empty when the table has one
+    budget."""
     lv = run_levels(t.runs)
     if len({z for _, z in lv.values()}) < 2:
         return pd.DataFrame()
@@ -275,8 +277,8 @@ def plateaus(t: Table, heads: dict[str, str]) -> pd.DataFrame:
     for g, models in pd.Series(s.index, index=[gen.get(m, m) for m in s.index]).groupby(level=0):
         order = sorted(models, key=lambda m: lv.get(m, NO_LEVEL)[1])
         flops = [float(pd.to_numeric(s.loc[m, "train_flops"], errors="coerce")) for m in order]
-        steady = [all(_same(c, a, b, metric) for metric in heads.values()) for a, b in zip(order, order[1:])]
-        start = next((k for k in range(len(order) - 2) if steady[k] and steady[k + 1]), None)
+        start = next((k for k in range(len(order) - 2)
+                      if all(_same(c, order[k], b, metric) for b in order[k + 1:] for metric in heads.values())), None)
         at = order[start if start is not None else -1]
         share = float(pd.to_numeric(s.loc[at, "fraction_of_paper"], errors="coerce"))
         row = {"generator": g, "budgets": len(order), "largest train FLOPs": f"{max(flops):.3g}",

@@ -112,8 +112,8 @@ def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.Da
     lines = [("Question", question(t)), ("Budget", regime(t)), ("Verdict", verdict(t, heads))]
     titles = {"ranked": "", "not ranked": "Not ranked (values shown, no rank)",
               "references": "References (reference points, never ranked)",
-              "compute": "Compute sweep: where each generator stops improving (headline scores within noise over "
-                         "two successive larger budgets), and its headline scores there (at its largest budget "
+              "compute": "Compute sweep: where each generator stops improving (every larger budget, two at "
+                         "least, within noise of it on every headline score), and its headline scores there (at its largest budget "
                          "where it still changes)"}
     tabs = [(titles[g], text, best) for g, (text, best) in compact(t, heads).items()]
     return lines, tabs
