@@ -113,8 +113,8 @@ def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.Da
     titles = {"ranked": "", "not ranked": "Not ranked (values shown, no rank)",
               "references": "References (reference points, never ranked)",
               "compute": "Compute sweep: where each generator stops improving (every larger budget, two at "
-                         "least, within noise of it on every headline score), and its headline scores there (at its largest budget "
-                         "where it still changes)"}
+                         "least, within noise of it on every headline score), and its headline scores there (at "
+                         "its largest budget where it still changes)"}
     tabs = [(titles[g], text, best) for g, (text, best) in compact(t, heads).items()]
     return lines, tabs
 
