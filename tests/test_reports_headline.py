@@ -108,22 +108,32 @@ def test_the_page_opens_with_the_first_screen(table, tmp_path):
     assert "**References (reference points, never ranked)**" in first and "### Summary" in details
 
 
+SWEEP = (("vae", lambda k: [0.5, 0.7, 0.7, 0.7][k], 0.001), ("gan", lambda k: 0.3 + 0.1 * k, 0.001),
+         ("creep", lambda k: 0.2 + 0.06 * k, 0.05))
+
+
+def make_sweep(root, gens=SWEEP):
+    """Runs of (generator, auc at budget k, spread over seeds) at four budgets, three seeds each; an auc of None is
+    an error in every seed (a constant synthetic label: no classifier can be trained)."""
+    for k, steps in enumerate((2, 6, 18, 54)):
+        for gen, auc, sd in gens:
+            for seed in range(3):
+                v = 0.5 if auc(k) is None else auc(k) + sd * (seed - 1)
+                a = "error: ValueError: the synthetic label column is constant" if auc(k) is None else v
+                d = make_run(root, f"{gen}_r{steps}", seed, {"auc": a, "pearson": v, "risk": 0.0}, se=0.0, npz=False)
+                config = json.loads((d / "run.json").read_text())["config"]
+                _set(d, model=gen, budget="compute", budget_reference=f"{steps} x ehrdiff", fraction_of_paper=0.01,
+                     train_flops=1e9 * steps * (1 + 0.01 * (gen == "gan")), settings_hash=f"{gen}{steps}",
+                     config={**config, "model": {"name": gen}, "trainer": {"reference_steps": steps}})
+    return root
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A compute sweep as the suites lay it out: vae and gan at four budgets (trainer.reference_steps 2, 6, 18, 54:
     rows "vae [trainer.reference_steps=2]", ...), three seeds each; vae stops improving after its second budget,
     gan keeps improving, creep rises by less than its noise per budget but beyond it over two."""
-    root = tmp_path_factory.mktemp("sweep")
-    for k, steps in enumerate((2, 6, 18, 54)):
-        for gen, auc, sd in (("vae", [0.5, 0.7, 0.7, 0.7][k], 0.001), ("gan", 0.3 + 0.1 * k, 0.001),
-                             ("creep", 0.2 + 0.06 * k, 0.05)):
-            for seed in range(3):
-                v = auc + sd * (seed - 1)
-                d = make_run(root, f"{gen}_r{steps}", seed, {"auc": v, "pearson": v, "risk": 0.0}, se=0.0, npz=False)
-                config = json.loads((d / "run.json").read_text())["config"]
-                _set(d, model=gen, budget="compute", budget_reference=f"{steps} x ehrdiff", fraction_of_paper=0.01,
-                     train_flops=1e9 * steps * (1 + 0.01 * (gen == "gan")), settings_hash=f"{gen}{steps}",
-                     config={**config, "model": {"name": gen}, "trainer": {"reference_steps": steps}})
+    root = make_sweep(tmp_path_factory.mktemp("sweep"))
     d = make_run(root, "vae_r54", 3, status="running", npz=False)  # unfinished: no budget recorded yet
     config = json.loads((d / "run.json").read_text())["config"]
     _set(d, model="vae", settings_hash="vae54", config={**config, "model": {"name": "vae"}, "trainer": {"reference_steps": 54}})
@@ -150,6 +160,18 @@ def test_a_compute_sweep_ranks_within_each_budget_and_finds_the_plateau(sweep):
     assert p.loc["gan", "scores at"] == "largest budget, 1 % of its schedule"
     assert p.loc["gan", "utility: auc"].startswith("0.600 [")
     assert verdict(t, headline_metrics(t)).startswith("At compute 2 x ehrdiff: first by mean rank vae [trainer.")
+
+
+def test_a_score_undefined_in_every_seed_at_every_budget_is_unchanged_but_not_at_one(tmp_path):
+    from ehrbench.reports.headline import plateaus
+
+    root = make_sweep(tmp_path, (("const", lambda k: None, 0.0), ("late", lambda k: [None, 0.6, 0.6, 0.6][k], 0.0),
+                                 ("gap", lambda k: [0.6, 0.6, None, 0.6][k], 0.0)))
+    t = build_tables(load_runs(root))[0]
+    p = plateaus(t, headline_metrics(t))
+    assert p.loc["const", "plateau from"] == "2e+09 FLOPs" and p.loc["const", "utility: auc"] == "—"
+    assert p.loc["late", "plateau from"] == "6e+09 FLOPs"  # undefined at the first budget only: that one changed
+    assert p.loc["gap", "plateau from"].startswith("not reached")
 
 
 def test_a_run_that_did_not_complete_stays_a_visible_point(sweep, tmp_path, monkeypatch):
