@@ -97,7 +97,7 @@ def main() -> None:
         rows.append((name, out[0]["seconds"], mem.peak - mem.start, mem.peak, out[0]["value"], out[0]["status"]))
     suite = time.perf_counter() - t_suite
 
-    print(f"\n| metric | seconds | extra RSS MB | process RSS MB | value | status |\n|---|---:|---:|---:|---:|---|")
+    print("\n| metric | seconds | extra RSS MB | process RSS MB | value | status |\n|---|---:|---:|---:|---:|---|")
     for name, s, extra, peak, v, st in rows:
         print(f"| {name} | {s:.2f} | {extra:.0f} | {peak:.0f} | {v:.4g} | {st[:70]} |")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -128,7 +128,7 @@ def _compare_sklearn(data, synth, dev, encode, knn) -> None:
     t = time.perf_counter()
     ours = knn(Q, S, 1, device=dev)[0][:, 0]
     t_ours = time.perf_counter() - t
-    print(f"| implementation | seconds | max abs difference of squared distances |\n|---|---:|---:|")
+    print("| implementation | seconds | max abs difference of squared distances |\n|---|---:|---:|")
     print(f"| ehrbench metrics.neighbors.knn ({dev}) | {t_ours:.2f} | 0 |")
     for label, A, B in (("sklearn NearestNeighbors brute, dense float32", Q, S),
                         ("sklearn NearestNeighbors brute, CSR sparse", sp.csr_matrix(Q), sp.csr_matrix(S))):
