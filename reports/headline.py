@@ -81,9 +81,10 @@ def shares(t: Table) -> pd.Series:
     return pd.to_numeric(s.loc[gens, "fraction_of_paper"], errors="coerce")
 
 
-def regime(t: Table) -> str:
+def regime(t: Table, heads: dict[str, str] | None = None) -> str:
     """The budget and what it means: each generator's share of its paper schedule (its range over a compute sweep's
-    budgets), smallest first, and the regime at the largest budget."""
+    budgets), smallest first, and the regime at the largest budget; over a compute sweep (given the headline
+    scores), which generators reached their schedule and whether each still changes there (plateaus)."""
     sh = shares(t).dropna()
     gens = t.summary[~t.summary["reference"].astype(bool)]
     lv = run_levels(t.runs)
@@ -99,6 +100,15 @@ def regime(t: Table) -> str:
     parts = ", ".join(f"{m} {span(m)}" for m in sh.index)
     lead = f"EHRDiff at {span('ehrdiff')} of its paper schedule; " if "ehrdiff" in sh else ""
     slow = sh.iloc[0]
+    steps = plateaus(t, heads) if heads else pd.DataFrame()
+    if len(steps):  # a compute sweep: how far each one got, and whether it still changes there
+        flat = {m for m in sh.index if m in steps.index and steps.at[m, "plateau from"].endswith("FLOPs")}
+        groups = {"at or past its schedule, on a plateau": [m for m in sh.index if sh[m] >= FULL and m in flat],
+                  "at or past its schedule, still changing": [m for m in sh.index if sh[m] >= FULL and m not in flat],
+                  "short of its schedule": [m for m in sh.index if sh[m] < FULL]}
+        mean = "; ".join(f"{k}: " + ", ".join(f"{m} ({_pct(sh[m])}{', on a plateau' if m in flat and sh[m] < FULL else ''})"
+                                              for m in ms) for k, ms in groups.items() if ms)
+        return f"{what}: {lead}every generator's share: {parts}. Regime at the largest budgets: {mean}."
     if slow < EARLY:
         mean = f"early training ({sh.index[0]} at {_pct(slow)}): a statement about the first steps, not a converged verdict"
     elif slow >= FULL:

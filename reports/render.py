@@ -109,7 +109,7 @@ def first_screen(t: Table) -> tuple[list[tuple[str, str]], list[tuple[str, pd.Da
     """A table's first screen: [(label, sentence)] for the question, budget and verdict, and the compact tables
     [(title, text, best mask)] ("" for the ranked generators)."""
     heads = headline_metrics(t)
-    lines = [("Question", question(t)), ("Budget", regime(t)), ("Verdict", verdict(t, heads))]
+    lines = [("Question", question(t)), ("Budget", regime(t, heads)), ("Verdict", verdict(t, heads))]
     titles = {"ranked": "", "not ranked": "Not ranked (values shown, no rank)",
               "references": "References (reference points, never ranked)",
               "compute": "Compute sweep: where each generator stops improving (every larger budget, two at "

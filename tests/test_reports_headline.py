@@ -204,3 +204,16 @@ def test_a_compute_sweeps_per_model_figures_draw_its_largest_budget(sweep, table
                                " Rows of the largest budget only; the compute figure draws every budget.")
     _, one = table
     assert shown_models(one) == (list(one.models), "")  # one budget: every row
+
+
+def test_a_compute_sweeps_regime_says_who_reached_its_schedule_and_who_still_changes(sweep, tmp_path):
+    _, t = sweep
+    r = regime(t, headline_metrics(t))
+    assert "Regime at the largest budgets: short of its schedule: " in r  # every run at 1 % of its schedule
+    assert "vae (1 %, on a plateau)" in r and "gan (1 %)" in r and "creep (1 %)" in r
+    assert "early training" not in r and "Regime: early training" in regime(t)  # without headlines: the old reading
+    t2 = build_tables(load_runs(make_sweep(tmp_path)))[0]
+    t2.summary["fraction_of_paper"] = 2.0  # every run past its schedule
+    r2 = regime(t2, headline_metrics(t2))
+    assert "at or past its schedule, on a plateau: vae (200 %)" in r2
+    assert "at or past its schedule, still changing: " in r2 and "gan (200 %)" in r2 and "short of" not in r2
