@@ -103,11 +103,12 @@ def regime(t: Table, heads: dict[str, str] | None = None) -> str:
     steps = plateaus(t, heads) if heads else pd.DataFrame()
     if len(steps):  # a compute sweep: how far each one got, and whether it still changes there
         flat = {m for m in sh.index if m in steps.index and steps.at[m, "plateau from"].endswith("FLOPs")}
-        groups = {"at or past its schedule, on a plateau": [m for m in sh.index if sh[m] >= FULL and m in flat],
-                  "at or past its schedule, still changing": [m for m in sh.index if sh[m] >= FULL and m not in flat],
-                  "short of its schedule": [m for m in sh.index if sh[m] < FULL]}
-        mean = "; ".join(f"{k}: " + ", ".join(f"{m} ({_pct(sh[m])}{', on a plateau' if m in flat and sh[m] < FULL else ''})"
-                                              for m in ms) for k, ms in groups.items() if ms)
+        done = sh >= FULL
+        groups = {"at or past its schedule, on a plateau": [m for m in sh.index if done[m] and m in flat],
+                  "at or past its schedule, still changing": [m for m in sh.index if done[m] and m not in flat],
+                  "short of its schedule": [m for m in sh.index if not done[m]]}
+        name = lambda m: f"{m} ({_pct(sh[m])}{', on a plateau' if m in flat and not done[m] else ''})"  # noqa: E731
+        mean = "; ".join(f"{k}: {', '.join(map(name, ms))}" for k, ms in groups.items() if ms)
         return f"{what}: {lead}every generator's share: {parts}. Regime at the largest budgets: {mean}."
     if slow < EARLY:
         mean = f"early training ({sh.index[0]} at {_pct(slow)}): a statement about the first steps, not a converged verdict"
