@@ -1,12 +1,13 @@
 """CPU training-step speed of our EHRDiff (MIMIC and CinC networks) and TabDDPM against the official code, interleaved.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_official.py --ehrdiff-repo DIR --tabddpm-repo DIR
-       [--nets mimic,cinc,tabddpm] [--steps 60] [--warmup 10] [--rounds 3] [--threads 1] [--out official.json]
+       [--nets mimic,cinc,tabddpm,tabddpm_diabetes130] [--steps 60] [--warmup 10] [--rounds 3] [--threads 1] [--out official.json]
 DIR: checkouts of github.com/sczzz3/EHRDiff and github.com/yandex-research/tab-ddpm (their own code is imported from
 there, never copied; EHRDiff's LinearModel needs `pip install einops`). Data, each net on the shape it was made for:
 - mimic: the MIMIC-III network and batch (1,024) on load_dataset("synthetic") of MIMIC-III's 41,868 x 1,782 shape;
 - cinc: the CinC 2012 network and batch (256) on PhysioNet 2012 set A (needs the data under EHRBENCH_DATA);
-- tabddpm: the tuned configs' MLP (256, 256) and batch 4,096 on PhysioNet 2012 set A, quantile-normalised.
+- tabddpm: the tuned configs' MLP (256, 256) and batch 4,096 on PhysioNet 2012 set A, quantile-normalised;
+- tabddpm_diabetes130: the same on Diabetes-130 (mostly binary: the multinomial diffusion's cost).
 Loops, each with its own fresh model from the same seed:
 - official: the training loop of EHRDiff runners/train_dpdm_base.py (DataLoader(shuffle=True) over the rows,
   DistributedDataParallel on a one-process gloo group, AdamW, cosine warm-up schedule, ExponentialMovingAverage of
@@ -41,8 +42,8 @@ import bench_speed  # noqa: E402  (binds `ehrbench` to this checkout)
 from ehrbench.data import load_dataset  # noqa: E402
 from ehrbench.models import Trainer, build_synthesizer  # noqa: E402
 
-NETS = ("mimic", "cinc", "tabddpm")
-MODEL = {"mimic": "ehrdiff", "cinc": "ehrdiff", "tabddpm": "tabddpm"}
+NETS = ("mimic", "cinc", "tabddpm", "tabddpm_diabetes130")
+MODEL = {"mimic": "ehrdiff", "cinc": "ehrdiff", "tabddpm": "tabddpm", "tabddpm_diabetes130": "tabddpm"}
 
 
 def net_params(net: str) -> dict:
@@ -70,10 +71,11 @@ def net_data(net: str):
     """The dataset each net was made for (EHRData; its .train rows feed the official loops)."""
     if net == "mimic":
         return bench_speed.mimic_like(41868, 1782)
-    root = Path(os.environ.get("EHRBENCH_DATA", ROOT.parent / "shared" / "data")) / "physionet2012"
+    name = "diabetes130" if net == "tabddpm_diabetes130" else "physionet2012"
+    root = Path(os.environ.get("EHRBENCH_DATA", ROOT.parent / "shared" / "data")) / name
     if not root.exists():
-        raise FileNotFoundError(f"--nets {net} needs PhysioNet 2012 under {root}; set EHRBENCH_DATA or drop the net")
-    return load_dataset("physionet2012", path=str(root), sets=["a"])
+        raise FileNotFoundError(f"--nets {net} needs {name} under {root}; set EHRBENCH_DATA or drop the net")
+    return load_dataset(name, path=str(root)) if name == "diabetes130" else load_dataset(name, path=str(root), sets=["a"])
 
 
 def official_ehrdiff(repo: Path, net: str, X: np.ndarray, ddp: bool):
@@ -133,7 +135,7 @@ def official_tabddpm(repo: Path, X: np.ndarray):
     binary = np.all((X == 0) | (X == 1), axis=0)
     qt = QuantileTransformer(output_distribution="normal", n_quantiles=max(min(len(X) // 30, 1000), 10),
                              subsample=int(1e9), random_state=0)
-    Xn = qt.fit_transform(X[:, ~binary])
+    Xn = qt.fit_transform(X[:, ~binary]) if (~binary).any() else X[:, :0]  # Diabetes-130: every column binary
     n_num, n_bin = int((~binary).sum()), int(binary.sum())
     net = MLPDiffusion(d_in=n_num + 2 * n_bin, num_classes=0, is_y_cond=False,
                        rtdl_params={"d_layers": [256, 256], "dropout": 0.0}, dim_t=128)
@@ -189,7 +191,7 @@ def time_cell(a: argparse.Namespace, net: str, loop: str) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             return time_ours(net, data, a.steps, a.warmup, Path(tmp))
     X = data.train.astype(np.float32)
-    if net == "tabddpm":
+    if MODEL[net] == "tabddpm":
         return time_official(official_tabddpm(a.tabddpm_repo, X), a.steps, a.warmup)
     if loop == "official":
         import torch.distributed as dist
@@ -202,7 +204,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict:
     trainer's denormal flush or a gloo group, never reach another), in rotating order."""
     cells = []
     for net in a.nets:
-        loops = ["ours", "official"] + (["official-noddp"] if net != "tabddpm" else [])
+        loops = ["ours", "official"] + (["official-noddp"] if MODEL[net] != "tabddpm" else [])
         print(f"{net}: loops {', '.join(loops)}", flush=True)
         for r in range(a.rounds):
             for loop in loops[r % len(loops):] + loops[:r % len(loops)]:
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [n for n in a.nets if n not in NETS]
     if bad:
         ap.error(f"unknown net '{bad[0]}'; valid choices: {', '.join(NETS)}")
-    for flag, need in (("--ehrdiff-repo", {"mimic", "cinc"}), ("--tabddpm-repo", {"tabddpm"})):
+    for flag, need in (("--ehrdiff-repo", {"mimic", "cinc"}), ("--tabddpm-repo", {"tabddpm", "tabddpm_diabetes130"})):
         repo = getattr(a, flag[2:].replace("-", "_"))
         if need & set(a.nets) and (repo is None or not repo.is_dir()):
             ap.error(f"{flag} must name a checkout of the official code for nets {', '.join(sorted(need & set(a.nets)))}")

@@ -51,11 +51,9 @@ class FoldedDenoiser:
 
     The network's input pairs are (L cat, L (1 - cat)) with L = log(1e-30), so the input projection equals
     W_num z + L (W_0 - W_1) cat + (b + L W_1 1): one (n_bin x dim_t) product instead of (2 n_bin x dim_t) and
-    no one-hot tensor. Only the logit differences d = logit_1 - logit_0 enter the reverse step (p_logit), so
+    no one-hot tensor. Only the logit differences d = logit_1 - logit_0 enter the reverse step (log_odds), so
     the head computes them with W_1 - W_0 (half its width). The time embedding is one row per step, broadcast.
-    Equal to the network up to float rounding (tests/test_tabddpm.py). With p_logit in probability form, a sampling
-    step at 2,000 x 1,005 binaries took 0.15-0.21 s against 0.31-0.37 s before (1.7-2.0x, three interleaved rounds,
-    one CPU thread, 2026-12-02, while two sweep lanes ran)."""
+    Equal to the network up to float rounding (tests/test_tabddpm.py)."""
 
     def __init__(self, net: MLPDiffusion, n_num: int, n_bin: int) -> None:
         log_zero = torch.tensor(LOG_ZERO_CLAMP, dtype=torch.float32).log().item()
@@ -103,7 +101,7 @@ class TabDDPM(TorchSynthesizer):
     having at most 32 distinct training values (the official check also asks for integers, which ehrbench's
     [0, 1]-scaled columns no longer are); labels are ordinary columns (the official is_y_cond=False path; no class-conditional sampling); sampling draws its noise
     from a generator seeded by `seed` on the model's device (the official code uses the global RNG), and each
-    binary variable's reverse step is one logistic draw against its log-odds (p_logit; same law as the official
+    binary variable's reverse step is one logistic draw against its log-odds (DiffusionTables.log_odds; same law as the official
     Gumbel-max over two categories, half the work); the official
     NaN-row check of sample_all is not ported. Not ported: gaussian_loss_type='kl', importance-sampled timesteps,
     DDIM sampling and the ResNet denoiser (none used by the paper's configs). The official trainer keeps an EMA
@@ -225,9 +223,10 @@ class TabDDPM(TorchSynthesizer):
                 eps = torch.randn(b, n_num, generator=g, device=device)
                 z = mean + (i > 0) * torch.exp(0.5 * tab.model_log_var[i]) * eps
                 # Deviation (the same law, another random stream): the official Gumbel-max over p_pred's two
-                # log-probabilities is one logistic draw against their log-odds (p_logit), on (batch, n) tensors, not
+                # log-probabilities is one logistic draw against their log-odds, on (batch, n) tensors, not
                 # (batch, n, 2): half the elementwise work.
-                cat = logistic_draw(tab.p_logit(d, cat, i), torch.rand(b, n_bin, generator=g, device=device))
+                lo = tab.log_odds(d, 2 * cat.float() - 1, torch.full((1,), i, device=device))
+                cat = logistic_draw(lo, torch.rand(b, n_bin, generator=g, device=device))
             nums.append(z.cpu())
             cats.append(cat.cpu())
         if not nums:

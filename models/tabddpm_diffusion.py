@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 
-LOG_ZERO_CLAMP = 1e-30  # index_to_log_onehot clamps one-hot zeros to 1e-30 before the log (log = -69.08)
+LOG_ZERO_CLAMP = 1e-30  # index_to_log_onehot clamps one-hot zeros to 1e-30 before the log
+LOG_ZERO = float(torch.tensor(LOG_ZERO_CLAMP, dtype=torch.float32).log())  # -69.08, as the official float32 log
 
 
 def beta_schedule(name: str, T: int, max_beta: float = 0.999) -> np.ndarray:
@@ -64,79 +65,48 @@ class DiffusionTables(nn.Module):
     def T(self) -> int:
         return self.log_alpha.shape[0]
 
-    # ---- multinomial part on (batch, n_binary, 2) log-probabilities; t is (batch,) --------------------------
-    def q_pred(self, log_x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(x_t | x_0) = log(alpha_bar_t x_0 + (1 - alpha_bar_t) / K), K = 2."""
-        return dense_logaddexp(log_x0 + self.log_cumprod[t][:, None, None],
-                               self.log_1m_cumprod[t][:, None, None] - math.log(2.0))
+    # ---- multinomial part: every variable has K = 2 categories, so each distribution is one log-odds ----------
+    def log_odds(self, d: torch.Tensor, sx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """p(x_{t-1} | x_t) of the x0-parametrisation as log p(1) - log p(0) (p_pred's two entries), from the
+        network's logit differences d = logit_1 - logit_0 (batch, n), x_t's sign sx = 2 x_t - 1 and t (batch,).
 
-    def q_pred_one_timestep(self, log_xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return dense_logaddexp(log_xt + self.log_alpha[t][:, None, None], self.log_1m_alpha[t][:, None, None] - math.log(2.0))
+        q(x_{t-1} = k | x0_hat) = a x0_hat_k + c with a = alpha_bar_{t-1}, c = (1 - alpha_bar_{t-1}) / 2 and x0_hat =
+        (sigmoid(-d), sigmoid(d)) (x0_hat itself at t = 0), times q(x_t | x_{t-1} = k), which takes one value where k
+        equals x_t's category and one where it does not. The normalisation cancels; c > 0 keeps the ratio finite."""
+        t = t[:, None]
+        s = (t - 1).clamp(min=0)
+        a, c = self.log_cumprod[s].exp(), 0.5 * self.log_1m_cumprod[s].exp()
+        prev = torch.where(t == 0, d, torch.log((a * torch.sigmoid(d) + c) / (a * torch.sigmoid(-d) + c)))
+        same, other = onehot_pair(self.log_alpha[t], self.log_1m_alpha[t])
+        return torch.addcmul(prev, sx, same - other)
 
-    def q_posterior(self, log_x0: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor,
-                    step: torch.Tensor | None = None) -> torch.Tensor:
-        """log q(x_{t-1} | x_t, x_0), normalised over each variable's 2 categories; x_0 itself at t = 0. `step` is
-        q_pred_one_timestep(log_xt, t) when the caller already has it (it does not depend on x_0)."""
-        prev = self.q_pred(log_x0, (t - 1).clamp(min=0))
-        prev = torch.where((t == 0)[:, None, None], log_x0, prev)
-        un = prev + (self.q_pred_one_timestep(log_xt, t) if step is None else step)
-        return un - dense_logaddexp(un[..., :1], un[..., 1:])  # logsumexp over the 2 categories
-
-    def p_pred(self, logits: torch.Tensor, log_xt: torch.Tensor, t: torch.Tensor,
-               step: torch.Tensor | None = None) -> torch.Tensor:
-        """x0-parametrisation: q_posterior with x_0 replaced by the network's softmax."""
-        return self.q_posterior(log_softmax2(logits), log_xt, t, step)
-
-    def p_logit(self, d: torch.Tensor, cat: torch.Tensor, i: int) -> torch.Tensor:
-        """log p(x_{t-1} = 1 | x_t) - log p(x_{t-1} = 0 | x_t) at one timestep i, from the network's logit differences
-        d = logit_1 - logit_0 (batch, n) and x_t's categories (batch, n): p_pred's two entries as one log-odds.
-
-        The same terms as q_posterior (normalisation cancels): q(x_{t-1} = k | x0_hat) = a x0_hat_k + c with
-        a = alpha_bar_{i-1}, c = (1 - alpha_bar_{i-1}) / 2 and x0_hat = (sigmoid(-d), sigmoid(d)) (x0_hat itself at
-        i = 0), times q(x_t | x_{t-1} = k), which takes only two values per step, one where k equals x_t's category
-        and one (from the clamped log one-hot zero) where it does not. c > 0 keeps the ratio finite."""
-        if i > 0:
-            a, c = self.log_cumprod[i - 1].exp(), 0.5 * self.log_1m_cumprod[i - 1].exp()
-            d = torch.log((a * torch.sigmoid(d) + c) / (a * torch.sigmoid(-d) + c))
-        c = self.log_1m_alpha[i] - math.log(2.0)
-        match = torch.logaddexp(self.log_alpha[i], c)
-        miss = torch.logaddexp(self.log_alpha[i] + math.log(LOG_ZERO_CLAMP), c)
-        return d + torch.where(cat.bool(), match - miss, miss - match)
+    def true_log_odds(self, s0: torch.Tensor, sx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q(x_{t-1} | x_t, x_0) as log q(1) - log q(0) for x_0's sign s0 = 2 x_0 - 1 (the log one-hot x_0 itself,
+        +-69.08, at t = 0), as log_odds with x0_hat = x_0."""
+        t = t[:, None]
+        s = (t - 1).clamp(min=0)
+        same, other = onehot_pair(self.log_cumprod[s], self.log_1m_cumprod[s])
+        prev = torch.where(t == 0, -LOG_ZERO, same - other)
+        same, other = onehot_pair(self.log_alpha[t], self.log_1m_alpha[t])
+        return torch.addcmul(prev * s0, sx, same - other)
 
 
-# Every multinomial variable here has K = 2 categories, and torch's generic kernels over a last dimension of size 2
-# (log_softmax, logsumexp, argmax, one_hot) are slow on CPU: 17 % of a sampling step went to log_softmax alone. The
-# functions below are their K = 2 closed forms, equal to the generic ones (tests/test_tabddpm.py).
-def dense_logaddexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """torch.logaddexp on contiguous operands of the broadcast shape: its vectorised CPU kernel, where broadcast or
-    strided operands (a per-row timestep term, the two categories' slices) take a scalar path about 10x slower.
-    Equal up to float rounding (relative 5e-7)."""
-    shape = torch.broadcast_shapes(x.shape, y.shape)
-    return torch.logaddexp(x.expand(shape).contiguous(), y.expand(shape).contiguous())
-
-
-def log_softmax2(logits: torch.Tensor) -> torch.Tensor:
-    """F.log_softmax(logits, -1) for K = 2: x_k - logaddexp(x_0, x_1)."""
-    return logits - dense_logaddexp(logits[..., :1], logits[..., 1:])
+def onehot_pair(log_keep: torch.Tensor, log_1m_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official log(keep x + (1 - keep) / K) for a log one-hot x (zeros clamped to 1e-30), K = 2, computed as
+    logaddexp(log x + log keep, log(1 - keep) - log 2): its value where x is 1 ("same") and where x is 0."""
+    half = log_1m_keep - math.log(2.0)
+    return torch.logaddexp(log_keep, half), torch.logaddexp(log_keep + LOG_ZERO, half)
 
 
 def log_onehot(cat: torch.Tensor) -> torch.Tensor:
     """(batch, n) category indices in {0, 1} -> (batch, n, 2) log one-hot, zeros clamped to 1e-30 (as official)."""
     one = cat.bool().unsqueeze(-1)
-    log_zero = torch.tensor(LOG_ZERO_CLAMP, dtype=torch.float32, device=cat.device).log()
-    return torch.where(torch.cat([~one, one], dim=-1), torch.zeros((), device=cat.device), log_zero)
-
-
-def gumbel_argmax(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Categorical draw by Gumbel-max from uniforms u (log_sample_categorical): argmax(log p - log(-log u))."""
-    g = -torch.log(-torch.log(u + 1e-30) + 1e-30)
-    z = g + log_probs
-    return (z[..., 1] > z[..., 0]).long()  # argmax over K = 2 (a tie gives 0, as argmax's first maximum)
+    return torch.where(torch.cat([~one, one], dim=-1), 0.0, LOG_ZERO)
 
 
 def logistic_draw(logit: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Category 1 with probability sigmoid(logit), from uniforms u in [0, 1): u < sigmoid(logit), i.e. logit(u) <
-    logit. The same law as gumbel_argmax on the two log-probabilities (the difference of two Gumbels is logistic)."""
+    logit. The same law as a Gumbel-max draw over the two log-probabilities (the difference of two Gumbels is logistic)."""
     return (u < torch.sigmoid(logit)).long()
 
 
@@ -146,25 +116,31 @@ def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin:
 
     Gaussian: mean over columns of (eps - eps_hat)^2. Multinomial (vb_stochastic): at t > 0 KL(q(x_{t-1}|x_t,x_0) ||
     p(x_{t-1}|x_t)), at t = 0 -log p(x_0|x_1), summed over variables, divided by pt, plus KL(q(x_T|x_0) || uniform),
-    all divided by the number of categorical variables. Both batch means, summed (scripts/train.py)."""
+    all divided by the number of categorical variables. Both batch means, summed (scripts/train.py).
+
+    With K = 2 every distribution over a variable is one log-odds on (batch, n) tensors, not log-probabilities on
+    (batch, n, 2): x_t is the official Gumbel-max draw from the same uniforms u, and the t = 0 term is the KL from
+    the true posterior, which is x_0's one-hot up to 1e-25 there (equal to -log p(x_0|x_1) in float32)."""
     B, n_num, n_bin = len(t), x_num.shape[1], x_bin.shape[1]
     x_num_t = torch.addcmul(tab.sqrt_ac[t][:, None] * x_num, tab.sqrt_1m_ac[t][:, None], noise)
-    log_x0 = log_onehot(x_bin)
-    log_xt = log_onehot(gumbel_argmax(tab.q_pred(log_x0, t), u))
+    s0 = 2 * x_bin.float() - 1
+    # argmax_k(gumbel_k + log q(x_t = k | x_0)) over two categories: the sign of the difference
+    same, other = onehot_pair(tab.log_cumprod[t], tab.log_1m_cumprod[t])
+    gumbel = -torch.log(-torch.log(u + 1e-30) + 1e-30)
+    xt = torch.addcmul(gumbel[..., 1] - gumbel[..., 0], s0, (same - other)[:, None]) > 0
     # the network sees the log one-hot of x_t ({0, -69.08}), exactly as the official x_in
-    out = net(torch.cat([x_num_t, log_xt.reshape(B, -1)], dim=1), t)
+    out = net(torch.cat([x_num_t, log_onehot(xt).reshape(B, -1)], dim=1), t)
     loss = out.new_zeros(())
     if n_num:
         loss = loss + F.mse_loss(out[:, :n_num], noise)  # the mean of row means: every row has n_num columns
     if n_bin:
-        step = tab.q_pred_one_timestep(log_xt, t)  # shared by the true and the model posterior
-        log_true = tab.q_posterior(log_x0, log_xt, t, step)
-        log_model = tab.p_pred(out[:, n_num:].reshape(B, n_bin, 2), log_xt, t, step)
-        kl = (log_true.exp() * (log_true - log_model)).sum(dim=(1, 2))
-        nll = -(log_x0.exp() * log_model).sum(dim=(1, 2))
-        lt = torch.where(t == 0, nll, kl)
-        log_qT = tab.q_pred(log_x0, torch.full_like(t, tab.T - 1))
-        prior = (log_qT.exp() * (log_qT + math.log(2.0))).sum(dim=(1, 2))
-        pt = torch.full((B,), 1.0 / tab.T, device=t.device)
-        loss = loss + ((lt / pt + prior) / n_bin).mean()
+        pair = out[:, n_num:].view(B, n_bin, 2)
+        sx = 2 * xt.float() - 1
+        lm, lq = tab.log_odds(pair[..., 1] - pair[..., 0], sx, t), tab.true_log_odds(s0, sx, t)
+        # sum_k q_k (log q_k - log p_k) with log p(1) = -softplus(-lm), log p(0) = -softplus(lm)
+        q1, q0 = torch.sigmoid(lq), torch.sigmoid(-lq)
+        kl = q1 * (F.softplus(-lm) - F.softplus(-lq)) + q0 * (F.softplus(lm) - F.softplus(lq))
+        same, other = onehot_pair(tab.log_cumprod[-1], tab.log_1m_cumprod[-1])  # q(x_T | x_0), the same per variable
+        prior = same.exp() * (same + math.log(2.0)) + other.exp() * (other + math.log(2.0))
+        loss = loss + (kl.sum(1) * tab.T / n_bin).mean() + prior
     return loss
