@@ -138,20 +138,32 @@ def verdict(t: Table, heads: dict[str, str]) -> str:
                          "against (compare it with the references)")
             continue
         lead, runner = sub.index[0], sub.index[1]
-        order = ", ".join(f"{m} {v:.2f}" for m, v in sub["mean_rank"].iloc[1:].items())
+        name = _within(list(sub.index)) if prefix else str
+        order = ", ".join(f"{name(m)} {v:.2f}" for m, v in sub["mean_rank"].iloc[1:].items())
         won, tied, lost = _lead(t, heads, lead, runner)
-        detail = (f"it beats {runner} on {_join(won)}" + (f" and ties on {_join(tied)}" if tied else "")
-                  if won else f"it ties {runner} on every headline score" if not lost
-                  else f"it ties {runner} on {_join(tied)}" if tied else f"it beats {runner} on no headline score")
+        other = name(runner)
+        detail = (f"it beats {other} on {_join(won)}" + (f" and ties on {_join(tied)}" if tied else "")
+                  if won else f"it ties {other} on every headline score" if not lost
+                  else f"it ties {other} on {_join(tied)}" if tied else f"it beats {other} on no headline score")
         if lost:
             detail += f", and trails it on {_join(lost)}"
-        first.append(f"{prefix}first by mean rank {lead} ({sub['mean_rank'].iloc[0]:.2f}; {order}); {detail}")
+        first.append(f"{prefix}first by mean rank {name(lead)} ({sub['mean_rank'].iloc[0]:.2f}; {order}); {detail}")
     one = ("; ".join(first) if first else "no generator is ranked") + "."
     out = s[~s["reference"].astype(bool) & (s["failed"] != "")]
     why = out.groupby("failed", sort=False).apply(lambda g: ", ".join(g.index), include_groups=False)
     two = ("Not ranked: " + "; ".join(f"{m} ({w})" for w, m in why.items()) + "." if len(out)
            else "Every generator with complete runs is ranked.")
     return f"{one[0].upper() if one[0].isascii() else one[0]}{one[1:]} {two}"
+
+
+def _within(models: list[str]):
+    """Row labels inside one level's sentence: without the " [setting=value]" suffix that all of them share (the
+    level's name says it), else unchanged."""
+    tails = {m[m.rfind(" ["):] if m.endswith("]") and " [" in m else "" for m in models}
+    if len(tails) != 1 or "" in tails:
+        return str
+    cut = len(tails.pop())
+    return lambda m: m[:-cut]
 
 
 def _levels(t: Table, models: pd.Index) -> dict[str, list[str]]:
