@@ -12,7 +12,7 @@ from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import check_unit_interval
 from .quantile import MAX_LEVELS, NORMALIZATIONS, discrete_levels, inverse_quantile, n_quantiles, round_to_levels
-from .tabddpm_diffusion import DiffusionTables, LOG_ZERO_CLAMP, logistic_draw, mixed_loss
+from .tabddpm_diffusion import DiffusionTables, LOG_ZERO, logistic_draw, mixed_loss
 from .trainer import Trainer
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -56,13 +56,12 @@ class FoldedDenoiser:
     Equal to the network up to float rounding (tests/test_tabddpm.py)."""
 
     def __init__(self, net: MLPDiffusion, n_num: int, n_bin: int) -> None:
-        log_zero = torch.tensor(LOG_ZERO_CLAMP, dtype=torch.float32).log().item()
         w, b = net.proj.weight, net.proj.bias
         w_bin = w[:, n_num:]
         self.net, self.n_num = net, n_num
         self.w_num = w[:, :n_num]
-        self.w_cat = (log_zero * (w_bin[:, 0::2] - w_bin[:, 1::2])).T.contiguous()
-        self.b_in = b + log_zero * w_bin[:, 1::2].sum(dim=1)
+        self.w_cat = (LOG_ZERO * (w_bin[:, 0::2] - w_bin[:, 1::2])).T.contiguous()
+        self.b_in = b + LOG_ZERO * w_bin[:, 1::2].sum(dim=1)
         head = net.mlp[-1]
         self.hidden = net.mlp[:-1]
         self.w_num_out, self.b_num_out = head.weight[:n_num], head.bias[:n_num]

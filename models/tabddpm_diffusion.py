@@ -77,8 +77,7 @@ class DiffusionTables(nn.Module):
         s = (t - 1).clamp(min=0)
         a, c = self.log_cumprod[s].exp(), 0.5 * self.log_1m_cumprod[s].exp()
         prev = torch.where(t == 0, d, torch.log((a * torch.sigmoid(d) + c) / (a * torch.sigmoid(-d) + c)))
-        same, other = onehot_pair(self.log_alpha[t], self.log_1m_alpha[t])
-        return torch.addcmul(prev, sx, same - other)
+        return torch.addcmul(prev, sx, self._step(t))
 
     def true_log_odds(self, s0: torch.Tensor, sx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_{t-1} | x_t, x_0) as log q(1) - log q(0) for x_0's sign s0 = 2 x_0 - 1 (the log one-hot x_0 itself,
@@ -87,8 +86,12 @@ class DiffusionTables(nn.Module):
         s = (t - 1).clamp(min=0)
         same, other = onehot_pair(self.log_cumprod[s], self.log_1m_cumprod[s])
         prev = torch.where(t == 0, -LOG_ZERO, same - other)
+        return torch.addcmul(prev * s0, sx, self._step(t))
+
+    def _step(self, t: torch.Tensor) -> torch.Tensor:
+        """log q(x_t | x_{t-1} = x_t's category) - log q(x_t | x_{t-1} = the other one), per row of t (batch, 1)."""
         same, other = onehot_pair(self.log_alpha[t], self.log_1m_alpha[t])
-        return torch.addcmul(prev * s0, sx, same - other)
+        return same - other
 
 
 def onehot_pair(log_keep: torch.Tensor, log_1m_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
