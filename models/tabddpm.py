@@ -12,7 +12,7 @@ from .base import TorchSynthesizer, register_synthesizer
 from .budget import Phase
 from .outputs import check_unit_interval
 from .quantile import MAX_LEVELS, NORMALIZATIONS, discrete_levels, inverse_quantile, n_quantiles, round_to_levels
-from .tabddpm_diffusion import DiffusionTables, LOG_ZERO, logistic_draw, mixed_loss
+from .tabddpm_diffusion import DiffusionTables, LOG_ZERO, logistic_draw, mixed_loss, on_log_onehot
 from .trainer import Trainer
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -47,13 +47,14 @@ class MLPDiffusion(nn.Module):
 
 
 class FoldedDenoiser:
-    """MLPDiffusion at sampling time, algebraically folded for inputs that are log one-hots of 2 categories.
+    """MLPDiffusion on log one-hot inputs of 2 categories, algebraically folded (training and sampling).
 
     The network's input pairs are (L cat, L (1 - cat)) with L = log(1e-30), so the input projection equals
     W_num z + L (W_0 - W_1) cat + (b + L W_1 1): one (n_bin x dim_t) product instead of (2 n_bin x dim_t) and
-    no one-hot tensor. Only the logit differences d = logit_1 - logit_0 enter the reverse step (log_odds), so
-    the head computes them with W_1 - W_0 (half its width). The time embedding is one row per step, broadcast.
-    Equal to the network up to float rounding (tests/test_tabddpm.py)."""
+    no one-hot tensor. Only the logit differences d = logit_1 - logit_0 enter the loss and the reverse step
+    (log_odds), so the head computes them with W_1 - W_0 (half its width). The folded weights are functions of
+    the parameters, so gradients flow back to them. Equal to the network up to float rounding
+    (tests/test_tabddpm.py). TabDDPM.fit decides where the loss uses it (fold_)."""
 
     def __init__(self, net: MLPDiffusion, n_num: int, n_bin: int) -> None:
         w, b = net.proj.weight, net.proj.bias
@@ -69,10 +70,11 @@ class FoldedDenoiser:
         self.w_d = (wb[1::2] - wb[0::2]).T.contiguous()
         self.b_d = bb[1::2] - bb[0::2]
 
-    def __call__(self, z: torch.Tensor, cat: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps_hat (batch, n_num), d (batch, n_bin)) at timestep i for x_t = (z, cat)."""
-        t = torch.full((1,), i, dtype=torch.long, device=z.device)
-        bias = self.b_in + self.net.time_embed(timestep_embedding(t, self.net.dim_t))
+    def __call__(self, z: torch.Tensor, cat: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_hat (batch, n_num), d (batch, n_bin)) for x_t = (z, cat) at timesteps t, (batch,) or one (1,)."""
+        table = self.net.t_table
+        emb = table[t] if table is not None else timestep_embedding(t, self.net.dim_t)
+        bias = self.b_in + self.net.time_embed(emb)
         h = torch.addmm(bias, cat.float(), self.w_cat)
         if self.n_num:
             h = h + z @ self.w_num.T
@@ -148,7 +150,10 @@ class TabDDPM(TorchSynthesizer):
         t = torch.randint(0, tab.T, (len(x),), device=x.device)
         noise = torch.randn_like(x_num)
         u = torch.rand(len(x), x_bin.shape[1], 2, device=x.device)
-        return mixed_loss(self.modules_["net"], tab, x_num, x_bin, t, noise, u)
+        net = self.modules_["net"]
+        fold = getattr(self, "fold_", False)  # set by fit; DP-SGD (ghost clipping) needs the network called
+        denoise = FoldedDenoiser(net, x_num.shape[1], x_bin.shape[1]) if fold else on_log_onehot(net)
+        return mixed_loss(denoise, tab, x_num, x_bin, t, noise, u)
 
     def plan(self, n_rows: int) -> list[Phase]:
         """One phase of `steps` optimiser steps (the official trainer counts steps, not epochs)."""
@@ -177,6 +182,9 @@ class TabDDPM(TorchSynthesizer):
             X = X.copy()
             X[:, num] = qt.fit_transform(X[:, num].astype(np.float64)).astype(np.float32)
             self.quantiles_ = qt.quantiles_
+        # the folded denoiser in the loss where binary columns are most (on PhysioNet's 110 continuous and 7 binary
+        # its per-step fold costs more than it saves), never under DP-SGD (ghost clipping needs the network called)
+        self.fold_ = getattr(trainer, "dp", None) is None and 2 * len(num) <= self.n_features_
         self.init_training(self.n_features_, trainer.seed)
         self.run_plan(X, trainer)
         return self
@@ -216,7 +224,7 @@ class TabDDPM(TorchSynthesizer):
             z = torch.randn(b, n_num, generator=g, device=device)
             cat = logistic_draw(torch.zeros(b, n_bin, device=device), torch.rand(b, n_bin, generator=g, device=device))
             for i in reversed(range(tab.T)):
-                eps_hat, d = fold(z, cat, i)
+                eps_hat, d = fold(z, cat, torch.full((1,), i, device=device))
                 x0 = tab.sqrt_recip_ac[i] * z - tab.sqrt_recipm1_ac[i] * eps_hat
                 mean = tab.coef1[i] * x0 + tab.coef2[i] * z
                 eps = torch.randn(b, n_num, generator=g, device=device)

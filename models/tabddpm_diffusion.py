@@ -3,6 +3,7 @@ variables in closed form, and the training loss of GaussianMultinomialDiffusion.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -113,9 +114,20 @@ def logistic_draw(logit: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (u < torch.sigmoid(logit)).long()
 
 
-def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin: torch.Tensor, t: torch.Tensor,
-               noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """GaussianMultinomialDiffusion.mixed_loss with its randomness passed in (t uniform in [0, T), pt = 1/T).
+def on_log_onehot(net: nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The denoiser as the official code calls it: the network on (x_num_t, log one-hot of x_t), returning
+    (eps_hat, logit_1 - logit_0) for mixed_loss."""
+    def denoise(z: torch.Tensor, cat: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = net(torch.cat([z, log_onehot(cat).reshape(len(cat), -1)], dim=1), t)
+        pair = out[:, z.shape[1]:].view(len(cat), -1, 2)
+        return out[:, :z.shape[1]], pair[..., 1] - pair[..., 0]
+    return denoise
+
+
+def mixed_loss(denoise: Callable[..., tuple[torch.Tensor, torch.Tensor]], tab: DiffusionTables, x_num: torch.Tensor,
+               x_bin: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """GaussianMultinomialDiffusion.mixed_loss with its randomness passed in (t uniform in [0, T), pt = 1/T), for
+    a denoiser (x_num_t, x_t's categories, t) -> (eps_hat, logit_1 - logit_0): on_log_onehot(net) or FoldedDenoiser.
 
     Gaussian: mean over columns of (eps - eps_hat)^2. Multinomial (vb_stochastic): at t > 0 KL(q(x_{t-1}|x_t,x_0) ||
     p(x_{t-1}|x_t)), at t = 0 -log p(x_0|x_1), summed over variables, divided by pt, plus KL(q(x_T|x_0) || uniform),
@@ -124,22 +136,22 @@ def mixed_loss(net: nn.Module, tab: DiffusionTables, x_num: torch.Tensor, x_bin:
     With K = 2 every distribution over a variable is one log-odds on (batch, n) tensors, not log-probabilities on
     (batch, n, 2): x_t is the official Gumbel-max draw from the same uniforms u, and the t = 0 term is the KL from
     the true posterior, which is x_0's one-hot up to 1e-25 there (equal to -log p(x_0|x_1) in float32)."""
-    B, n_num, n_bin = len(t), x_num.shape[1], x_bin.shape[1]
+    n_num, n_bin = x_num.shape[1], x_bin.shape[1]
     x_num_t = torch.addcmul(tab.sqrt_ac[t][:, None] * x_num, tab.sqrt_1m_ac[t][:, None], noise)
     s0 = 2 * x_bin.float() - 1
-    # argmax_k(gumbel_k + log q(x_t = k | x_0)) over two categories: the sign of the difference
+    # argmax_k(g_k + log q(x_t = k | x_0)) over two categories with g_k = -log(-log u_k): category 1 where
+    # g_1 - g_0 = log(l_1 / l_0) > -s0 c, l_k = log u_k < 0, c = log q(same) - log q(other); i.e. l_0 < l_1 e^(-s0 c)
     same, other = onehot_pair(tab.log_cumprod[t], tab.log_1m_cumprod[t])
-    gumbel = -torch.log(-torch.log(u + 1e-30) + 1e-30)
-    xt = torch.addcmul(gumbel[..., 1] - gumbel[..., 0], s0, (same - other)[:, None]) > 0
-    # the network sees the log one-hot of x_t ({0, -69.08}), exactly as the official x_in
-    out = net(torch.cat([x_num_t, log_onehot(xt).reshape(B, -1)], dim=1), t)
-    loss = out.new_zeros(())
+    c = (same - other)[:, None]
+    log_u = torch.log(u + 1e-30)
+    xt = log_u[..., 0] < log_u[..., 1] * torch.where(s0 > 0, torch.exp(-c), torch.exp(c))
+    eps_hat, d = denoise(x_num_t, xt, t)
+    loss = d.new_zeros(())
     if n_num:
-        loss = loss + F.mse_loss(out[:, :n_num], noise)  # the mean of row means: every row has n_num columns
+        loss = loss + F.mse_loss(eps_hat, noise)  # the mean of row means: every row has n_num columns
     if n_bin:
-        pair = out[:, n_num:].view(B, n_bin, 2)
         sx = 2 * xt.float() - 1
-        lm, lq = tab.log_odds(pair[..., 1] - pair[..., 0], sx, t), tab.true_log_odds(s0, sx, t)
+        lm, lq = tab.log_odds(d, sx, t), tab.true_log_odds(s0, sx, t)
         # sum_k q_k (log q_k - log p_k) with log p(1) = -softplus(-lm), log p(0) = -softplus(lm)
         q1, q0 = torch.sigmoid(lq), torch.sigmoid(-lq)
         kl = q1 * (F.softplus(-lm) - F.softplus(-lq)) + q0 * (F.softplus(lm) - F.softplus(lq))

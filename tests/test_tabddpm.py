@@ -7,7 +7,8 @@ import torch
 
 from ehrbench.models import Trainer, build_synthesizer, check_synthesizer
 from ehrbench.models.tabddpm import TabDDPM
-from ehrbench.models.tabddpm_diffusion import DiffusionTables, mixed_loss
+from ehrbench.models.tabddpm_diffusion import DiffusionTables, mixed_loss, on_log_onehot
+from tests.conftest import TINY_PARAMS
 
 TINY = {"d_layers": [32, 32], "dim_t": 16, "num_timesteps": 20, "batch_size": 64, "steps": 4, "sample_batch_size": 64}
 
@@ -77,7 +78,7 @@ def test_mixed_loss_against_numpy():
         return torch.tensor(out, dtype=torch.float32)
 
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    got = float(mixed_loss(net, tab, f32(x_num), f32(x_bin), torch.tensor(t), f32(noise), f32(u)))
+    got = float(mixed_loss(on_log_onehot(net), tab, f32(x_num), f32(x_bin), torch.tensor(t), f32(noise), f32(u)))
 
     # numpy, in probability space, from the official formulas
     betas, ac = official_cosine(T)
@@ -180,7 +181,7 @@ def test_the_log_odds_loss_equals_the_official_log_probabilities_in_value_and_gr
         seen["xt"] = (x_in[:, 1::2] == 0).long()  # category 1 where its log-probability is log 1
         return out
 
-    got = mixed_loss(net, tab, torch.zeros(B, 0), x_bin, t, torch.zeros(B, 0), u)
+    got = mixed_loss(on_log_onehot(net), tab, torch.zeros(B, 0), x_bin, t, torch.zeros(B, 0), u)
     (grad,) = torch.autograd.grad(got, out)
     ref_out = out.detach().double().requires_grad_()
     want, log_model = official_loss(tab, ref_out, x_bin.long(), seen["xt"], t)
@@ -225,10 +226,34 @@ def test_the_folded_denoiser_equals_the_network_on_log_onehot_inputs(n_num):
     with torch.no_grad():
         for i in (0, 1, 500, 999):
             out = net(torch.cat([z, log_onehot(cat).reshape(B, -1)], dim=1), torch.full((B,), i))
-            eps_hat, d = fold(z, cat, i)
+            eps_hat, d = fold(z, cat, torch.full((1,), i))
             torch.testing.assert_close(eps_hat, out[:, :n_num], rtol=1e-5, atol=1e-4)
             pair = out[:, n_num:].reshape(B, n_bin, 2)
             torch.testing.assert_close(d, pair[..., 1] - pair[..., 0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_num", [0, 3])
+def test_the_loss_through_the_folded_denoiser_equals_the_networks_in_value_and_gradient(n_num):
+    """Training folds the network (TabDDPM.loss): the same loss and the same gradient for every parameter as the
+    official call of the network on log one-hot inputs, per-row timesteps, up to float rounding."""
+    from ehrbench.models.tabddpm import FoldedDenoiser, MLPDiffusion
+
+    torch.manual_seed(0)
+    T, n_bin, B = 100, 23, 256
+    tab = DiffusionTables(T, "cosine", ("continuous",) * n_num + ("binary",) * n_bin)
+    net = MLPDiffusion(n_num + 2 * n_bin, (32, 16), 0.0, 12, T)
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, T, (B,), generator=g)
+    x_num, noise = torch.randn(B, n_num, generator=g), torch.randn(B, n_num, generator=g)
+    x_bin, u = (torch.rand(B, n_bin, generator=g) < 0.2).float(), torch.rand(B, n_bin, 2, generator=g)
+    losses, grads = [], []
+    for denoise in (on_log_onehot(net), FoldedDenoiser(net, n_num, n_bin)):
+        loss = mixed_loss(denoise, tab, x_num, x_bin, t, noise, u)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(net.parameters())))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(*grads[::-1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
 def test_inverse_quantile_equals_sklearns_inverse_transform():
@@ -335,5 +360,43 @@ def test_the_timestep_table_is_the_embedding_of_every_step_and_the_loss_is_uncha
     t = torch.randint(0, T, (32,), generator=g)
     x_num, x_bin = torch.randn(32, 2, generator=g), torch.randint(0, 2, (32, 3), generator=g)
     noise, u = torch.randn(32, 2, generator=g), torch.rand(32, 3, 2, generator=g)
-    a, b = (mixed_loss(net, tab, x_num, x_bin, t, noise, u) for net in (looked_up, computed))
+    a, b = (mixed_loss(on_log_onehot(net), tab, x_num, x_bin, t, noise, u) for net in (looked_up, computed))
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_training_folds_the_network_except_under_dp_sgd(tiny_data, tmp_path):
+    """A plain fit trains through FoldedDenoiser; a private one calls the network, so ghost clipping applies."""
+    params = {**TINY_PARAMS["tabddpm"], "normalization": "none"}
+    plain = build_synthesizer("tabddpm", **params).fit(tiny_data, Trainer(device="cpu", progress=False))
+    t = Trainer(device="cpu", progress=False, budget="steps", max_steps=2, workdir=tmp_path,
+                dp={"epsilon": 5.0, "delta": 1e-4})
+    private = build_synthesizer("tabddpm", **params).fit(tiny_data, t)
+    assert plain.fold_ and not private.fold_
+    assert t.budget_report()["dp"]["per_record_path"] == {"net": "ghost"}
+
+
+def test_the_noised_categories_are_the_official_gumbel_max_draw():
+    """mixed_loss draws x_t by comparing log u_0 with log u_1 e^(-s0 c): the official argmax_k(-log(-log u_k) +
+    log q(x_t = k | x_0)) in float64 from the same uniforms, except where the two sides tie within float32 rounding."""
+    T, n_bin, B = 1000, 50, 2000
+    tab = DiffusionTables(T, "cosine", ("binary",) * n_bin)
+    g = torch.Generator().manual_seed(3)
+    t = torch.cat([torch.zeros(200, dtype=torch.long), torch.randint(0, T, (B - 200,), generator=g)])
+    x_bin, u = (torch.rand(B, n_bin, generator=g) < 0.3).float(), torch.rand(B, n_bin, 2, generator=g)
+    u[0, 0] = 0.0  # u + 1e-30 keeps its log finite, as official
+    seen = {}
+
+    def denoise(z, cat, tt):
+        seen["xt"] = cat.long()
+        return z, torch.zeros(B, n_bin, requires_grad=True)
+
+    mixed_loss(denoise, tab, torch.zeros(B, 0), x_bin, t, torch.zeros(B, 0), u)
+    betas, ac = official_cosine(T)
+    a = torch.tensor(ac, dtype=torch.float64)[t][:, None, None]
+    x0 = torch.nn.functional.one_hot(x_bin.long(), 2).double()
+    log_q = torch.log(a * x0 + (1 - a) / 2)
+    score = -torch.log(-torch.log(u.double() + 1e-30) + 1e-30) + log_q
+    margin = (score[..., 1] - score[..., 0]).abs()
+    want = score.argmax(-1)
+    clear = margin > 1e-4
+    assert torch.equal(seen["xt"][clear], want[clear]) and clear.float().mean() > 0.999
