@@ -54,7 +54,7 @@ class FoldedDenoiser:
     no one-hot tensor. Only the logit differences d = logit_1 - logit_0 enter the loss and the reverse step
     (log_odds), so the head computes them with W_1 - W_0 (half its width). The folded weights are functions of
     the parameters, so gradients flow back to them. Equal to the network up to float rounding
-    (tests/test_tabddpm.py). TabDDPM.fit decides where the loss uses it (fold_)."""
+    (tests/test_tabddpm_forms.py). TabDDPM.fit decides where the loss uses it (fold_)."""
 
     def __init__(self, net: MLPDiffusion, n_num: int, n_bin: int) -> None:
         w, b = net.proj.weight, net.proj.bias
