@@ -211,11 +211,14 @@ class TorchSynthesizer(Synthesizer):
     term a function of row j and its own random draws only, or None (undeclared). One fact, three readers: ghost
     clipping needs it declared (models/ghost.py); DP noise multiplicity averages a record's K copies, so a "sum"
     loss is divided by K there (models/dp.py); under torchrun a rank's slice of a "sum" loss weighs 1, of a mean
-    its share of the rows (models/distributed.py).
+    its share of the rows (models/distributed.py). `paper_form` holds attributes that the FLOP count
+    (models.budget.step_flops) sets on its copy of the model, so that budgets count the paper's computation, not
+    a faster equal one (TabDDPM's folded network).
     """
 
     ema_decay: float | None = None
     row_reduction: str | None = None  # "mean" | "sum" of per-row terms, or None (undeclared: no ghost clipping)
+    paper_form: ClassVar[dict[str, Any]] = {}
 
     def build(self, n_features: int) -> nn.ModuleDict:
         raise NotImplementedError

@@ -67,8 +67,11 @@ def step_flops(synth: Any, X: torch.Tensor, phase: Phase) -> int:
     """Training FLOPs of one optimiser step of `phase` (every loss call of the step, forward and backward), counted
     by torch.utils.flop_counter.FlopCounterMode on a deep copy of the model (matrix products and convolutions;
     elementwise work and the optimiser update are not counted). A key the step calls k times (CorGAN's 100 critic
-    updates) is counted once and weighed k: its FLOPs depend on shapes only."""
+    updates) is counted once and weighed k: its FLOPs depend on shapes only. The copy takes the model's
+    `paper_form`, so an equal but cheaper form (TabDDPM's folded network) does not buy more steps."""
     clone = copy.deepcopy(synth)
+    for name, value in getattr(synth, "paper_form", {}).items():
+        setattr(clone, name, value)
     clone.modules_.train()
     keys = list(phase.keys) if phase.keys is not None else list(clone.optimizers_)
     x = X[: min(phase.batch_size, len(X))]

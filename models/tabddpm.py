@@ -111,6 +111,7 @@ class TabDDPM(TorchSynthesizer):
     """
 
     row_reduction = "mean"  # loss: row means of the Gaussian and multinomial terms (ghost clipping, K copies, torchrun)
+    paper_form = {"fold_": False}  # budgets count the network's official call, not the folded one
 
     def __init__(self, d_layers: tuple[int, ...] = (256, 256), dropout: float = 0.0, dim_t: int = 128,
                  num_timesteps: int = 1000, scheduler: str = "cosine", lr: float = 1e-3, weight_decay: float = 1e-5,

@@ -184,3 +184,26 @@ def test_the_noised_categories_are_the_official_gumbel_max_draw():
     want = score.argmax(-1)
     clear = margin > 1e-4
     assert torch.equal(seen["xt"][clear], want[clear]) and clear.float().mean() > 0.999
+
+
+def test_budgets_count_the_networks_official_call_not_the_folded_one(tiny_data):
+    """step_flops counts the paper's computation, so folding does not buy TabDDPM more steps of a budget."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ehrbench.models.budget import step_flops
+
+    m = build_synthesizer("tabddpm", **{**TINY_PARAMS["tabddpm"], "normalization": "none"})
+    m.fit(tiny_data, Trainer(device="cpu", progress=False))
+    assert m.fold_
+    x = torch.as_tensor(tiny_data.train[:64])
+    phase = m.plan(len(x))[0]
+    counted = {}
+    for fold in (True, False):
+        m.fold_ = fold
+        counter = FlopCounterMode(display=False)
+        with counter:
+            m.loss(x, "net").backward()
+        counted[fold] = counter.get_total_flops()
+    assert counted[True] < counted[False]
+    m.fold_ = True
+    assert step_flops(m, x, phase) == counted[False]
