@@ -93,9 +93,10 @@ class TabDDPM(TorchSynthesizer):
     exp/<dataset>/ddpm_*_best configs (26 of 28 train 30,000 steps; the base config's 1,000 is the tuner's start).
 
     Each binary column is one 2-category variable of the multinomial diffusion (each distribution one log-odds on
-    (batch, n) tensors, the network folded for its log one-hot inputs: the same function); continuous columns are the Gaussian part, quantile-normalised as the official pipeline does
-    (normalization="quantile", [train.T] of every config: lib/data.py's QuantileTransformer to a normal, inverted
-    at sampling, then scripts/sample.py's rounding of discrete columns to their nearest training value).
+    (batch, n) tensors, the network folded for its log one-hot inputs: the same function); continuous columns are
+    the Gaussian part, quantile-normalised as the official pipeline does (normalization="quantile", [train.T] of
+    every config: lib/data.py's QuantileTransformer to a normal, inverted at sampling, then scripts/sample.py's
+    rounding of discrete columns to their nearest training value).
     normalization="none" diffuses ehrbench's [0, 1] values as given and clips the samples to [0, 1] (a deviation,
     kept for private runs: the transform is fitted on the training records outside DP-SGD, so trainer.dp refuses
     it). Deviations from the official code (each also noted where it happens): a column counts as discrete by

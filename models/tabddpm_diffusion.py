@@ -139,8 +139,9 @@ def mixed_loss(denoise: Callable[..., tuple[torch.Tensor, torch.Tensor]], tab: D
     n_num, n_bin = x_num.shape[1], x_bin.shape[1]
     x_num_t = torch.addcmul(tab.sqrt_ac[t][:, None] * x_num, tab.sqrt_1m_ac[t][:, None], noise)
     s0 = 2 * x_bin.float() - 1
-    # argmax_k(g_k + log q(x_t = k | x_0)) over two categories with g_k = -log(-log u_k): category 1 where
-    # g_1 - g_0 = log(l_1 / l_0) > -s0 c, l_k = log u_k < 0, c = log q(same) - log q(other); i.e. l_0 < l_1 e^(-s0 c)
+    # argmax_k(g_k + log q(x_t = k | x_0)) over two categories with g_k = -log(-l_k), l_k = log u_k < 0 (the 1e-30s
+    # as official): category 1 where g_1 - g_0 = log(l_0 / l_1) > -s0 c, c = log q(same) - log q(other), i.e. where
+    # l_0 < l_1 e^(-s0 c) (multiplying by l_1 < 0 turns the inequality)
     same, other = onehot_pair(tab.log_cumprod[t], tab.log_1m_cumprod[t])
     c = (same - other)[:, None]
     log_u = torch.log(u + 1e-30)
