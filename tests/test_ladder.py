@@ -208,6 +208,51 @@ def test_a_generator_worse_than_independent_everywhere_fails_the_sanity_gate():
     assert list(s.index) == ["good", "middle", "empty", "independent"] and math.isnan(s.loc["empty", "mean_rank"])
 
 
+def gate_values(vals: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    spec = {"r": ("max", None), "e": ("min", None), "c": ("target", 100.0)}
+    return pd.DataFrame([{"path": f"{m}/{s}", "model": m, "seed": s, "metric": k, "family": "fidelity",
+                          "goal": spec[k][0], "metric_version": 1, "value": v, "ideal": spec[k][1], "status": "ok"}
+                         for m, d in vals.items() for k, vs in d.items() for s, v in enumerate(vs)])
+
+
+def test_seeds_that_are_each_garbage_of_another_kind_fail_the_sanity_gate():
+    """`mixed` is empty-like in one seed and all-ones-like in the other: their spread hides it from the test on
+    means (r, e and c are within the means' noise), but each seed alone is worse than independent on all three.
+    `middle` (within noise on c in both seeds) and `good` stay ranked."""
+    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures
+
+    vals = {"independent": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
+            "good": {"r": [0.9, 0.91], "e": [0.35, 0.36], "c": [80, 82]},
+            "middle": {"r": [0.2, 0.21], "e": [0.5, 0.5], "c": [91, 91]},
+            "mixed": {"r": [0.1, 0.45], "e": [0.9, 0.32], "c": [0, 200]}}
+    values = gate_values(vals)
+    cells = aggregate_cells(values, sorted(vals), ["independent"])
+    assert sanity_failures(cells) == {}  # the means alone let it through
+    assert sanity_failures(cells, values=values) == {
+        "mixed": "worse than independent marginals beyond noise on all 3 ranked fidelity metrics in each of its 2 seeds"}
+    errored = values.assign(status=np.where((values["model"] == "mixed") & (values["metric"] == "e"), "error", "ok"))
+    cells = aggregate_cells(errored, sorted(vals), ["independent"])  # a failed metric counts as worse in that seed
+    assert list(sanity_failures(cells, values=errored)) == ["mixed"]
+
+
+def test_the_sanity_gate_compares_each_budget_of_a_sweep_with_its_own_reference():
+    """Rows of a compute sweep carry their budget in the label ("empty [b=1]"): each is gated against the
+    independent reference of its own budget, found by generator name."""
+    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures
+
+    vals = {"independent [b=1]": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
+            "independent [b=2]": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
+            "vae [b=1]": {"r": [0.1, 0.12], "e": [0.6, 0.6], "c": [0, 0]},
+            "vae [b=2]": {"r": [0.9, 0.91], "e": [0.35, 0.36], "c": [80, 82]}}
+    values = gate_values(vals)
+    levels = {m: (math.inf, 1.0 if "b=1" in m else 2.0) for m in vals}
+    generators = {m: m.split(" ")[0] for m in vals}
+    cells = aggregate_cells(values, sorted(vals), ["independent [b=1]", "independent [b=2]"], levels=levels)
+    gate = sanity_failures(cells, values=values, levels=levels, generators=generators)
+    assert gate == {"vae [b=1]": "worse than independent marginals beyond noise on all 3 ranked fidelity metrics"}
+    assert sanity_failures(cells, values=values, levels=levels) == {}  # no row is named "independent": no floor
+
+
 def test_a_suite_is_calibrated_on_the_data_config_its_runs_use():
     from ehrbench.reports.calibrate import ladder_config
 
