@@ -186,7 +186,8 @@ def test_calibrate_writes_tables_and_reports_stop_ranking_failed_metrics(tmp_pat
 def test_a_generator_worse_than_independent_everywhere_fails_the_sanity_gate():
     """Three fidelity metrics (max, min, target): `empty` is worse than the independent reference beyond noise on
     all three, `good` beats it on one; `empty` is listed as failed, gets no rank and takes none from `good`."""
-    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures, summarise
+    from ehrbench.reports.aggregate import aggregate_cells, summarise
+    from ehrbench.reports.gate import sanity_failures
 
     spec = {"r": ("max", None), "e": ("min", None), "c": ("target", 100.0)}
     vals = {"independent": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
@@ -219,7 +220,8 @@ def test_seeds_that_are_each_garbage_of_another_kind_fail_the_sanity_gate():
     """`mixed` is empty-like in one seed and all-ones-like in the other: their spread hides it from the test on
     means (r, e and c are within the means' noise), but each seed alone is worse than independent on all three.
     `middle` (within noise on c in both seeds) and `good` stay ranked."""
-    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures
+    from ehrbench.reports.aggregate import aggregate_cells
+    from ehrbench.reports.gate import sanity_failures
 
     vals = {"independent": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
             "good": {"r": [0.9, 0.91], "e": [0.35, 0.36], "c": [80, 82]},
@@ -238,7 +240,8 @@ def test_seeds_that_are_each_garbage_of_another_kind_fail_the_sanity_gate():
 def test_the_sanity_gate_compares_each_budget_of_a_sweep_with_its_own_reference():
     """Rows of a compute sweep carry their budget in the label ("empty [b=1]"): each is gated against the
     independent reference of its own budget, found by generator name."""
-    from ehrbench.reports.aggregate import aggregate_cells, sanity_failures
+    from ehrbench.reports.aggregate import aggregate_cells
+    from ehrbench.reports.gate import sanity_failures
 
     vals = {"independent [b=1]": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
             "independent [b=2]": {"r": [0.5, 0.52], "e": [0.3, 0.31], "c": [90, 92]},
