@@ -233,8 +233,7 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 levels = run_levels(t_runs)
                 cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), levels=levels)
                 gens = t_runs["generator"] if "generator" in t_runs else t_runs["model"]
-                gate = sanity_failures(cells, set(bad_metrics), values, levels,
-                                       dict(zip(t_runs["model"], gens.fillna(t_runs["model"]))))
+                gate = sanity_failures(cells, set(bad_metrics), levels, dict(zip(t_runs["model"], gens.fillna(t_runs["model"]))))
                 done = set(t_runs.loc[t_runs["ok"].astype(bool), "model"])
                 unfinished = {m: "no complete run (" + ", ".join(sorted(set(t_runs.loc[t_runs["model"] == m, "status"]
                                                                             .astype(str).str.split(":").str[0]))) + ")"
