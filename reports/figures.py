@@ -154,8 +154,6 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
         real = load_real(rs, next(iter(runs.values()))[0], cache, data_paths)
     except ValueError as e:
         return [], [f"{t.label}: {kind} figure skipped: {e}"]
-    if not any((rs.root / path / "synthetic.npz").exists() for path, _ in runs.values()):
-        return [], [f"{t.label}: {kind} figure skipped: the runs hold no samples (an archive never does)"]
     # prevalence: every column's mean (the prevalence of a binary column); co-occurrence: binary features only
     cols = [c for c, b in zip(real.columns, real.binary_mask)
             if kind == "prevalence" or (b and c not in real.label_columns)]
@@ -165,6 +163,17 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
     if kind == "cooccurrence":
         top = np.sort(np.argsort(-R.mean(0), kind="stable")[:COOC_CODES])
         cols, R = [cols[i] for i in top], R[:, top]
+    what = ("per-column mean of every column (the prevalence of a binary column)" if kind == "prevalence" else
+            f"pairwise co-occurrence rate P(a=1, b=1) of the {len(cols)} most prevalent binary feature columns")
+    cap = (f"{what}, real training data (x) vs the lowest-seed synthetic sample (y), dashed identity line, "
+           f"Pearson r in each title.{shown_models(t)[1]}")
+    p = out / f"{t.slug}__{kind}.png"
+    if not any((rs.root / path / "synthetic.npz").exists() for path, _ in runs.values()):
+        if p.exists():  # drawn when these runs' samples were at hand; an archive never holds samples
+            return [FigureInfo(t.label, kind, f"{t.label}: {kind} real vs synthetic", cap + " Kept from an earlier "
+                               "render of the same runs with their samples (this one read an archive).", p)], []
+        return [], [f"{t.label}: {kind} figure skipped: the runs hold no samples (an archive never does)"]
+    if kind == "cooccurrence":
         iu = np.triu_indices(len(cols), 1)
         stat = lambda X: ((X.T.astype(np.float64) @ X) / len(X))[iu]  # noqa: E731
     else:
@@ -186,12 +195,7 @@ def fig_scatter(rs: RunSet, t: Table, out: Path, cache: dict, kind: str,
         ax.set(xlim=(lo, lim), ylim=(lo, lim), xlabel=f"real (train) {kind}", ylabel=f"synthetic {kind}")
         r = _pearson(x, y)
         ax.set_title(f"{model} (seed {seed}): r = {'n/a' if math.isnan(r) else f'{r:.3f}'}")
-    p = out / f"{t.slug}__{kind}.png"
     _save(fig, p)
-    what = ("per-column mean of every column (the prevalence of a binary column)" if kind == "prevalence" else
-            f"pairwise co-occurrence rate P(a=1, b=1) of the {len(cols)} most prevalent binary feature columns")
-    cap = (f"{what}, real training data (x) vs the lowest-seed synthetic sample (y), dashed identity line, "
-           f"Pearson r in each title.{shown_models(t)[1]}")
     return [FigureInfo(t.label, kind, f"{t.label}: {kind} real vs synthetic", cap, p)], notes
 
 

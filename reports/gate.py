@@ -1,4 +1,4 @@
-"""The sanity gate: a generator worse than independent marginals on every ranked fidelity metric is not ranked."""
+"""The sanity gate: a generator better than independent marginals on no ranked fidelity metric is not ranked."""
 from __future__ import annotations
 
 import numpy as np

@@ -75,6 +75,11 @@ def test_the_archive_rebuilds_the_folders_report(runs, tmp_path):
     assert again == sorted(p.name for p in a["figures"].glob("*.png") if not p.stem.endswith(("prevalence", "cooccurrence")))
     assert "prevalence figure skipped: the runs hold no samples" in (tmp_path / "again" / "leaderboard.md").read_text()
     assert "run directories in `packed` (" in (tmp_path / "again" / "leaderboard.md").read_text()  # the archive's folder
+    # rendered again into the folder that holds the scatters (the same runs, drawn with their samples): kept, said so
+    assert main([str(archive), "--out", str(a["csv"].parent)]) == 0
+    md = (a["csv"].parent / "leaderboard.md").read_text()
+    assert "__prevalence.png)" in md and "Kept from an earlier render of the same runs" in md
+    assert "figure skipped: the runs hold no samples" not in md
 
 
 def test_thin_lines_keeps_short_files_whole():
