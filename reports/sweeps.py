@@ -45,9 +45,23 @@ def _saved(fig, out: Path, t: Table, kind: str, title: str, caption: str) -> tup
 def _against_flops(ax, d: pd.DataFrame, hue: str, order: list[str], errorbar, title: str, legend: bool) -> None:
     """One panel: the values against training FLOPs (log x), a line per `hue` through the means, with a band."""
     sns.lineplot(data=d, x="train_flops", y="value", hue=hue, hue_order=order, estimator="mean", errorbar=errorbar,
-                 marker="o", ax=ax, legend=legend, seed=0)  # a seeded bootstrap: the same runs draw the same bands
+                 marker="o", ax=ax, legend=legend, seed=0, palette=_colours(order))  # seeded: the same bands each time
     ax.set(xscale="log", title=title, xlabel="training FLOPs", ylabel="")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
+
+
+def _colours(order: list[str]) -> dict[str, tuple]:
+    return dict(zip(order, sns.color_palette(n_colors=len(order))))
+
+
+def _mark_failed(ax, d: pd.DataFrame, failed: set[str], order: list[str], label: bool) -> None:
+    """Hollow markers over the budget means of rows that failed the sanity gate (shown, not ranked)."""
+    colours = _colours(order)
+    pts = d[d["model"].isin(failed)].groupby(["model", "line"], as_index=False)[["train_flops", "value"]].mean()
+    for r in pts.itertuples():
+        ax.scatter(r.train_flops, r.value, s=70, facecolors="white", edgecolors=[colours[r.line]], linewidths=1.5, zorder=4)
+    if label and len(pts):  # the legend's key, in grey
+        ax.scatter([], [], s=70, facecolors="white", edgecolors="0.4", linewidths=1.5, label="failed the sanity gate (not ranked)")
 
 
 def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
@@ -65,6 +79,7 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     stopped = stopped.assign(train_flops=stopped["train_flops"].fillna(
         stopped["model"].map(runs.groupby("model")["train_flops"].mean()))).dropna(subset=["train_flops"])
     ref = set(t.references)
+    failed = set(t.summary.index[(t.summary["failed"] != "") & ~t.summary["reference"].astype(bool)]) - set(stopped["model"])
     v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(list(heads.values()))]
     v = v.merge(runs[["path", "line", "train_flops"]], on="path")
     fig, axes = _grid(len(heads), 3, 3.8)
@@ -72,8 +87,9 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     for i, (ax, (fam, metric)) in enumerate(zip(axes, heads.items())):
         d = v[v["metric"] == metric]
         trained = d[~d["model"].isin(ref)]
-        _against_flops(ax, trained, "line", sorted(set(trained["line"])), ("ci", 95),
-                       f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", i == 0)
+        order = sorted(set(trained["line"]))
+        _against_flops(ax, trained, "line", order, ("ci", 95), f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", i == 0)
+        _mark_failed(ax, trained, failed, order, i == 0)
         for j, (name, r) in enumerate(d[d["model"].isin(ref)].groupby("line")):
             ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")
         if len(stopped):
@@ -83,8 +99,9 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
             ax.legend(fontsize=7)
     return _saved(fig, out, t, "compute", f"{t.label}: quality vs training compute", "Each family's headline score "
                   "of separate runs at several training budgets, against the run's training FLOPs (log scale); "
-                  "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, dashed lines "
-                  "the references, red crosses on the x axis runs at that budget that did not complete (diverged, "
+                  "lines join the means per budget, bands are bootstrap 95 % intervals over seeds, hollow markers "
+                  "budgets where the generator failed the sanity gate (not ranked there), dashed lines the "
+                  "references, red crosses on the x axis runs at that budget that did not complete (diverged, "
                   "stopped or still running; their status is in the Failures table).")
 
 

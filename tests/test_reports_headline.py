@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -219,3 +220,19 @@ def test_a_compute_sweeps_regime_says_who_reached_its_schedule_and_who_still_cha
     r2 = regime(t2, headline_metrics(t2))
     assert "at or past its schedule, on a plateau: vae (200 %)" in r2
     assert "at or past its schedule, still changing: " in r2 and "gan (200 %)" in r2 and "short of" not in r2
+
+
+def test_a_budget_that_failed_the_sanity_gate_is_a_hollow_marker_on_the_compute_figure():
+    import matplotlib.pyplot as plt
+
+    from ehrbench.reports.sweeps import _mark_failed
+
+    d = pd.DataFrame({"model": ["vae [b=2]", "vae [b=2]", "vae [b=6]", "vae [b=6]"], "line": "vae",
+                      "train_flops": [2e9, 2e9, 6e9, 6e9], "value": [0.1, 0.3, 0.7, 0.7]})
+    fig, ax = plt.subplots()
+    _mark_failed(ax, d, {"vae [b=2]"}, ["vae"], label=True)
+    drawn = [c for c in ax.collections if len(c.get_offsets())]
+    assert len(drawn) == 1 and drawn[0].get_offsets().tolist() == [[2e9, pytest.approx(0.2)]]  # the budget's mean
+    assert (drawn[0].get_facecolors()[0] == 1).all()  # hollow: a white face in the line's colour
+    assert ax.get_legend_handles_labels()[1] == ["failed the sanity gate (not ranked)"]
+    plt.close(fig)
