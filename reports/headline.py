@@ -335,6 +335,21 @@ INTERVALS = (f"Scores are means over seeds with 95 % intervals in brackets (t ov
              f"{FEW_MARK}: fewer than {FEW_SEEDS} seeds.")
 
 
+def intervals_note(t: Table) -> str:
+    """INTERVALS and what the seeds' spread holds: a data split per seed (split_from_seed) or one shared split."""
+    split = pd.to_numeric(t.runs["split_seed"], errors="coerce") if "split_seed" in t.runs else pd.Series(dtype=float)
+    per_row = t.runs.assign(split=split).groupby("model")
+    if split.nunique() == 1:
+        return INTERVALS + (f" Every seed used one data split (split seed {split.dropna().iloc[0]:g}), so the "
+                            "intervals hold training noise, not the split's: a difference could still change with "
+                            "another split.")
+    if split.isna().any() or (per_row["split"].nunique() <= 1).all():
+        return INTERVALS
+    if (per_row["split"].nunique() == per_row["seed"].nunique()).all():
+        return INTERVALS + " Each seed drew its own data split, so the intervals hold the split's noise too."
+    return INTERVALS + " Some seeds shared a data split: the intervals hold part of the split's noise."
+
+
 def question(t: Table) -> str:
     names = set(level_names(t.runs).values())
     eps = ("" if len(names) < 2 else " at each privacy budget ε" if any(n.startswith(("ε", "not private")) for n in names)

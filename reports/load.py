@@ -18,7 +18,7 @@ RUN_COLUMNS = ["path", "tag", "data", "model", "seed", "status", "ok", "data_key
                "sample_seconds", "evaluate_seconds", "steps_per_second", "peak_memory_mb", "device", "n_train",
                "n_samples", "n_features", "config_hash", "settings_hash", "git_commit", "git_dirty", "finished", "reference",
                "budget", "budget_steps", "train_flops", "fraction_of_paper", "epsilon", "generator", "target_epsilon",
-               "sample_flops_per_1000", "sample_seconds_per_1000", "total_flops"]
+               "sample_flops_per_1000", "sample_seconds_per_1000", "total_flops", "split_seed"]
 RESULT_COLUMNS = ["path", "tag", "data", "model", "seed", "metric", "family", "goal", "metric_version", "value",
                   "ideal", "seconds", "status", "data_key"]
 FAILURE_COLUMNS = ["kind", "path", "tag", "data", "model", "seed", "metric", "reason"]
@@ -141,6 +141,15 @@ def dp_target(config: dict | None) -> float | None:
     return eps if math.isfinite(eps) else None
 
 
+def split_of(config: dict | None) -> float:
+    """The data split a run trained and was scored on: its seed under split_from_seed, else data.split_seed (NaN:
+    not recorded)."""
+    config = config or {}
+    if config.get("split_from_seed"):
+        return _float(config.get("seed"))
+    return _float((config.get("data") or {}).get("split_seed"))
+
+
 def load_runs(root: str | Path) -> RunSet:
     """Read every run directory under root into a RunSet; corrupt or incomplete runs become failure rows."""
     root = Path(root)
@@ -171,7 +180,7 @@ def load_runs(root: str | Path) -> RunSet:
         status = str(info.get("status")) if info else "unreadable"
         ok = problem is None and status == "ok"
         runs.append({**{c: (info or {}).get(c) for c in RUN_COLUMNS}, **ident, "path": rel, "status": status,
-                     "ok": ok, "data_key": dkey, **budget_columns(info or {}, config or {}),
+                     "ok": ok, "data_key": dkey, **budget_columns(info or {}, config or {}), "split_seed": split_of(config),
                      "settings_hash": (info or {}).get("settings_hash") or settings_hash(config) or "unknown"})
         if problem:
             fail("run", rel, ident, problem)

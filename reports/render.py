@@ -11,7 +11,7 @@ from .aggregate import PROFILES, Table, build_tables
 from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
 from .frames import failures_frame, metric_frame, summary_frame
-from .headline import INTERVALS, compact, headline_metrics, interval, pairwise, question, regime, verdict
+from .headline import compact, headline_metrics, interval, intervals_note, pairwise, question, regime, verdict
 from .load import RunSet, load_runs
 
 
@@ -130,7 +130,7 @@ def to_markdown(tables: list[Table], failures: pd.DataFrame, figures: list[Figur
         parts.append(f"## {t.label}\n\n" + "\n".join(f"**{k}.** {v}  " for k, v in lines).rstrip())
         for title, text, best in tabs:
             parts.append((f"**{title}**\n\n" if title else "") + md_table(text, best))
-        parts.append(INTERVALS)
+        parts.append(intervals_note(t))
         parts += [figure(f) for f in headline_figure(t, figures)]
     parts.append(f"## Details\n\n{header}\n\n{LEGEND}")
     notes, own = split_notes(tables, notes)
@@ -191,7 +191,7 @@ def to_html(tables: list[Table], failures: pd.DataFrame, figures: list[FigureInf
                      + "".join(f"<p><b>{k}.</b> {html.escape(v)}</p>" for k, v in lines))
         parts += [(f"<p><b>{html.escape(title)}</b></p>" if title else "") + html_table(text, best)
                   for title, text, best in tabs]
-        parts.append(f"<p>{bold(INTERVALS)}</p>")
+        parts.append(f"<p>{bold(intervals_note(t))}</p>")
         parts += [_html_figure(f) for f in headline_figure(t, figures)]
     parts.append(f'<h2 id="details">Details</h2><p>{html.escape(header)}</p><p>{bold(LEGEND)}</p>')
     notes, own = split_notes(tables, notes)

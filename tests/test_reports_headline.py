@@ -236,3 +236,19 @@ def test_a_budget_that_failed_the_sanity_gate_is_a_hollow_marker_on_the_compute_
     assert (drawn[0].get_facecolors()[0] == 1).all()  # hollow: a white face in the line's colour
     assert ax.get_legend_handles_labels()[1] == ["failed the sanity gate (not ranked)"]
     plt.close(fig)
+
+
+@pytest.mark.parametrize("per_seed", [False, True])
+def test_the_first_screen_says_whether_the_seeds_shared_a_data_split(tmp_path, per_seed):
+    from ehrbench.reports.headline import intervals_note
+
+    for model in ("a", "b"):
+        for seed in (0, 1, 2):
+            d = make_run(tmp_path, model, seed, {"auc": 0.7 + seed / 100, "pearson": 0.9, "risk": 0.0}, npz=False)
+            config = json.loads((d / "run.json").read_text())["config"]
+            _set(d, config={**config, "data": {**config["data"], "split_seed": 0}, "split_from_seed": per_seed})
+    (t,) = build_tables(load_runs(tmp_path))
+    note = intervals_note(t)
+    assert ("Each seed drew its own data split" in note) == per_seed
+    assert ("Every seed used one data split (split seed 0)" in note) != per_seed
+    assert note in write_report(tmp_path, tmp_path / "r")["markdown"].read_text()
