@@ -108,7 +108,8 @@ class MedGAN(TorchSynthesizer):
 
     Deviations from the original (also noted where they happen): batches are drawn by the trainer's seeded
     per-epoch permutation (the original draws each discriminator batch with np.random.choice and pretrains
-    on int(N/100) batches per epoch); no 10% validation split (EHRData has its own holdout); the GAN losses are
+    on int(N/100) batches per epoch; its per-epoch validation monitor also overwrites the training index, so from
+    epoch 1 on it draws only among the first len(valid) training rows); no 10% validation split (EHRData has its own holdout); the GAN losses are
     computed from logits (the stable form of -log(sigmoid) without the 1e-12 epsilon); binary columns are
     thresholded at 0.5 (`binarize: threshold`, the paper's rule; the original code saves probabilities) or
     drawn (`binarize: bernoulli`).
