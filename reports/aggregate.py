@@ -51,8 +51,7 @@ class Table:
     @property
     def generators(self) -> dict[str, str]:
         """Row label -> its generator's name (a row of private runs or of other settings carries a suffix)."""
-        name = self.runs["generator"] if "generator" in self.runs else self.runs["model"]
-        return dict(zip(self.runs["model"], name.fillna(self.runs["model"])))
+        return generator_names(self.runs)
 
     @property
     def references(self) -> list[str]:
@@ -136,6 +135,12 @@ def concept_of(metric: str) -> str:
     """The registered metric's concept (near-duplicates share one); an unregistered metric is its own."""
     spec = METRICS.get(metric)
     return spec.concept if spec is not None else metric
+
+
+def generator_names(runs: pd.DataFrame) -> dict[str, str]:
+    """Row label -> its generator's name (a row of private runs, of other settings or of a budget carries a suffix)."""
+    name = runs["generator"] if "generator" in runs else runs["model"]
+    return dict(zip(runs["model"], name.fillna(runs["model"])))
 
 
 def reference_models(runs: pd.DataFrame) -> list[str]:
@@ -232,8 +237,7 @@ def build_tables(rs: RunSet, profiles: dict[str, dict[str, float]] = PROFILES,
                 bad_metrics = dict(ladder.loc[ladder["verdict"] == "fail", ["metric", "first failure"]].values)
                 levels = run_levels(t_runs)
                 cells = aggregate_cells(values, models, reference_models(t_runs), set(bad_metrics), levels=levels)
-                gens = t_runs["generator"] if "generator" in t_runs else t_runs["model"]
-                gate = sanity_failures(cells, set(bad_metrics), levels, dict(zip(t_runs["model"], gens.fillna(t_runs["model"]))))
+                gate = sanity_failures(cells, set(bad_metrics), levels, generator_names(t_runs))
                 done = set(t_runs.loc[t_runs["ok"].astype(bool), "model"])
                 unfinished = {m: "no complete run (" + ", ".join(sorted(set(t_runs.loc[t_runs["model"] == m, "status"]
                                                                             .astype(str).str.split(":").str[0]))) + ")"

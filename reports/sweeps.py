@@ -58,9 +58,11 @@ def _mark_failed(ax, d: pd.DataFrame, failed: set[str], order: list[str], label:
     """Hollow markers over the budget means of rows that failed the sanity gate (shown, not ranked)."""
     colours = _colours(order)
     pts = d[d["model"].isin(failed)].groupby(["model", "line"], as_index=False)[["train_flops", "value"]].mean()
-    for r in pts.itertuples():
-        ax.scatter(r.train_flops, r.value, s=70, facecolors="white", edgecolors=[colours[r.line]], linewidths=1.5, zorder=4)
-    if label and len(pts):  # the legend's key, in grey
+    if pts.empty:
+        return
+    ax.scatter(pts["train_flops"], pts["value"], s=70, facecolors="white", edgecolors=[colours[g] for g in pts["line"]],
+               linewidths=1.5, zorder=4)
+    if label:  # the legend's key, in grey
         ax.scatter([], [], s=70, facecolors="white", edgecolors="0.4", linewidths=1.5, label="failed the sanity gate (not ranked)")
 
 
@@ -79,7 +81,8 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     stopped = stopped.assign(train_flops=stopped["train_flops"].fillna(
         stopped["model"].map(runs.groupby("model")["train_flops"].mean()))).dropna(subset=["train_flops"])
     ref = set(t.references)
-    failed = set(t.summary.index[(t.summary["failed"] != "") & ~t.summary["reference"].astype(bool)]) - set(stopped["model"])
+    gated = (t.summary["failed"] != "") & ~t.summary["failed"].str.startswith("no complete run")  # those: red crosses
+    failed = set(t.summary.index[gated & ~t.summary["reference"].astype(bool)])
     v = t.values[(t.values["status"] == "ok") & t.values["metric"].isin(list(heads.values()))]
     v = v.merge(runs[["path", "line", "train_flops"]], on="path")
     fig, axes = _grid(len(heads), 3, 3.8)
