@@ -60,7 +60,7 @@ def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 
     AUC of s over equal numbers m = min(n, |holdout|) of members (train) and non-members (holdout), ties
     counted one half. value = advantage = 2 (AUC - 0.5), range [-1, 1], ideal 0 (the attacker cannot tell
     members); a negative value (synthetic records nearer to non-members: chance) is no better than 0, so reports
-    rank max(0, value - 2 se), se = 2 x the Hanley-McNeil standard error of the AUC. Info: auc, se.
+    rank max(0, value) within noise; se = 2 x the Hanley-McNeil standard error of the AUC. Info: auc, se.
     """
     S = checked_synth(data, synth, min_rows=1)
     mem, non = _members(data, np.random.default_rng(seed), n)
@@ -73,7 +73,7 @@ def mia_auc(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 
 # Attribute inference with k-NN on known codes: Yan et al. 2022 ("A multifaceted benchmarking of synthetic
 # electronic health record generation models", AIR), synthEHRella (k = 1); risk = members' F1 minus the
 # non-members' F1, so what any model of the population would reveal is not counted as leakage.
-# Ideal 0: ranked by the excess over 0 beyond two standard errors (noise below the ideal is not better).
+# Ideal 0: ranked by the excess over 0, clipped at 0, within noise (below the ideal is not better).
 @register_metric("attribute_inference_f1", goal="min", ideal=0.0, family="privacy", version=2, reads="binary")
 def attribute_inference_f1(data: EHRData, synth: np.ndarray, *, seed: int = 0, known: int = 256, k: int = 1,
                            n: int | None = 2000, device: str = "auto") -> dict:
@@ -84,7 +84,7 @@ def attribute_inference_f1(data: EHRData, synth: np.ndarray, *, seed: int = 0, k
     seeded random order of the synthetic records) and predicts each remaining code as 1 when more than half of
     the k neighbours have it. F1 = 2TP / (2TP + FP + FN) pooled over all (record, unknown code) cells (0 when
     there are no positives at all). value = F1_members - F1_nonmembers, range [-1, 1], ideal 0 (no member
-    advantage); a negative value (chance) is no better than 0, so reports rank max(0, value - 2 se), clipping at
+    advantage); a negative value (chance) is no better than 0, so reports rank max(0, value) within noise, clipping at
     the ideal. Info: f1_members, f1_nonmembers and se, the
     bootstrap standard error of the value (200 seeded resamples of the members and of the non-members).
     """
@@ -138,7 +138,7 @@ def dcr(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 1000
     measured rather than assumed). value = (share - null) / (1 - null): 0 = as close to the training data as
     new patients (ideal), 1 = every synthetic record is closer to a training record than to any holdout record
     (a copy of train), negative = farther from train than new patients (no leakage; noise or poor fidelity).
-    Lower is better down to the ideal 0: reports rank max(0, value - 2 se), clipping at the ideal (se by the
+    Lower is better down to the ideal 0: reports rank max(0, value) within noise, clipping at the ideal (se by the
     delta method from the two binomial shares), since a negative value reveals no more than 0. Info: share, null, se, median_train and median_holdout (median DCRs of the synthetic rows).
     """
     S = checked_synth(data, synth, min_rows=1)
@@ -174,7 +174,7 @@ def nnaa(data: EHRData, synth: np.ndarray, *, seed: int = 0, n: int | None = 500
     out), d_ST / d_SS likewise for synthetic records; T, S and the holdout all hold m = min(n, |holdout|) rows.
     AA = 0.5 means real and synthetic are indistinguishable by nearest neighbours. value = privacy loss, range
     [-1, 1], ideal 0 (the synthetic data sit no closer to members than to non-members; positive = leakage,
-    negative = chance, no better than 0). Reports rank max(0, value - 2 se), clipping at the ideal, with se the
+    negative = chance, no better than 0). Reports rank max(0, value) within noise, clipping at the ideal, with se the
     binomial standard error of the difference (the four indicator means treated as independent). Info: aa_train,
     aa_test, se.
     """
@@ -227,7 +227,7 @@ def exact_copy_rate(data: EHRData, synth: np.ndarray, *, seed: int = 0) -> dict:
     holdout record equals (a record only members have; a common record that non-members share reveals nothing),
     minus the same share for real test records (new patients), so a generator of new patients scores 0.
 
-    value = rate - baseline, range [-1, 1], ideal 0; reports rank max(0, value - 2 se), se = sqrt(r (1 - r) /
+    value = rate - baseline, range [-1, 1], ideal 0; reports rank max(0, value) within noise; se = sqrt(r (1 - r) /
     n_syn + b (1 - b) / n_test) (binomial). Info: rate, baseline, se.
     """
     S = checked_synth(data, synth, min_rows=1)

@@ -126,8 +126,8 @@ def aggregate_cells(values: pd.DataFrame, models: list[str], references: list[st
         ideal_m = sub["ideal"] if sub["ideal"].notna().any() else None
         if ideal_m is not None:  # a model whose rows lack the ideal (failed) borrows the others' (same data)
             ideal_m = ideal_m.fillna(ideal_m.mean())
-        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["tol"], sub["noise"]).to_numpy()
-        cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["tol"], sub["noise"]).to_numpy()
+        cells.loc[idx, "rank"] = rank_metric(sub["mean"], goal, ideal_m, sub["noise"]).to_numpy()
+        cells.loc[idx, "best"] = best_mask(sub["mean"], goal, ideal_m, sub["noise"]).to_numpy()
     return cells.drop(columns="_level")
 
 

@@ -177,8 +177,8 @@ def _levels(t: Table, models: pd.Index) -> dict[str, list[str]]:
 
 def difference(t: Table, metric: str, a: str, b: str) -> tuple[float, float, float]:
     """How much better a is than b on one metric (> 0: a better), with its 95 % interval: Welch's t over the
-    seeds, normal where the metric's own standard error sets the noise. The key is the ranks' (reports.aggregate
-    `deviation` from the ideal, without the tolerance, where the metric has one)."""
+    seeds, normal where the metric's own standard error sets the noise. The key is the ranks' (reports.ranking
+    `deviation` from the ideal, where the metric has one)."""
     c = t.cells[(t.cells["metric"] == metric) & t.cells["model"].isin([a, b])].set_index("model").reindex([a, b])
     goal = str(c["goal"].iloc[0])
     if c["ideal"].notna().all():

@@ -14,22 +14,20 @@ def sig12(s: pd.Series) -> pd.Series:
     return pd.Series(np.round(x / 10.0 ** mag, 11) * 10.0 ** mag, index=s.index)
 
 
-def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-              tol: pd.Series | float | None = None) -> pd.Series:
+def deviation(means: pd.Series, goal: str, ideal: pd.Series | float | None = None) -> pd.Series:
     """The ranking key of a metric with an ideal (registry `ideal`): how far each mean misses it, clipped at 0.
 
-    target: |mean - ideal|; min: mean - ideal; max: ideal - mean; then minus the tolerance tol (twice the
-    standard error of the mean, from the metric's "se" rows) and clipped at 0, so a value on the good side of the
-    ideal, or within noise of it, counts as the ideal itself and never outranks another such value.
+    target: |mean - ideal|; min: mean - ideal; max: ideal - mean; clipped at 0, so a value on the good side of the
+    ideal counts as the ideal itself. Noise (a value within noise of the ideal) is the comparison's business
+    (`beats`), not the key's: taking each cell's own tolerance off its key would favour the noisier cell.
     """
     ideal = pd.Series(ideal, index=means.index, dtype=float) if not isinstance(ideal, pd.Series) else ideal
-    tol = pd.Series(0.0 if tol is None else tol, index=means.index, dtype=float) if not isinstance(tol, pd.Series) else tol
     d = {"target": (means - ideal).abs(), "min": means - ideal, "max": ideal - means}[goal]
-    return (d - tol.fillna(0.0)).clip(lower=0.0).where(means.notna())
+    return d.clip(lower=0.0).where(means.notna())
 
 
-def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.Series | float | None,
-           noise: pd.Series | None) -> pd.DataFrame | None:
+def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
+          noise: pd.Series | None = None) -> pd.DataFrame | None:
     """[i, j] True where model j beats model i on this metric beyond noise; rows and columns are the models with a
     mean. None when the metric does not rank (info, a target without ideal, nothing valid)."""
     if goal not in ("max", "min", "target"):
@@ -37,7 +35,7 @@ def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.
     has_ideal = ideal is not None and not (isinstance(ideal, pd.Series) and ideal.isna().all())
     if goal == "target" and not has_ideal:
         return None
-    key = deviation(means, goal, ideal, tol) if has_ideal else (means if goal == "min" else -means)
+    key = deviation(means, goal, ideal) if has_ideal else (means if goal == "min" else -means)
     valid = sig12(key.dropna())
     if valid.empty:
         return None
@@ -48,7 +46,7 @@ def beats(means: pd.Series, goal: str, ideal: pd.Series | float | None, tol: pd.
 
 
 def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-                tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
+                noise: pd.Series | None = None) -> pd.Series:
     """Rank models on one metric (1 = best); a missing/failed mean takes the shared last places, so a failure never
     improves a model's rank. All-missing -> all NaN (metric unranked). With an ideal (always for goal "target") the
     key is the `deviation` from it, lower is better.
@@ -56,7 +54,7 @@ def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = N
     Ties are ties: model j beats model i when j's key is better by more than 2 sqrt(noise_i^2 + noise_j^2)
     (`noise`: each mean's standard error; None = exact comparison), and rank_i = 1 + (models that beat i) + 1/2
     (models neither beating nor beaten by i), which is the average rank when ties are exact equalities."""
-    m = beats(means, goal, ideal, tol, noise)
+    m = beats(means, goal, ideal, noise)
     if m is None:
         return pd.Series(np.nan, index=means.index)
     b = m.to_numpy()
@@ -67,9 +65,9 @@ def rank_metric(means: pd.Series, goal: str, ideal: pd.Series | float | None = N
 
 
 def best_mask(means: pd.Series, goal: str, ideal: pd.Series | float | None = None,
-              tol: pd.Series | float | None = None, noise: pd.Series | None = None) -> pd.Series:
+              noise: pd.Series | None = None) -> pd.Series:
     """True where no other model beats a mean beyond noise (rank_metric's rule; info metrics never)."""
-    m = beats(means, goal, ideal, tol, noise)
+    m = beats(means, goal, ideal, noise)
     if m is None:
         return pd.Series(False, index=means.index)
     return (~m.any(axis=1)).reindex(means.index, fill_value=False)

@@ -166,8 +166,8 @@ def test_signed_privacy_scores_clip_at_the_ideal_and_tie_within_noise():
     """nnaa-like: VAE -0.006 must not outrank EHRDiff +0.004 when both lie within two standard errors of 0, and
     a clearly positive value ranks last; without se the negative value still only ties with the ideal."""
     m = pd.Series({"vae": -0.006, "ehrdiff": 0.004, "leaky": 0.2})
-    tol = pd.Series({"vae": 0.01, "ehrdiff": 0.01, "leaky": 0.01})
-    assert rank_metric(m, "min", 0.0, tol).to_dict() == {"vae": 1.5, "ehrdiff": 1.5, "leaky": 3.0}
+    noise = pd.Series({"vae": 0.005, "ehrdiff": 0.005, "leaky": 0.005})
+    assert rank_metric(m, "min", 0.0, noise).to_dict() == {"vae": 1.5, "ehrdiff": 1.5, "leaky": 3.0}
     assert rank_metric(m, "min", 0.0).to_dict() == {"vae": 1.0, "ehrdiff": 2.0, "leaky": 3.0}
     assert rank_metric(pd.Series({"a": -0.3, "b": -0.01}), "min", 0.0).to_dict() == {"a": 1.5, "b": 1.5}
     assert rank_metric(m, "min").to_dict() == {"vae": 1.0, "ehrdiff": 2.0, "leaky": 3.0}  # no ideal: plain min
@@ -180,6 +180,20 @@ def test_cells_take_ideal_and_tolerance_from_the_rows():
     c = aggregate_cells(v, ["a", "b"])
     assert cell(c, "a", "nnaa")["tol"] == pytest.approx(2 * math.sqrt(0.01 ** 2 * 2) / 2)
     assert cell(c, "a", "nnaa")["rank"] == cell(c, "b", "nnaa")["rank"] == 1.5
+
+
+def test_a_noisier_cell_far_from_the_ideal_gains_nothing_from_its_noise():
+    """Detection-like target 0.5, one seed each: 0.992 (se 0.0005) and 0.987 (se 0.0025) differ by 0.005, inside
+    2 sqrt(0.0005^2 + 0.0025^2) = 0.0051, so they tie; taking each cell's own tolerance (2 se) off its key made the
+    noisier cell win (0.482 + 0.0051 < 0.491)."""
+    v = pd.DataFrame(rows("a", "det", [0.992], goal="target", se=0.0005)
+                     + rows("b", "det", [0.987], goal="target", se=0.0025))
+    v["ideal"] = np.where(v["metric"] == "det", 0.5, np.nan)
+    c = aggregate_cells(v, ["a", "b"])
+    assert cell(c, "a", "det")["rank"] == cell(c, "b", "det")["rank"] == 1.5
+    v.loc[(v["model"] == "b") & (v["metric"] == "det"), "value"] = 0.980  # 0.012 apart: beyond noise
+    c = aggregate_cells(v, ["a", "b"])
+    assert (cell(c, "b", "det")["rank"], cell(c, "a", "det")["rank"]) == (1.0, 2.0)
 
 
 def test_references_are_shown_but_never_ranked():
