@@ -12,7 +12,7 @@ from .aggregate import ARROWS, Table
 from .figures import FigureInfo, _grid, _save
 from .headline import headline_metrics
 from .load import RunSet
-from .ranking import run_levels
+from .ranking import NO_LEVEL, run_levels
 
 
 def fig_curves(rs: RunSet, t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
@@ -70,7 +70,8 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     """Quality vs training compute across separate runs at several budgets (a compute sweep): each family's headline
     score against the run's training FLOPs (log x), one line per generator through its budgets' means with a 95 %
     band over seeds, the references as horizontal lines."""
-    sizes = {z for _, z in run_levels(t.runs).values()}
+    lv = run_levels(t.runs)
+    sizes = {z for _, z in lv.values()}
     heads = headline_metrics(t)
     if len(sizes) < 2 or not heads:
         return [], []
@@ -87,11 +88,14 @@ def fig_compute(t: Table, out: Path) -> tuple[list[FigureInfo], list[str]]:
     v = v.merge(runs[["path", "line", "train_flops"]], on="path")
     fig, axes = _grid(len(heads), 3, 3.8)
     goal = t.cells.drop_duplicates("metric").set_index("metric")["goal"]
+    order = sorted(set(v.loc[~v["model"].isin(ref), "line"]))  # one colour per generator in every panel
+    gens = runs[~runs["model"].isin(ref)]
+    budgets = sorted(gens.groupby(gens["model"].map(lambda m: lv.get(m, NO_LEVEL)[1]))["train_flops"].mean().dropna())
     for i, (ax, (fam, metric)) in enumerate(zip(axes, heads.items())):
         d = v[v["metric"] == metric]
         trained = d[~d["model"].isin(ref)]
-        order = sorted(set(trained["line"]))
         _against_flops(ax, trained, "line", order, ("ci", 95), f"{fam}: {metric} {ARROWS.get(goal[metric], '')}", i == 0)
+        ax.set_xticks(budgets, [f"{x:.2g}" for x in budgets], fontsize=7)  # a short log axis has no decade tick
         _mark_failed(ax, trained, failed, order, i == 0)
         for j, (name, r) in enumerate(d[d["model"].isin(ref)].groupby("line")):
             ax.axhline(r["value"].mean(), color="0.4", ls=("--", ":", "-.")[j % 3], lw=1, label=f"{name} (reference)")

@@ -252,3 +252,20 @@ def test_the_first_screen_says_whether_the_seeds_shared_a_data_split(tmp_path, p
     assert ("Each seed drew its own data split" in note) == per_seed
     assert ("Every seed used one data split (split seed 0)" in note) != per_seed
     assert note in write_report(tmp_path, tmp_path / "r")["markdown"].read_text()
+
+
+def test_a_generator_keeps_its_colour_and_the_budgets_their_ticks_in_every_compute_panel(tmp_path, monkeypatch):
+    """A generator without a value on one headline score (no TSTR from a constant label) must not shift the others'
+    colours in that panel; the x axis names each budget's FLOPs (a short log axis has no decade tick)."""
+    from ehrbench.reports import sweeps
+
+    root = make_sweep(tmp_path, (("const", lambda k: None, 0.0), ("gan", lambda k: 0.6, 0.0), ("vae", lambda k: 0.7, 0.0)))
+    t = build_tables(load_runs(root))[0]
+    seen, real = [], sweeps._against_flops
+    monkeypatch.setattr(sweeps, "_against_flops", lambda ax, d, hue, order, *a: seen.append((set(d[hue]), order, ax))
+                        or real(ax, d, hue, order, *a))
+    sweeps.fig_compute(t, tmp_path)
+    assert any("const" not in lines for lines, _, _ in seen) and any("const" in lines for lines, _, _ in seen)
+    assert all(order == ["const", "gan", "vae"] for _, order, _ in seen)
+    ticks = seen[0][2].get_xticks()  # the budgets' mean FLOPs (gan's are 1 % above the others')
+    assert ticks == pytest.approx([1e9 * s * (1 + 0.01 / 3) for s in (2, 6, 18, 54)])
