@@ -335,15 +335,15 @@ def make_figures(rs: RunSet, tables: list[Table], out: str | Path,
     sns.set_theme(style="whitegrid", context="paper")
     figs, notes, cache = [], [], {}
     for t in tables:
-        steps: list[Callable[[], Any]] = [
-            lambda: fig_scatter(rs, t, out, cache, "prevalence", data_paths or {}),
-            lambda: fig_scatter(rs, t, out, cache, "cooccurrence", data_paths or {}),
-            lambda: (fig_points(t, out), []), lambda: (fig_ranks(t, out), []), lambda: fig_losses(rs, t, out),
-            lambda: fig_privacy_utility(t, out), lambda: fig_curves(rs, t, out), lambda: fig_epsilon(t, out),
-            lambda: fig_compute(t, out)]
-        kinds = ("prevalence", "cooccurrence", "metrics", "ranks", "losses", "privacy_utility", "curves", "privacy",
-                 "compute")
-        for kind, step in zip(kinds, steps):
+        paths = data_paths or {}
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("prevalence", lambda: fig_scatter(rs, t, out, cache, "prevalence", paths)),
+            ("cooccurrence", lambda: fig_scatter(rs, t, out, cache, "cooccurrence", paths)),
+            ("metrics", lambda: (fig_points(t, out), [])), ("ranks", lambda: (fig_ranks(t, out), [])),
+            ("losses", lambda: fig_losses(rs, t, out)), ("privacy_utility", lambda: fig_privacy_utility(t, out)),
+            ("curves", lambda: fig_curves(rs, t, out)), ("privacy", lambda: fig_epsilon(t, out)),
+            ("compute", lambda: fig_compute(t, out))]
+        for kind, step in steps:
             try:
                 f, n = step()
             except Exception as e:  # one broken figure must not cost the whole report; the note says why

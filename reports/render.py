@@ -11,7 +11,8 @@ from .aggregate import PROFILES, Table, build_tables
 from .audit import canary_frame, canary_rows
 from .figures import FigureInfo, make_figures
 from .frames import failures_frame, metric_frame, summary_frame
-from .headline import compact, headline_metrics, interval, intervals_note, pairwise, question, regime, verdict
+from .headline import compact, headline_metrics, interval, intervals_note, question, regime, verdict
+from .pairwise import pairwise
 from .load import RunSet, load_runs
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ehrbench.models import build_synthesizer
-from ehrbench.models.ehrdiff import EHRDiff, edm_coefficients, edm_sigma_steps, sinusoidal_embedding
+from ehrbench.models.ehrdiff import EHRDiff, edm_coefficients, edm_sigma_steps
+from ehrbench.models.ehrdiff_net import sinusoidal_embedding
 
 
 @pytest.mark.parametrize("sigma, c_skip, c_out, c_in, c_noise", [
@@ -103,7 +104,7 @@ def test_random_fourier_features_by_hand():
 
     import torch
 
-    from ehrbench.models.ehrdiff import LinearModel, RandomFourierFeatures
+    from ehrbench.models.ehrdiff_net import LinearModel, RandomFourierFeatures
 
     torch.manual_seed(0)
     rff = RandomFourierFeatures(32)

@@ -8,7 +8,7 @@ import torch
 from ehrbench.models import pipeline
 from ehrbench.data import EHRData
 from ehrbench.models import Trainer, build_synthesizer, check_data, check_synthesizer
-from ehrbench.models.ehrdiff import LinearModel
+from ehrbench.models.ehrdiff_net import LinearModel
 from ehrbench.models.rundir import settings_hash
 from tests.conftest import TINY_PARAMS, compose
 

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from ehrbench.reports import build_tables, load_runs, write_report
-from ehrbench.reports.headline import compact, difference, headline_metrics, interval, pairwise, regime, verdict
+from ehrbench.reports.headline import compact, headline_metrics, interval, regime, verdict
+from ehrbench.reports.pairwise import difference, pairwise
 from tests.test_reports_load import make_run
 
 A = {"auc": [0.70, 0.72, 0.71], "pearson": [0.90, 0.91, 0.92], "risk": [0.01, 0.02, 0.00]}
@@ -61,9 +62,9 @@ def test_verdict_names_the_lead_only_where_the_interval_excludes_zero(table):
     d = np.mean(A["auc"]) - np.mean(B["auc"])
     assert f"it beats vae on utility (auc by {d:.3g}, 95 % interval [" in v and "ties on fidelity and privacy" in v
     assert v.endswith("Not ranked: medgan (no complete run (failed)).")
-    from ehrbench.reports.headline import _lead
+    from ehrbench.reports.pairwise import lead_of
 
-    won, tied, lost = _lead(t, heads, "vae", "ehrdiff")  # the other way round, the lead is a loss, and said
+    won, tied, lost = lead_of(t, heads, "vae", "ehrdiff")  # the other way round, the lead is a loss, and said
     assert won == [] and tied == ["fidelity", "privacy"] and lost[0].startswith(f"utility (auc by {d:.3g}, 95 % interval [")
 
 

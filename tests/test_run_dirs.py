@@ -2,7 +2,6 @@
 errors before any work, repository-relative paths, divergence and the smaller cases of issue #12."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -176,91 +175,11 @@ def test_kill_during_npz_write_keeps_previous_file(tmp_path):
     assert np.array_equal(np.load(d / "synthetic.npz")["X"], np.zeros((2, 2)))  # the old file, whole
 
 
-# 6. the whole configuration is validated before any work: types, names and ranges -----------------------------------
-@pytest.mark.parametrize("override, expected", [
-    ("seed=1.7", "seed must be an integer, got 1.7"),
-    ("seed=abc", "seed must be an integer, got 'abc'"),
-    ("n_samples=-5", "n_samples must be a positive integer or null, got -5"),
-    ("n_samples=abc", "n_samples must be a positive integer or null, got 'abc'"),
-    ("trainer.max_steps=abc", "trainer.max_steps must be int | None, got 'abc'"),
-    ("trainer.log_every=0", "trainer.log_every must be >= 1, got 0"),
-    ("trainer.grad_clip=-1", "trainer.grad_clip must be > 0, got -1"),
-    ("+metrics.nope={}", "unknown metric 'nope'; valid choices: attribute_inference_f1, cmd"),
-    ("+metrics.mia_auc.bogus=3", "metric 'mia_auc' has no option 'bogus'; valid choices: n, device"),
-    ("metrics.mia_auc.n=abc", "metrics.mia_auc.n must be int | None, got 'abc'"),
-    ("metrics.mia_auc.n=-1", "metrics.mia_auc.n must be >= 2, got -1"),
-    ("metrics.tstr_auroc.n_estimators=0", "metrics.tstr_auroc.n_estimators must be >= 1, got 0"),
-    ("model.lr=abc", "model.lr must be float, got 'abc'"),
-    ("model.lr=-1", "model.lr must be > 0, got -1"),
-    ("model.batch_size=0", "model.batch_size must be >= 1, got 0"),
-    ("+model.nope=1", "model 'vae' has no option 'nope'; valid choices: hidden_dim"),
-    ("data.n_patients=abc", "data.n_patients must be int, got 'abc'"),
-    ("data.n_patients=2", "data.n_patients must be >= 3, got 2"),
-    ("trainer.budget=weekly", "unknown trainer.budget 'weekly'; valid choices: paper, fraction, compute, steps"),
-    ("trainer.budget=fraction", "trainer.budget=fraction needs trainer.fraction > 0"),
-    ("curve.eval_at=[0,0.5]", "curve.eval_at must be null or a list of training-budget shares in (0, 1]"),
-    ("curve.eval_at=[0.5,1.5]", "curve.eval_at must be null or a list of training-budget shares in (0, 1]"),
-    ("+curve.metrics.nope={}", "unknown metric 'nope'; valid choices"),
-])
-def test_validation_before_any_work(override, expected):
-    with pytest.raises(ValueError) as e:
-        pipeline.validate(compose(["model=vae", *TINY, override]))
-    assert expected in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("model, override, expected", [
-    ("ehrdiff", "model.ema_decay=1.5", "model.ema_decay must be in [0, 1), got 1.5"),
-    ("medgan", "model.generator_dims=[16,0]", "model.generator_dims must be each entry >= 1, got [16, 0]"),
-    ("corgan", "model.warmup_steps=-1", "model.warmup_steps must be >= 0, got -1"),
-    ("emrwgan", "model.d_updates=0", "model.d_updates must be >= 1, got 0"),
-    ("tabddpm", "model.dropout=1", "model.dropout must be in [0, 1), got 1"),
-])
-def test_model_ranges_before_any_work(model, override, expected):
-    with pytest.raises(ValueError, match=re.escape(expected)):
-        pipeline.validate(compose([f"model={model}", override]))
-    from omegaconf import OmegaConf
-
-    model_cfg = OmegaConf.to_container(compose([f"model={model}", override]), resolve=True)["model"]
-    params = {k: v for k, v in model_cfg.items() if k != "name"}
-    with pytest.raises(ValueError, match=re.escape(expected.replace("model.", f"{model}.", 1))):
-        build_synthesizer(model, **params).fit(np.eye(4, dtype=np.float32))  # the Python API checks in fit too
-
-
-def test_every_numeric_option_has_a_range():
-    """Every int or float option of every built-in generator, the trainer, the metrics and the loaders is in RANGES
-    (a new option without a range fails here), apart from those that take any value."""
-    import inspect
-
-    from ehrbench.data import DATASETS
-    from ehrbench.metrics.registry import METRICS
-    from ehrbench.models import SYNTHESIZERS
-    from ehrbench.models.options import RANGES
-
-    free = {"seed", "split_seed", "p_mean", "n_jobs", "reference_steps"}
-    fns = [c.__init__ for c in SYNTHESIZERS.values()] + [Trainer.__init__] + [m.fn for m in METRICS.values()]
-    fns += list(DATASETS.values())
-    unranged = {k for fn in fns for k, p in inspect.signature(fn).parameters.items()
-                if re.search(r"\b(int|float)\b", str(p.annotation)) and k not in RANGES and k not in free}
-    assert not unranged, sorted(unranged)
-
-
+# 6. a wrong setting from the command line writes nothing ----------------------------------------------------------
 def test_validation_from_the_command_line_writes_nothing(tmp_path):
     line = one_sentence(cli(tmp_path, "model.batch_size=0"))
     assert line == "error: model.batch_size must be >= 1, got 0"
     assert not any(tmp_path.rglob("*"))  # nothing written, not even an empty cell folder
-
-
-def test_every_shipped_configuration_validates():
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "benchmarks"), version_base="1.3"):
-        for group in ("data", "model", "trainer", "metrics", "experiment"):
-            for f in sorted((REPO / "benchmarks" / group).glob("*.yaml")):
-                override = f"+experiment={f.stem}" if group == "experiment" else f"{group}={f.stem}"
-                cfg = hydra_compose(config_name="config", overrides=[override, "trainer.device=cpu"])
-                if cfg.data.name == "matrix":
-                    cfg.data.path = "x.csv"
-                pipeline.validate(cfg)
 
 
 # 7. user errors are one sentence; Ctrl-C is one line and status "interrupted" ---------------------------------------
