@@ -25,9 +25,9 @@ from .registry import evaluate, get_metric
 SETS = ("unseen", "resample", "flip_1", "flip_5", "flip_20", "independent",
         "empty", "constant", "noise", "one_record", "all_codes", "invented", "shifted")
 GARBAGE = ("empty", "constant", "noise", "one_record", "all_codes", "invented", "shifted")
-FAR = ("empty", "noise", "all_codes", "invented", "shifted")  # far from every real record: never a privacy risk
+FAR = ("empty", "noise", "all_codes", "invented", "shifted")  # made without any member record: never a privacy risk,
+# even where one equals some patient's record (on Diabetes-130 a few patients have no code)
 PARTIAL = {"invented": "binary", "shifted": "continuous"}  # garbage in one column kind only, real in the other
-NOT_FAR = 0.01  # a "far" garbage set more than 1 % of whose records equal training records is not far on that data
 LARGE = ("resample", "independent", "empty", "constant", "noise", "one_record", "all_codes")  # fidelity, utility
 FLIPS = {"flip_1": 0.01, "flip_5": 0.05, "flip_20": 0.20}
 
@@ -104,8 +104,8 @@ def checks(name: str) -> list[tuple[str, str, str | None]]:
 
 
 def copy_share(data: EHRData, X: np.ndarray) -> float:
-    """Share of X's records identical to a training record (a garbage set that copies real records is not far
-    from the data: on Diabetes-130 some patients have no code, so the empty record is one of theirs)."""
+    """Share of X's records identical to a training record (written beside each score: on Diabetes-130 a few
+    patients have no code, so every empty record equals one of theirs)."""
     return float(_is_copy(_row_bytes(data, X), _row_bytes(data, data.train)).mean())
 
 
@@ -154,8 +154,7 @@ def _summary(rows: pd.DataFrame) -> dict[str, dict]:
         bad = g.loc[g["status"] != "ok", "status"]
         sd = float(ok["value"].std(ddof=1)) if len(ok) > 1 else 0.0
         se = float(np.sqrt(np.nanmean(ok["se"].astype(float) ** 2))) if ok["se"].notna().any() else 0.0
-        copies = float(g["copies"].max()) if "copies" in g and g["copies"].notna().any() else 0.0
-        out[set_name] = {"copies": copies, "mean": float(ok["value"].mean()) if len(ok) else math.nan,
+        out[set_name] = {"mean": float(ok["value"].mean()) if len(ok) else math.nan,
                          "noise": max(sd, se), "n": len(ok), "ideal": ok["ideal"].dropna().mean() if "ideal" in ok and len(ok) else None,
                          "status": bad.iloc[0] if len(bad) else "ok"}
     return out
@@ -200,9 +199,6 @@ def judge(rows: pd.DataFrame) -> pd.DataFrame:
             if (a, size) not in summ:  # rows from a run without large fidelity sets
                 size = "small"
             res = _check(kind, summ.get((a, size)), summ.get((b, size)) if b else None, goal, a, b)
-            if kind == "no_risk" and a in FAR and (summ.get((a, size)) or {}).get("copies", 0) > NOT_FAR:
-                res = (None, f"skipped: {summ[(a, size)]['copies']:.1%} of the {a} records equal training records "
-                             "here, so the set is not far from the data")
             partial = PARTIAL.get(b or a)
             if partial and spec.reads not in ("all", partial):
                 res = (None, f"skipped: {b or a} changes {partial} columns only, which {metric} does not read")

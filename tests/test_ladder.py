@@ -143,6 +143,24 @@ def test_the_ladder_finds_the_flaws_of_issue_28(scored):
     assert j["prevalence_mae", "unseen > empty"] and j["cooccurrence_pearson", "unseen > noise"]
 
 
+def test_output_made_without_any_member_shows_no_risk_even_where_it_equals_a_patient():
+    """Three training patients have no code (as on Diabetes-130) and no holdout patient is empty: a set of empty
+    records is still made without any member, so a privacy metric that calls it a risk fails the ladder
+    (exact_copy_rate v3 does: the empty record is a members-only record, matched by chance)."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((700, 12)) < 0.3).astype(np.float32)
+    X[X[:, :-1].sum(1) == 0, 0] = 1  # nobody is empty...
+    X[:3] = 0                        # ...but three training patients
+    cols = tuple(f"C{i}" for i in range(11)) + ("Y",)
+    data = EHRData(X[:500], X[500:600], X[600:], cols, ("binary",) * 12, ("Y",), name="few_empty")
+    rows = ladder.score_sets(data, {"exact_copy_rate": {}}, seeds=2)
+    assert (rows.loc[rows["set"] == "empty", "copies"] == 1).all()  # every empty record equals a patient's
+    j = ladder.judge(rows).set_index("check")
+    empty = j.loc["empty: no risk", "passed"]
+    assert empty is not None and not empty  # judged, not skipped, and failed
+    assert j.loc["noise: no risk", "passed"]
+
+
 def test_continuous_metrics_are_judged_on_continuous_data():
     spec = {"continuous_mean_error": {}, "continuous_wd": {}, "prevalence_mae": {}}
     v = ladder.verdict(ladder.judge(ladder.score_sets(continuous_data(), spec, seeds=2))).set_index("metric")
