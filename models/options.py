@@ -26,7 +26,7 @@ RANGES: dict[str, tuple] = {
                      "known", "max_iter", "n_estimators", "n_train", "top_k", "n_codes", "min_count", "max_steps",
                      "checkpoint_every", "log_every", "reference_steps", "bins", "warmup_d_updates"], AT_LEAST_1),
     **dict.fromkeys(["warmup_steps", "pretrain_epochs", "burn_in_batches"], AT_LEAST_0),
-    **dict.fromkeys(["n", "folds", "learned_sinusoidal_dim"], AT_LEAST_2),
+    **dict.fromkeys(["n", "folds", "learned_sinusoidal_dim", "n_null"], AT_LEAST_2),
     "n_patients": (3, True, None, False),
     **dict.fromkeys(["lr", "lr_d", "lr_g", "decoder_lr", "sigma_data", "sigma_min", "sigma_max", "rho", "rms_eps",
                      "bn_eps", "clip_value", "p_std", "hours", "C", "grad_clip", "max_abs_loss", "max_abs_weight",

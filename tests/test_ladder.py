@@ -138,27 +138,30 @@ def test_the_ladder_finds_the_flaws_of_issue_28(scored):
     assert not j["cmd", "independent >= empty"]            # constant/empty output beats independent marginals
     assert not j["dcr", "all_codes: no risk"]               # records far from everything land nearer the big train
     assert j["nzc", "independent >= all_codes"]             # v3: real count of an equal-size sample (v2 failed)
-    assert j["exact_copy_rate", "unseen: no risk"]          # v3: excess over the holdout's share (v2 failed)
+    assert j["exact_copy_rate", "unseen: no risk"]          # v3 and v4 (v2 failed)
     assert j["mia_auc", "unseen: no risk"] and j["mia_auc", "empty: no risk"]  # v2: signed, with se (v1 failed)
     assert j["prevalence_mae", "unseen > empty"] and j["cooccurrence_pearson", "unseen > noise"]
 
 
 def test_output_made_without_any_member_shows_no_risk_even_where_it_equals_a_patient():
     """Three training patients have no code (as on Diabetes-130) and no holdout patient is empty: a set of empty
-    records is still made without any member, so a privacy metric that calls it a risk fails the ladder
-    (exact_copy_rate v3 does: the empty record is a members-only record, matched by chance)."""
+    records is still made without any member, so its "no risk" check is judged, never skipped as "not far from
+    the data" (exact_copy_rate v3 scored such output above a copy of train and the skip hid it); version 4
+    passes it."""
+    vals = {"resample": [0.9, 0.9], "flip_1": [0.5, 0.5], "flip_5": [0.2, 0.2], "flip_20": [0.0, 0.0],
+            "unseen": [0.0, 0.0], **{g: [0.0, 0.0] for g in ladder.FAR}, "empty": [0.8, 0.8]}
+    r = rows("exact_copy_rate", vals, se=0.01).assign(copies=lambda d: np.where(d["set"] == "empty", 1.0, 0.0))
+    empty = ladder.judge(r).set_index("check").loc["empty: no risk", "passed"]
+    assert empty is not None and not empty  # judged, not skipped, and failed
     rng = np.random.default_rng(0)
     X = (rng.random((700, 12)) < 0.3).astype(np.float32)
     X[X[:, :-1].sum(1) == 0, 0] = 1  # nobody is empty...
     X[:3] = 0                        # ...but three training patients
     cols = tuple(f"C{i}" for i in range(11)) + ("Y",)
     data = EHRData(X[:500], X[500:600], X[600:], cols, ("binary",) * 12, ("Y",), name="few_empty")
-    rows = ladder.score_sets(data, {"exact_copy_rate": {}}, seeds=2)
-    assert (rows.loc[rows["set"] == "empty", "copies"] == 1).all()  # every empty record equals a patient's
-    j = ladder.judge(rows).set_index("check")
-    empty = j.loc["empty: no risk", "passed"]
-    assert empty is not None and not empty  # judged, not skipped, and failed
-    assert j.loc["noise: no risk", "passed"]
+    scored = ladder.score_sets(data, {"exact_copy_rate": {}}, seeds=2)
+    assert (scored.loc[scored["set"] == "empty", "copies"] == 1).all()  # every empty record equals a patient's
+    assert ladder.judge(scored).set_index("check").loc["empty: no risk", "passed"]
 
 
 def test_continuous_metrics_are_judged_on_continuous_data():
