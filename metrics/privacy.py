@@ -258,13 +258,16 @@ def exact_copy_rate(data: EHRData, synth: np.ndarray, *, seed: int = 0, n_null: 
     n, m = len(tr), len(nm)
     s = min(n, m)
     rows, inv = np.unique(_row_bytes(data, S), return_inverse=True)
-    w = np.bincount(inv.ravel(), minlength=len(rows)) / len(S)
+    inv = inv.ravel()
+    w = np.bincount(inv, minlength=len(rows)) / len(S)
     c, k = _counts(rows, tr), _counts(rows, nm)
     value = float(w @ (_held(c, n, s) - _held(k, m, s)))
     pooled = (c + k) > 0
-    K = (c + k)[pooled]
-    draws = np.random.default_rng(seed).hypergeometric(K, n + m - K, n, size=(n_null, len(K)))
-    null = (_held(draws, n, s) - _held(K - draws, m, s)) @ w[pooled]
-    inv = inv.ravel()
+    K, wp = (c + k)[pooled], w[pooled]
+    held_n, held_m = _held(np.arange(K.max(initial=0) + 1), n, s), _held(np.arange(K.max(initial=0) + 1), m, s)
+    rng = np.random.default_rng(seed)
+    null = np.concatenate([(held_n[d] - held_m[K - d]) @ wp  # re-splits in blocks of 50: bounded memory
+                           for d in (rng.hypergeometric(K, n + m - K, n, size=(min(50, n_null - i), len(K)))
+                                     for i in range(0, n_null, 50))])
     return {"value": value, "rate": float((c > 0)[inv].mean()), "baseline": float((k > 0)[inv].mean()),
             "se": float(null.std()) if len(K) else 0.0}

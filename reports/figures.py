@@ -334,8 +334,8 @@ def make_figures(rs: RunSet, tables: list[Table], out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     figs, notes, cache = [], [], {}
+    paths = data_paths or {}
     for t in tables:
-        paths = data_paths or {}
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("prevalence", lambda: fig_scatter(rs, t, out, cache, "prevalence", paths)),
             ("cooccurrence", lambda: fig_scatter(rs, t, out, cache, "cooccurrence", paths)),
